@@ -1,0 +1,82 @@
+//! The upstream JSON payload, `darkleg.scan.v1`: one scan per MQTT message.
+//!
+//! Field names are a contract with merchants and integrators (documented in README);
+//! add fields, never rename or drop them, and bump the schema name when meaning changes.
+
+use crate::{event::ScanEvent, time::Rfc3339};
+use alloc::string::{String, ToString};
+use serde::Serialize;
+
+pub const SCAN_SCHEMA: &str = "darkleg.scan.v1";
+
+#[derive(Serialize)]
+struct ScanPayload<'a> {
+    schema: &'static str,
+    event_id: String,
+    site: &'a str,
+    gateway: &'a str,
+    device: &'a str,
+    seq: u64,
+    step: &'static str,
+    code: &'a str,
+    symbology: Option<&'a str>,
+    station: Option<&'a str>,
+    operator: Option<&'a str>,
+    captured_at: String,
+    received_at: String,
+}
+
+/// Renders one scan as the upstream JSON object.
+pub fn scan_json(event: &ScanEvent, site: &str, gateway: &str) -> String {
+    let payload = ScanPayload {
+        schema: SCAN_SCHEMA,
+        event_id: event.event_id.to_string(),
+        site,
+        gateway,
+        device: &event.device,
+        seq: event.seq,
+        step: event.step.as_str(),
+        code: &event.code,
+        symbology: event.symbology.as_deref(),
+        station: event.station.as_deref(),
+        operator: event.operator.as_deref(),
+        captured_at: Rfc3339(event.captured_at_ms).to_string(),
+        received_at: Rfc3339(event.received_at_ms).to_string(),
+    };
+    // Serialising plain strings and integers into a String cannot fail.
+    serde_json::to_string(&payload).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventId, Step};
+
+    #[test]
+    fn renders_the_documented_shape() {
+        let ev = ScanEvent {
+            event_id: EventId::new("sc-1", 7),
+            device: "sc-1".into(),
+            seq: 7,
+            step: Step::Handover,
+            code: "1Z999AA10123456784\"q".into(),
+            symbology: Some("]C0".into()),
+            station: Some("dock-2".into()),
+            operator: None,
+            captured_at_ms: 1_795_300_000_123,
+            received_at_ms: 1_795_300_000_456,
+        };
+        let v: serde_json::Value = serde_json::from_str(&scan_json(&ev, "ams1", "gw-01")).unwrap();
+        assert_eq!(v["schema"], "darkleg.scan.v1");
+        assert_eq!(v["event_id"], EventId::new("sc-1", 7).to_string());
+        assert_eq!(v["site"], "ams1");
+        assert_eq!(v["gateway"], "gw-01");
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["step"], "handover");
+        assert_eq!(v["code"], "1Z999AA10123456784\"q");
+        assert_eq!(v["symbology"], "]C0");
+        assert_eq!(v["operator"], serde_json::Value::Null);
+        assert_eq!(v["captured_at"], "2026-11-21T22:26:40.123Z");
+        assert_eq!(v["received_at"], "2026-11-21T22:26:40.456Z");
+    }
+}
