@@ -219,7 +219,7 @@ impl FrameDecoder {
             return Err(FrameError::Version(body[0]));
         }
         match postcard::take_from_bytes::<Frame<'_>>(&body[1..]) {
-            Ok((frame, rest)) if rest.is_empty() => Ok(frame),
+            Ok((frame, [])) => Ok(frame),
             _ => Err(FrameError::Payload),
         }
     }
