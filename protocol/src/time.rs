@@ -38,9 +38,41 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// Parses `YYYY-MM-DDTHH:MM:SS.mmmZ` (the form [`Rfc3339`] writes) back to Unix ms.
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 24 || b[23] != b'Z' || b[4] != b'-' || b[10] != b'T' || b[19] != b'.' {
+        return None;
+    }
+    let n = |r: core::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss, ms) = (n(11..13)?, n(14..16)?, n(17..19)?, n(20..23)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // days_from_civil (Howard Hinnant), the inverse of `civil_from_days`.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + ms).ok()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Rfc3339;
+    use super::{parse_rfc3339_ms, Rfc3339};
+
+    #[test]
+    fn parses_back_what_it_writes() {
+        for ms in [0u64, 951_782_400_000, 1_795_300_000_123, 4_102_444_799_999] {
+            assert_eq!(parse_rfc3339_ms(&Rfc3339(ms).to_string()), Some(ms));
+        }
+        assert_eq!(parse_rfc3339_ms("2026-13-01T00:00:00.000Z"), None);
+        assert_eq!(parse_rfc3339_ms("2026-11-22 20:26:40"), None);
+    }
 
     #[test]
     fn known_instants() {

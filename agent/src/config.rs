@@ -1,0 +1,534 @@
+//! The gateway's TOML config: parsed strictly (unknown keys are errors, since a typo in a
+//! warehouse config should stop the agent at start, not silently drop a scanner) and
+//! validated with errors that name the file, line and key, plus a hint.
+
+use darkleg_protocol::Step;
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: Gateway,
+    pub store: StoreConfig,
+    pub scanners: Vec<Scanner>,
+    pub upstreams: Vec<Upstream>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub site: String,
+    pub id: String,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit: an acked scan survives power loss.
+    Full,
+    /// fsync at checkpoints only: survives a crash of the agent, not of the machine.
+    Normal,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub synchronous: Synchronous,
+    /// Most write requests folded into one commit (one fsync).
+    pub max_batch: usize,
+    /// Delivered events older than this are pruned; undelivered ones never are.
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScannerProtocol {
+    /// `barcode\r\n` lines; the gateway numbers the scans.
+    Ascii,
+    /// darkleg frames with device sequence numbers and acks.
+    Framed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scanner {
+    /// A device path or a glob over one directory (`/dev/ttyACM*`).
+    pub port: String,
+    pub baud: u32,
+    pub protocol: ScannerProtocol,
+    /// The step a scan at this station means (required for ascii scanners).
+    pub step: Option<Step>,
+    /// Label carried in each event's `station` field.
+    pub station_name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+    pub topic_prefix: String,
+    pub client_id: String,
+    pub username: Option<String>,
+    /// Name of the environment variable holding the password; never the password itself.
+    pub password_env: Option<String>,
+    pub keep_alive: Duration,
+    /// Publishes handed to the MQTT client and not yet PUBACKed.
+    pub window: usize,
+}
+
+impl Upstream {
+    /// Where scan events go: `{prefix}/{site}/{gateway}/events`.
+    pub fn events_topic(&self, gw: &Gateway) -> String {
+        format!("{}/{}/{}/events", self.topic_prefix, gw.site, gw.id)
+    }
+}
+
+impl Config {
+    pub fn db_path(&self) -> PathBuf {
+        self.gateway.data_dir.join("darkleg.db")
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+            hint: "pass the path of a darkleg TOML config, e.g. configs/gateway.toml",
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ConfigError {
+                file: file.to_string(),
+                line,
+                key: String::new(),
+                message: e.message().trim().to_string(),
+                hint: "see configs/gateway.toml for every key with a comment",
+            }
+        })?;
+        let v = Validator { text, file };
+        v.build(raw)
+    }
+}
+
+/// A config that cannot run, with where and why.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+    pub hint: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": `{}`", self.key)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if !self.hint.is_empty() {
+            write!(f, "\n  hint: {}", self.hint)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway: RawGateway,
+    #[serde(default)]
+    store: Option<RawStore>,
+    #[serde(default)]
+    scanner: Vec<RawScanner>,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    site: Spanned<String>,
+    id: Spanned<String>,
+    data_dir: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    synchronous: Option<Synchronous>,
+    max_batch: Option<Spanned<i64>>,
+    retention_days: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScanner {
+    port: Spanned<String>,
+    baud: Option<Spanned<i64>>,
+    protocol: ScannerProtocol,
+    station: Option<Spanned<String>>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: Spanned<String>,
+    url: Spanned<String>,
+    topic_prefix: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    username: Option<String>,
+    password_env: Option<String>,
+    ca_file: Option<String>,
+    keep_alive_secs: Option<Spanned<i64>>,
+    window: Option<Spanned<i64>>,
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Validator<'_> {
+    fn err<T>(
+        &self,
+        at: &Spanned<T>,
+        key: String,
+        message: String,
+        hint: &'static str,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            line: Some(line_of(self.text, at.span().start)),
+            key,
+            message,
+            hint,
+        }
+    }
+
+    /// Names end up in MQTT topics and client ids: keep them to a safe alphabet.
+    fn name(&self, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        let s = v.get_ref();
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if ok {
+            Ok(s.clone())
+        } else {
+            Err(self.err(
+                v,
+                key.to_string(),
+                format!("{s:?} is not a valid name"),
+                "use 1-64 characters from a-z, A-Z, 0-9, '-', '_', '.' (it becomes part of MQTT topics)",
+            ))
+        }
+    }
+
+    fn range(&self, v: &Spanned<i64>, key: &str, lo: i64, hi: i64) -> Result<i64, ConfigError> {
+        let n = *v.get_ref();
+        if (lo..=hi).contains(&n) {
+            Ok(n)
+        } else {
+            Err(self.err(
+                v,
+                key.to_string(),
+                format!("{n} is out of range {lo}..={hi}"),
+                "",
+            ))
+        }
+    }
+
+    fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let gateway = Gateway {
+            site: self.name(&raw.gateway.site, "gateway.site")?,
+            id: self.name(&raw.gateway.id, "gateway.id")?,
+            data_dir: {
+                let d = raw.gateway.data_dir.get_ref();
+                if d.trim().is_empty() {
+                    return Err(self.err(
+                        &raw.gateway.data_dir,
+                        "gateway.data_dir".into(),
+                        "is empty".into(),
+                        "a directory the agent can write, e.g. /var/lib/darkleg",
+                    ));
+                }
+                PathBuf::from(d)
+            },
+        };
+        let store = match raw.store {
+            None => StoreConfig {
+                synchronous: Synchronous::Full,
+                max_batch: 1024,
+                retention: Duration::from_secs(14 * 86_400),
+            },
+            Some(s) => StoreConfig {
+                synchronous: s.synchronous.unwrap_or(Synchronous::Full),
+                max_batch: match &s.max_batch {
+                    Some(v) => self.range(v, "store.max_batch", 1, 100_000)? as usize,
+                    None => 1024,
+                },
+                retention: Duration::from_secs(
+                    86_400
+                        * match &s.retention_days {
+                            Some(v) => self.range(v, "store.retention_days", 1, 3650)? as u64,
+                            None => 14,
+                        },
+                ),
+            },
+        };
+        let mut scanners = Vec::new();
+        for (i, s) in raw.scanner.into_iter().enumerate() {
+            let key = |k: &str| format!("scanner[{i}].{k}");
+            if s.port.get_ref().trim().is_empty() {
+                return Err(self.err(
+                    &s.port,
+                    key("port"),
+                    "is empty".into(),
+                    "a device path such as /dev/ttyUSB0 or a glob such as /dev/ttyACM*",
+                ));
+            }
+            let step = match &s.station {
+                Some(st) => Some(st.get_ref().parse::<Step>().map_err(|e| {
+                    self.err(
+                        st,
+                        key("station"),
+                        format!("{:?}: {e}", st.get_ref()),
+                        "the step a scan at this station means",
+                    )
+                })?),
+                None => None,
+            };
+            if s.protocol == ScannerProtocol::Ascii && step.is_none() {
+                return Err(self.err(
+                    &s.port,
+                    key("station"),
+                    "is missing for an ascii scanner".into(),
+                    "plain scanners do not say what a scan means: add station = \"pick\" | \"pack\" | \"handover\" | \"return_receipt\" | \"exception\"",
+                ));
+            }
+            let baud = match &s.baud {
+                Some(b) => self.range(b, &key("baud"), 1200, 4_000_000)? as u32,
+                None => 115_200,
+            };
+            scanners.push(Scanner {
+                port: s.port.into_inner(),
+                baud,
+                protocol: s.protocol,
+                step,
+                station_name: s.name.or_else(|| step.map(|st| st.as_str().to_string())),
+            });
+        }
+        let mut upstreams: Vec<Upstream> = Vec::new();
+        for (i, u) in raw.upstream.into_iter().enumerate() {
+            let key = |k: &str| format!("upstream[{i}].{k}");
+            let name = self.name(&u.name, &key("name"))?;
+            if upstreams.iter().any(|x| x.name == name) {
+                return Err(self.err(
+                    &u.name,
+                    key("name"),
+                    format!("{name:?} is used twice"),
+                    "each upstream needs its own name: delivery is tracked per name",
+                ));
+            }
+            let (tls, host, port) = parse_mqtt_url(u.url.get_ref()).map_err(|m| {
+                self.err(&u.url, key("url"), m, "mqtt://host:1883 or mqtts://host:8883; credentials go in username and password_env, not the URL")
+            })?;
+            let topic_prefix = match &u.topic_prefix {
+                Some(p) => {
+                    let s = p.get_ref();
+                    if s.is_empty()
+                        || s.contains(['#', '+'])
+                        || s.starts_with('/')
+                        || s.ends_with('/')
+                    {
+                        return Err(self.err(
+                            p,
+                            key("topic_prefix"),
+                            format!("{s:?} is not a usable topic prefix"),
+                            "no wildcards (#, +), no leading or trailing '/'",
+                        ));
+                    }
+                    s.clone()
+                }
+                None => "darkleg/v1".to_string(),
+            };
+            let client_id = match &u.client_id {
+                Some(c) => self.name(c, &key("client_id"))?,
+                None => format!("darkleg-{}-{}-{}", gateway.site, gateway.id, name),
+            };
+            let keep_alive = match &u.keep_alive_secs {
+                Some(k) => self.range(k, &key("keep_alive_secs"), 5, 3600)? as u64,
+                None => 30,
+            };
+            let window = match &u.window {
+                Some(w) => self.range(w, &key("window"), 1, 65_000)? as usize,
+                None => 256,
+            };
+            upstreams.push(Upstream {
+                name,
+                host,
+                port,
+                tls,
+                ca_file: u.ca_file.map(PathBuf::from),
+                topic_prefix,
+                client_id,
+                username: u.username,
+                password_env: u.password_env,
+                keep_alive: Duration::from_secs(keep_alive),
+                window,
+            });
+        }
+        Ok(Config {
+            gateway,
+            store,
+            scanners,
+            upstreams,
+        })
+    }
+}
+
+/// `mqtt://host[:port]` or `mqtts://host[:port]`; returns (tls, host, port).
+fn parse_mqtt_url(url: &str) -> Result<(bool, String, u16), String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else {
+        return Err(format!("{url:?} is not an mqtt:// or mqtts:// URL"));
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('@') {
+        return Err("credentials in the URL are not accepted".into());
+    }
+    if rest.contains('/') {
+        return Err(format!("{url:?} has a path; put topics in topic_prefix"));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| format!("port {p:?} is not a number 1-65535"))?;
+            (h.trim_start_matches('[').trim_end_matches(']'), port)
+        }
+        _ => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() || port == 0 {
+        return Err(format!("{url:?} has no host or a zero port"));
+    }
+    Ok((tls, host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[gateway]
+site = "ams1"
+id = "gw-01"
+data_dir = "/tmp/x"
+
+[[scanner]]
+port = "/dev/ttyUSB*"
+protocol = "ascii"
+station = "pack"
+
+[[scanner]]
+port = "/dev/ttyACM0"
+protocol = "framed"
+
+[[upstream]]
+name = "central"
+url = "mqtts://broker.example:8883"
+"#;
+
+    #[test]
+    fn parses_the_documented_shape_with_defaults() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.scanners.len(), 2);
+        assert_eq!(c.scanners[0].step, Some(Step::Pack));
+        assert_eq!(c.scanners[0].baud, 115_200);
+        assert_eq!(c.scanners[1].protocol, ScannerProtocol::Framed);
+        let u = &c.upstreams[0];
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port), ("broker.example", 8883));
+        assert_eq!(u.events_topic(&c.gateway), "darkleg/v1/ams1/gw-01/events");
+        assert_eq!(u.client_id, "darkleg-ams1-gw-01-central");
+        assert_eq!(c.store.synchronous, Synchronous::Full);
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = error_of(&GOOD.replace("station = \"pack\"", "station = \"packing\""));
+        assert!(
+            e.starts_with("t.toml:11: `scanner[0].station`: \"packing\": unknown step"),
+            "{e}"
+        );
+        let e = error_of(&GOOD.replace("mqtts://broker.example:8883", "http://x"));
+        assert!(e.starts_with("t.toml:19: `upstream[0].url`"), "{e}");
+        assert!(e.contains("hint:"), "{e}");
+        let e = error_of(&GOOD.replace(
+            "protocol = \"ascii\"\nstation = \"pack\"",
+            "protocol = \"ascii\"",
+        ));
+        assert!(e.contains("`scanner[0].station`: is missing"), "{e}");
+        let e = error_of(&GOOD.replace("id = \"gw-01\"", "id = \"gw 01/x\""));
+        assert!(e.starts_with("t.toml:4: `gateway.id`"), "{e}");
+    }
+
+    #[test]
+    fn typos_and_wrong_types_are_caught_with_a_line() {
+        let e = error_of(&GOOD.replace(
+            "protocol = \"framed\"",
+            "protocol = \"framed\"\nbuad = 9600",
+        ));
+        assert!(e.starts_with("t.toml:15"), "{e}");
+        assert!(e.contains("buad"), "{e}");
+        let e = error_of(&GOOD.replace("protocol = \"framed\"", "protocol = \"serial\""));
+        assert!(e.starts_with("t.toml:14"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_urls() {
+        assert_eq!(
+            parse_mqtt_url("mqtt://127.0.0.1"),
+            Ok((false, "127.0.0.1".into(), 1883))
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://[::1]:1884"),
+            Ok((false, "::1".into(), 1884))
+        );
+        assert!(parse_mqtt_url("mqtt://user:pw@host").is_err());
+        assert!(parse_mqtt_url("mqtt://host:99999").is_err());
+        assert!(parse_mqtt_url("mqtt://host/topic").is_err());
+    }
+}

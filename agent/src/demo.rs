@@ -1,0 +1,236 @@
+//! `darkleg demo`: a small warehouse on this machine. Two framed scanners (pick, pack) and a
+//! plain ASCII scanner (handover) on pseudo-terminals, the real agent, and a real Mosquitto
+//! on a free port when one is installed — otherwise the agent runs offline and the demo
+//! shows the backlog waiting in the outbox.
+
+use crate::config::Config;
+use crate::sim::broker::Mosquitto;
+use crate::sim::collector::Collector;
+use crate::sim::scanner::{write_ascii_scan, FramedConfig, FramedScanner, Pty};
+use crate::sim::workload::parcel_scans;
+use darkleg_protocol::time::parse_rfc3339_ms;
+use darkleg_protocol::Step;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+pub struct DemoOptions {
+    pub parcels: u64,
+    /// Pause between one operator's scans.
+    pub scan_interval: Duration,
+}
+
+pub fn run(opts: DemoOptions) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("darkleg-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let result = run_in(&dir, &opts);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
+    println!(
+        "darkleg demo: {} parcels through pick → pack → handover",
+        opts.parcels
+    );
+    let broker = match Mosquitto::start(&dir.join("broker")) {
+        Ok(b) => {
+            println!("  broker     Mosquitto on 127.0.0.1:{} (started for this demo, stopped at the end)", b.port);
+            Some(b)
+        }
+        Err(e) => {
+            println!("  broker     none: {e}");
+            println!("             running OFFLINE: the agent keeps capturing and the backlog waits in the outbox");
+            None
+        }
+    };
+    let pick = Pty::open()?;
+    let pack = Pty::open()?;
+    let mut handover = Pty::open()?;
+    let upstream = broker
+        .as_ref()
+        .map(|b| {
+            format!(
+                "[[upstream]]\nname = \"central\"\nurl = \"{}\"\ntopic_prefix = \"darkleg/v1\"\n",
+                b.url()
+            )
+        })
+        .unwrap_or_default();
+    let config_text = format!(
+        "[gateway]\nsite = \"demo1\"\nid = \"gw-01\"\ndata_dir = \"{data}\"\n\n\
+         [[scanner]]\nport = \"{pick}\"\nprotocol = \"framed\"\nname = \"pick-a\"\n\n\
+         [[scanner]]\nport = \"{pack}\"\nprotocol = \"framed\"\nname = \"pack-1\"\n\n\
+         [[scanner]]\nport = \"{hand}\"\nprotocol = \"ascii\"\nstation = \"handover\"\nname = \"dock-2\"\n\n{upstream}",
+        data = dir.join("data").display(),
+        pick = pick.slave_path,
+        pack = pack.slave_path,
+        hand = handover.slave_path,
+    );
+    let config = Config::parse(&config_text, "demo.toml").map_err(|e| e.to_string())?;
+    println!(
+        "  scanners   pick-a (framed) {}   pack-1 (framed) {}   dock-2 (ascii) {}",
+        pick.slave_path, pack.slave_path, handover.slave_path
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let agent = rt.spawn(crate::run(config.clone(), stop_rx));
+
+    let collector = broker
+        .as_ref()
+        .map(|b| Collector::start(b.port, "darkleg/v1/#", "darkleg-demo-merchant"));
+    if let Some(c) = &collector {
+        if !c.wait_subscribed(Duration::from_secs(5)) {
+            return Err("demo subscriber could not subscribe".into());
+        }
+    }
+
+    let plan = |step: Step| -> Vec<_> {
+        (1..=opts.parcels)
+            .flat_map(|n| parcel_scans(n, step))
+            .collect()
+    };
+    let (pick_plan, pack_plan, hand_plan) =
+        (plan(Step::Pick), plan(Step::Pack), plan(Step::Handover));
+    let framed = |device: &str, seed: u64| FramedConfig {
+        device: device.to_string(),
+        window: 8,
+        retransmit_after: Duration::from_millis(800),
+        scan_interval: opts.scan_interval,
+        garbage: 0.0,
+        seed,
+    };
+    let mut scanners = [
+        (
+            FramedScanner::start(pick.master, framed("pick-a", 1), pick_plan.clone()),
+            pick_plan.len(),
+        ),
+        (
+            FramedScanner::start(pack.master, framed("pack-1", 2), pack_plan.clone()),
+            pack_plan.len(),
+        ),
+    ];
+    let expected = pick_plan.len() + pack_plan.len() + hand_plan.len();
+    println!(
+        "  upstream   {}",
+        if collector.is_some() {
+            "darkleg/v1/demo1/gw-01/events"
+        } else {
+            "(offline)"
+        }
+    );
+    println!();
+
+    let started = Instant::now();
+    let mut hand_next = 0usize;
+    let mut last_hand = Instant::now();
+    let mut shown = 0usize;
+    let mut seen = HashSet::new();
+    let mut latencies = Vec::new();
+    let deadline = started + Duration::from_secs(30) + opts.scan_interval * (expected as u32);
+    loop {
+        if hand_next < hand_plan.len() && last_hand.elapsed() >= opts.scan_interval * 2 {
+            write_ascii_scan(&mut handover.master, &hand_plan[hand_next])
+                .map_err(|e| e.to_string())?;
+            hand_next += 1;
+            last_hand = Instant::now();
+        }
+        if let Some(c) = &collector {
+            for a in c.messages().into_iter().skip(shown) {
+                shown += 1;
+                let j = &a.json;
+                let id = j["event_id"].as_str().unwrap_or("").to_string();
+                let dup = !seen.insert(id.clone());
+                let captured = j["captured_at"].as_str().unwrap_or("");
+                let lat = latency_ms(captured, a.at_ms);
+                if !dup {
+                    latencies.extend(lat);
+                }
+                println!(
+                    "  ↑ {:<9} {:<16} #{:<4} {:<22} {}{}",
+                    j["step"].as_str().unwrap_or("?"),
+                    j["device"].as_str().unwrap_or("?"),
+                    j["seq"],
+                    j["code"].as_str().unwrap_or("?"),
+                    lat.map(|l| format!("{l} ms after the scan"))
+                        .unwrap_or_default(),
+                    if dup {
+                        "  (duplicate, dropped by event id)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        let scanners_done =
+            scanners.iter().all(|(s, n)| s.done(*n)) && hand_next == hand_plan.len();
+        let upstream_done = collector.is_none() || seen.len() >= expected;
+        if (scanners_done && upstream_done) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let elapsed = started.elapsed();
+    for (s, _) in scanners.iter_mut() {
+        s.stop();
+    }
+    let _ = stop_tx.send(true);
+    let _ = rt.block_on(agent);
+    let status = crate::store::Reader::open(&config.db_path())
+        .and_then(|r| r.status())
+        .map_err(|e| e.to_string())?;
+
+    println!();
+    println!("summary after {:.1} s", elapsed.as_secs_f64());
+    println!("  scans made          {expected}");
+    println!("  stored on gateway   {}", status.events);
+    match &collector {
+        Some(c) => {
+            latencies.sort_unstable();
+            let p = |q: f64| {
+                latencies
+                    .get(((latencies.len() as f64 - 1.0) * q) as usize)
+                    .copied()
+                    .unwrap_or(0)
+            };
+            println!(
+                "  arrived upstream    {} unique, {} duplicate deliveries",
+                seen.len(),
+                c.len() - seen.len()
+            );
+            println!(
+                "  scan → upstream     p50 {} ms, p95 {} ms",
+                p(0.5),
+                p(0.95)
+            );
+        }
+        None => println!(
+            "  backlog             {} events waiting for an upstream",
+            status.events
+        ),
+    }
+    print!(
+        "{}",
+        crate::status::render(&status, crate::now_ms())
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>()
+    );
+    drop(broker);
+    if collector.is_some() && seen.len() < expected {
+        return Err(format!(
+            "only {} of {expected} scans arrived upstream",
+            seen.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Milliseconds from an RFC 3339 `captured_at` (as we render it) to `at_ms`.
+fn latency_ms(captured: &str, at_ms: u64) -> Option<u64> {
+    Some(at_ms.saturating_sub(parse_rfc3339_ms(captured)?))
+}

@@ -1,0 +1,95 @@
+//! darkleg's gateway agent: scanners on serial ports in, a durable SQLite outbox in the
+//! middle, MQTT upstreams out.
+//!
+//! The shape is *sources → store → sinks*. [`sources`] turn bytes into store writes and
+//! never talk to sinks; the [`store`] (one writer, group commit) is the single source of
+//! truth; [`sinks`] read the outbox and mark delivery only on the upstream's PUBACK. A
+//! framed scanner's scan is acked only once its commit is durable, so what a scanner has
+//! retired is on the gateway's disk.
+
+pub mod config;
+pub mod demo;
+pub mod sim;
+pub mod sinks;
+pub mod sources;
+pub mod status;
+pub mod store;
+
+use config::Config;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Wall-clock Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How often delivered events past retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Runs the agent until `shutdown` turns true.
+pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    let config = Arc::new(config);
+    let (store, writer) = store::StoreHandle::open(&config).map_err(|e| e.to_string())?;
+    tracing::info!(
+        site = %config.gateway.site,
+        gateway = %config.gateway.id,
+        db = %store.path.display(),
+        scanners = config.scanners.len(),
+        upstreams = config.upstreams.len(),
+        "darkleg agent running"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let sources = tokio::spawn(sources::supervise(
+        config.clone(),
+        store.clone(),
+        stop.clone(),
+    ));
+    let mut sinks = Vec::new();
+    for u in &config.upstreams {
+        sinks.push(tokio::spawn(sinks::mqtt::run(
+            u.clone(),
+            config.gateway.clone(),
+            store.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let pruner = {
+        let store = store.clone();
+        let retention = config.store.retention;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                tick.tick().await;
+                let before_ms = now_ms().saturating_sub(retention.as_millis() as u64);
+                if store
+                    .send(store::WriteOp::Prune { before_ms })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    if !*shutdown.borrow() {
+        let _ = shutdown.changed().await;
+    }
+    tracing::info!("shutting down");
+    stop.store(true, Ordering::Relaxed);
+    pruner.abort();
+    let _ = sources.await;
+    for s in sinks {
+        let _ = s.await;
+    }
+    // The writer stops once every sender (port threads included) is gone, after
+    // committing what it was given.
+    drop(store);
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! `darkleg`: the gateway agent's command line.
+
+use darkleg_agent::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "\
+darkleg — closes the dark leg between 'order paid' and the carrier's first scan
+
+USAGE:
+    darkleg run --config FILE           run the gateway agent
+    darkleg check-config FILE           validate a config and print what it means
+    darkleg status --config FILE [--json]
+                                        backlog, last sync, per-scanner counters
+    darkleg demo [--parcels N] [--scan-interval-ms MS]
+                                        a small warehouse on this machine
+    darkleg --version | --help
+
+Logs go to stderr; RUST_LOG=debug for more.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => flag_value(&args[1..], "--config").and_then(|p| cmd_run(PathBuf::from(p))),
+        Some("check-config") => args
+            .get(1)
+            .ok_or_else(|| "check-config needs a FILE".to_string())
+            .and_then(|p| cmd_check(PathBuf::from(p))),
+        Some("status") => flag_value(&args[1..], "--config")
+            .and_then(|p| cmd_status(PathBuf::from(p), args.iter().any(|a| a == "--json"))),
+        Some("demo") => cmd_demo(&args[1..]),
+        Some("--version") | Some("-V") => {
+            println!("darkleg {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Some("--help") | Some("-h") | Some("help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+        None => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("darkleg: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn flag_value(args: &[String], flag: &str) -> Result<String, String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .ok_or_else(|| format!("missing {flag} FILE\n\n{USAGE}"))
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn cmd_run(path: PathBuf) -> Result<(), String> {
+    init_logs();
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            let _ = tx.send(true);
+        });
+        darkleg_agent::run(config, rx).await
+    })
+}
+
+fn cmd_check(path: PathBuf) -> Result<(), String> {
+    let c = Config::load(&path).map_err(|e| e.to_string())?;
+    println!("{}: ok", path.display());
+    println!(
+        "  gateway {} at site {}, data in {}",
+        c.gateway.id,
+        c.gateway.site,
+        c.db_path().display()
+    );
+    println!(
+        "  store: synchronous={:?}, group commit up to {} writes",
+        c.store.synchronous, c.store.max_batch
+    );
+    for s in &c.scanners {
+        println!(
+            "  scanner {} ({:?}, {} baud){}",
+            s.port,
+            s.protocol,
+            s.baud,
+            s.step
+                .map(|st| format!(", scans mean {st}"))
+                .unwrap_or_default()
+        );
+    }
+    for u in &c.upstreams {
+        println!(
+            "  upstream {}: {}://{}:{} → {}",
+            u.name,
+            if u.tls { "mqtts" } else { "mqtt" },
+            u.host,
+            u.port,
+            u.events_topic(&c.gateway)
+        );
+    }
+    if c.upstreams.is_empty() {
+        println!("  no upstreams: scans are kept in the outbox until one is configured");
+    }
+    Ok(())
+}
+
+fn cmd_status(path: PathBuf, json: bool) -> Result<(), String> {
+    let c = Config::load(&path).map_err(|e| e.to_string())?;
+    let db = c.db_path();
+    if !db.exists() {
+        return Err(format!(
+            "no database at {} (hint: has `darkleg run` started with this config?)",
+            db.display()
+        ));
+    }
+    let status = darkleg_agent::store::Reader::open(&db)
+        .and_then(|r| r.status())
+        .map_err(|e| e.to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "darkleg status — site {}, gateway {}, {}",
+            c.gateway.site,
+            c.gateway.id,
+            db.display()
+        );
+        print!(
+            "{}",
+            darkleg_agent::status::render(&status, darkleg_agent::now_ms())
+        );
+    }
+    Ok(())
+}
+
+fn cmd_demo(args: &[String]) -> Result<(), String> {
+    let num = |flag: &str, default: u64| -> Result<u64, String> {
+        match args.iter().position(|a| a == flag) {
+            None => Ok(default),
+            Some(i) => args
+                .get(i + 1)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("{flag} needs a number")),
+        }
+    };
+    if std::env::var_os("RUST_LOG").is_some() {
+        init_logs();
+    }
+    darkleg_agent::demo::run(darkleg_agent::demo::DemoOptions {
+        parcels: num("--parcels", 12)?.max(1),
+        scan_interval: Duration::from_millis(num("--scan-interval-ms", 150)?),
+    })
+}

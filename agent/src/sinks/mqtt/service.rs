@@ -1,0 +1,218 @@
+//! The thin loop: reads the outbox, hands rows to rumqttc, feeds its notifications to the
+//! [`Dispatcher`], and sends delivery marks to the store writer. One connection per
+//! attempt — a fresh `EventLoop` each time, so nothing rumqttc remembered from the last
+//! connection is replayed behind our back; the outbox is the only memory.
+
+use super::backoff::Backoff;
+use super::dispatcher::Dispatcher;
+use super::options::mqtt_options;
+use crate::config::{Gateway, Upstream};
+use crate::store::{Reader, StoreHandle, WriteOp};
+use darkleg_protocol::upstream::scan_json;
+use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, QoS};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+enum Ended {
+    Stop,
+    Lost(String),
+}
+
+/// Delivers `upstream`'s outbox until `stop` turns true.
+pub async fn run(
+    upstream: Upstream,
+    gateway: Gateway,
+    store: StoreHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    let reader = match Reader::open(&store.path) {
+        Ok(r) => Arc::new(Mutex::new(r)),
+        Err(e) => {
+            tracing::error!(upstream = %upstream.name, "{e}");
+            return;
+        }
+    };
+    let seed = crate::now_ms()
+        ^ upstream
+            .client_id
+            .bytes()
+            .fold(0u64, |h, b| h.rotate_left(5) ^ b as u64);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30), seed);
+    let mut dispatcher = Dispatcher::new(upstream.window);
+    let mut session = Session {
+        upstream: &upstream,
+        gateway: &gateway,
+        store: &store,
+        reader,
+        backoff: &mut backoff,
+    };
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match session.connection(&mut dispatcher, &mut stop).await {
+            Ended::Stop => return,
+            Ended::Lost(why) => {
+                tracing::warn!(upstream = %upstream.name, host = %upstream.host, port = upstream.port,
+                    in_flight = dispatcher.in_flight(), "upstream unavailable: {why}; will resend from the outbox");
+            }
+        }
+        let delay = session.backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+struct Session<'a> {
+    upstream: &'a Upstream,
+    gateway: &'a Gateway,
+    store: &'a StoreHandle,
+    reader: Arc<Mutex<Reader>>,
+    backoff: &'a mut Backoff,
+}
+
+impl Session<'_> {
+    async fn connection(&mut self, d: &mut Dispatcher, stop: &mut watch::Receiver<bool>) -> Ended {
+        let opts = match mqtt_options(self.upstream) {
+            Ok(o) => o,
+            Err(e) => return Ended::Lost(e),
+        };
+        let (client, mut eventloop) = AsyncClient::new(opts, self.upstream.window + 16);
+        // poll() runs in its own task and is never cancelled mid-packet; we select on its
+        // channel instead.
+        let (ev_tx, mut events) = mpsc::channel::<Result<Event, ConnectionError>>(1024);
+        let driver = tokio::spawn(async move {
+            loop {
+                let ev = eventloop.poll().await;
+                let failed = ev.is_err();
+                if ev_tx.send(ev).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let _abort = AbortOnDrop(driver);
+
+        let connack = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            while let Some(ev) = events.recv().await {
+                match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(c))) => return Ok(c),
+                    Ok(_) => continue,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Err("event loop ended".to_string())
+        });
+        let connack = tokio::select! {
+            r = connack => r,
+            _ = stop.changed() => return Ended::Stop,
+        };
+        match connack {
+            Ok(Ok(c)) => {
+                tracing::info!(upstream = %self.upstream.name, session_present = c.session_present, "upstream connected");
+            }
+            Ok(Err(e)) => return Ended::Lost(e),
+            Err(_) => return Ended::Lost(format!("no CONNACK within {CONNECT_TIMEOUT:?}")),
+        }
+        self.backoff.reset();
+        d.reset();
+
+        let topic = self.upstream.events_topic(self.gateway);
+        let mut committed = self.store.committed.clone();
+        let mut more = true;
+        let mut delivered: Vec<i64> = Vec::new();
+        loop {
+            while more && d.room() > 0 {
+                let room = d.room();
+                let rows = match self.fetch(d.cursor(), room).await {
+                    Ok(rows) => rows,
+                    Err(e) => return Ended::Lost(e),
+                };
+                more = rows.len() == room;
+                for p in rows {
+                    let payload = scan_json(&p.event, &self.gateway.site, &self.gateway.id);
+                    if let Err(e) = client.try_publish(&topic, QoS::AtLeastOnce, false, payload) {
+                        return Ended::Lost(format!("handing a publish to the client: {e}"));
+                    }
+                    d.handed(p.row);
+                }
+            }
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    None => return Ended::Lost("event loop ended".into()),
+                    Some(Err(e)) => {
+                        self.mark(&mut delivered).await;
+                        return Ended::Lost(e.to_string());
+                    }
+                    Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                        if let Err(e) = d.on_outgoing_publish(pkid) {
+                            return Ended::Lost(e.to_string());
+                        }
+                    }
+                    Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
+                        if let Some(row) = d.on_puback(ack.pkid) {
+                            delivered.push(row);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                },
+                changed = committed.changed() => {
+                    if changed.is_err() {
+                        self.mark(&mut delivered).await;
+                        return Ended::Stop;
+                    }
+                    more = true;
+                }
+                _ = stop.changed() => {
+                    self.mark(&mut delivered).await;
+                    let _ = client.try_disconnect();
+                    return Ended::Stop;
+                }
+                // Safety net: rows added by something other than this writer (none today).
+                _ = tokio::time::sleep(Duration::from_secs(2)) => more = true,
+            }
+            // Fold a burst of PUBACKs into one delivery mark (one commit).
+            if !delivered.is_empty() && (delivered.len() >= 512 || events.is_empty()) {
+                self.mark(&mut delivered).await;
+            }
+        }
+    }
+
+    async fn fetch(&self, after: i64, limit: usize) -> Result<Vec<crate::store::Pending>, String> {
+        let reader = self.reader.clone();
+        let name = self.upstream.name.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = reader.lock().unwrap_or_else(|e| e.into_inner());
+            r.pending(&name, after, limit).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    async fn mark(&self, delivered: &mut Vec<i64>) {
+        if delivered.is_empty() {
+            return;
+        }
+        let rows = std::mem::take(delivered);
+        let op = WriteOp::Delivered {
+            upstream: self.upstream.name.clone(),
+            rows,
+            at_ms: crate::now_ms(),
+        };
+        if self.store.send(op).await.is_err() {
+            tracing::warn!(upstream = %self.upstream.name, "store writer gone; delivered rows will be resent");
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,320 @@
+//! The store: SQLite in WAL mode, the single source of truth between sources and sinks.
+//!
+//! Writes go through one writer thread ([`writer`]) with group commit; reads (sinks, status)
+//! use their own connections, which WAL lets run beside the writer.
+
+mod schema;
+pub mod writer;
+
+use crate::config::{Config, Synchronous};
+use darkleg_protocol::{EventId, ScanEvent, Step};
+use rusqlite::{params, Connection, OpenFlags};
+use serde::Serialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use tokio::sync::{mpsc, oneshot, watch};
+pub use writer::{AsciiScan, FramedOutcome, FramedScan, PortReport, WriteOp};
+
+/// A store failure with what was being done; cheap to clone into many replies.
+#[derive(Debug, Clone)]
+pub struct StoreError {
+    pub context: String,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn new(context: impl Into<String>, e: impl fmt::Display) -> Self {
+        StoreError {
+            context: context.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "store: {}: {}", self.context, self.message)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Cheap to clone; every source and sink holds one.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<WriteOp>,
+    /// Highest committed event row; sinks wake on changes.
+    pub committed: watch::Receiver<i64>,
+    pub path: PathBuf,
+}
+
+fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+impl StoreHandle {
+    /// Opens (creating and migrating) the database and starts the writer thread.
+    pub fn open(config: &Config) -> Result<(StoreHandle, std::thread::JoinHandle<()>), StoreError> {
+        let dir = &config.gateway.data_dir;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::new(
+                format!("creating data_dir {}", dir.display()),
+                format!("{e} (hint: the agent needs write access to gateway.data_dir)"),
+            )
+        })?;
+        let path = config.db_path();
+        let mut conn = Connection::open(&path)
+            .map_err(|e| StoreError::new(format!("opening {}", path.display()), e))?;
+        configure(&conn, config.store.synchronous)
+            .map_err(|e| StoreError::new("configuring SQLite", e))?;
+        schema::migrate(&mut conn)
+            .map_err(|e| StoreError::new(format!("migrating {}", path.display()), e))?;
+        let upstreams: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
+        for u in &upstreams {
+            conn.execute("INSERT OR IGNORE INTO upstreams(name) VALUES (?1)", [u])
+                .map_err(|e| StoreError::new("registering upstreams", e))?;
+        }
+        // Ports are re-discovered at start; a crash must not leave them shown as connected.
+        conn.execute("UPDATE ports SET connected = 0", [])
+            .map_err(|e| StoreError::new("resetting port state", e))?;
+        let max_row: i64 = conn
+            .query_row("SELECT IFNULL(MAX(row), 0) FROM events", [], |r| r.get(0))
+            .map_err(|e| StoreError::new("reading outbox head", e))?;
+        let (committed_tx, committed) = watch::channel(max_row);
+        let (tx, rx) = mpsc::channel(16_384);
+        let w = writer::Writer {
+            conn,
+            upstreams,
+            max_batch: config.store.max_batch,
+            committed: committed_tx,
+        };
+        let join = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| StoreError::new("starting the writer thread", e))?;
+        Ok((
+            StoreHandle {
+                tx,
+                committed,
+                path,
+            },
+            join,
+        ))
+    }
+
+    /// Sends an op from a blocking thread (serial sources).
+    pub fn send_blocking(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.tx
+            .blocking_send(op)
+            .map_err(|_| StoreError::new("writer", "stopped"))
+    }
+
+    /// Sends an op without waiting for room (sinks' delivery marks; losing one only means a resend).
+    pub fn try_send(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.tx
+            .try_send(op)
+            .map_err(|e| StoreError::new("writer", e))
+    }
+
+    pub async fn send(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.tx
+            .send(op)
+            .await
+            .map_err(|_| StoreError::new("writer", "stopped"))
+    }
+
+    /// Framed scan, blocking until durable (or refused).
+    pub fn framed_blocking(
+        &self,
+        device: String,
+        port: String,
+        scan: FramedScan,
+    ) -> oneshot::Receiver<Result<FramedOutcome, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.send_blocking(WriteOp::Framed {
+            device,
+            port,
+            scan,
+            reply,
+        }) {
+            let (reply, rx) = oneshot::channel();
+            let _ = reply.send(Err(e));
+            return rx;
+        }
+        rx
+    }
+}
+
+/// A read connection: sinks fetch pending rows, `status` reads counters.
+pub struct Reader {
+    conn: Connection,
+}
+
+/// One event owed to an upstream.
+pub struct Pending {
+    pub row: i64,
+    pub event: ScanEvent,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::new(format!("opening {} read-only", path.display()), e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| StoreError::new("busy_timeout", e))?;
+        Ok(Reader { conn })
+    }
+
+    /// Up to `limit` events owed to `upstream` after `after_row`, in outbox order.
+    pub fn pending(
+        &self,
+        upstream: &str,
+        after_row: i64,
+        limit: usize,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let run = || -> rusqlite::Result<Vec<Pending>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT e.row, e.event_id, e.device, e.seq, e.step, e.code, e.symbology, e.station,
+                        e.operator, e.captured_at, e.received_at
+                 FROM outbox o JOIN events e ON e.row = o.row
+                 WHERE o.upstream = ?1 AND o.row > ?2 ORDER BY o.row LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![upstream, after_row, limit as i64], |r| {
+                let id: Vec<u8> = r.get(1)?;
+                let step: String = r.get(4)?;
+                Ok(Pending {
+                    row: r.get(0)?,
+                    event: ScanEvent {
+                        event_id: EventId(id.try_into().unwrap_or([0; 16])),
+                        device: r.get(2)?,
+                        seq: r.get::<_, i64>(3)? as u64,
+                        step: step.parse().unwrap_or(Step::Exception),
+                        code: r.get(5)?,
+                        symbology: r.get(6)?,
+                        station: r.get(7)?,
+                        operator: r.get(8)?,
+                        captured_at_ms: r.get::<_, i64>(9)? as u64,
+                        received_at_ms: r.get::<_, i64>(10)? as u64,
+                    },
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| StoreError::new(format!("reading outbox for {upstream}"), e))
+    }
+
+    pub fn status(&self) -> Result<Status, StoreError> {
+        let run = || -> rusqlite::Result<Status> {
+            let events: i64 = self
+                .conn
+                .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
+            let mut stmt = self.conn.prepare(
+                "SELECT u.name, u.delivered, u.last_sync_at,
+                        (SELECT COUNT(*) FROM outbox o WHERE o.upstream = u.name)
+                 FROM upstreams u ORDER BY u.name",
+            )?;
+            let upstreams = stmt
+                .query_map([], |r| {
+                    Ok(UpstreamStatus {
+                        name: r.get(0)?,
+                        delivered: r.get(1)?,
+                        last_sync_at_ms: r.get(2)?,
+                        backlog: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut stmt = self.conn.prepare(
+                "SELECT port, protocol, connected, frames, rejected, last_reject, last_seen FROM ports ORDER BY port",
+            )?;
+            let ports = stmt
+                .query_map([], |r| {
+                    Ok(PortStatus {
+                        port: r.get(0)?,
+                        protocol: r.get(1)?,
+                        connected: r.get(2)?,
+                        frames: r.get(3)?,
+                        rejected: r.get(4)?,
+                        last_reject: r.get(5)?,
+                        last_seen_ms: r.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut stmt = self.conn.prepare(
+                "SELECT device, kind, last_seq, firmware, port, last_seen, events, duplicates FROM devices ORDER BY device",
+            )?;
+            let devices = stmt
+                .query_map([], |r| {
+                    Ok(DeviceStatus {
+                        device: r.get(0)?,
+                        kind: r.get(1)?,
+                        last_seq: r.get(2)?,
+                        firmware: r.get(3)?,
+                        port: r.get(4)?,
+                        last_seen_ms: r.get(5)?,
+                        events: r.get(6)?,
+                        duplicates: r.get(7)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(Status {
+                events,
+                upstreams,
+                ports,
+                devices,
+            })
+        };
+        run().map_err(|e| StoreError::new("reading status", e))
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub events: i64,
+    pub upstreams: Vec<UpstreamStatus>,
+    pub ports: Vec<PortStatus>,
+    pub devices: Vec<DeviceStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub backlog: i64,
+    pub delivered: i64,
+    pub last_sync_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PortStatus {
+    pub port: String,
+    pub protocol: String,
+    pub connected: bool,
+    pub frames: i64,
+    pub rejected: i64,
+    pub last_reject: Option<String>,
+    pub last_seen_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeviceStatus {
+    pub device: String,
+    pub kind: String,
+    pub last_seq: i64,
+    pub firmware: Option<String>,
+    pub port: Option<String>,
+    pub last_seen_ms: Option<i64>,
+    pub events: i64,
+    pub duplicates: i64,
+}

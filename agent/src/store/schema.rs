@@ -1,0 +1,98 @@
+//! Versioned schema migrations, tracked in `PRAGMA user_version`. Each step runs in its own
+//! transaction, so a crash mid-migration leaves the previous version intact.
+
+use rusqlite::Connection;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`. Append only; never edit one
+/// that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // v1: events, the per-upstream outbox, devices and ports.
+    r#"
+    CREATE TABLE events (
+        row          INTEGER PRIMARY KEY,          -- outbox order
+        event_id     BLOB NOT NULL UNIQUE,         -- 16 bytes, derived from device + seq
+        device       TEXT NOT NULL,
+        seq          INTEGER NOT NULL,
+        step         TEXT NOT NULL,
+        code         TEXT NOT NULL,
+        symbology    TEXT,
+        station      TEXT,
+        operator     TEXT,
+        captured_at  INTEGER NOT NULL,             -- Unix ms
+        received_at  INTEGER NOT NULL              -- Unix ms
+    );
+    CREATE INDEX events_received ON events(received_at);
+    -- One row per (upstream, event) not yet PUBACKed by that upstream.
+    CREATE TABLE outbox (
+        upstream TEXT NOT NULL,
+        row      INTEGER NOT NULL REFERENCES events(row),
+        PRIMARY KEY (upstream, row)
+    ) WITHOUT ROWID;
+    CREATE INDEX outbox_row ON outbox(row);   -- pruning asks 'is this row still owed?'
+    CREATE TABLE upstreams (
+        name         TEXT PRIMARY KEY,
+        delivered    INTEGER NOT NULL DEFAULT 0,
+        last_sync_at INTEGER
+    );
+    CREATE TABLE devices (
+        device     TEXT PRIMARY KEY,
+        kind       TEXT NOT NULL,                  -- 'framed' | 'ascii'
+        last_seq   INTEGER NOT NULL DEFAULT 0,     -- framed: highest durable seq; ascii: last assigned
+        firmware   TEXT,
+        port       TEXT,
+        last_seen  INTEGER,
+        events     INTEGER NOT NULL DEFAULT 0,
+        duplicates INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE ports (
+        port        TEXT PRIMARY KEY,
+        protocol    TEXT NOT NULL,
+        connected   INTEGER NOT NULL DEFAULT 0,
+        frames      INTEGER NOT NULL DEFAULT 0,
+        rejected    INTEGER NOT NULL DEFAULT 0,
+        last_reject TEXT,
+        last_seen   INTEGER
+    );
+    "#,
+];
+
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`VERSION`]; refuses one written by a newer darkleg.
+pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if current > VERSION {
+        return Err(format!(
+            "database schema is version {current}, this darkleg knows up to {VERSION}: \
+             it was written by a newer release; upgrade darkleg or point data_dir elsewhere"
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(sql)
+            .and_then(|_| tx.pragma_update(None, "user_version", i as i64 + 1))
+            .and_then(|_| tx.commit())
+            .map_err(|e| format!("migration to schema v{} failed: {e}", i + 1))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrates_fresh_and_is_idempotent_and_refuses_newer() {
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
+        super::migrate(&mut c).unwrap();
+        super::migrate(&mut c).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, super::VERSION);
+        c.pragma_update(None, "user_version", 99).unwrap();
+        assert!(super::migrate(&mut c)
+            .unwrap_err()
+            .contains("newer release"));
+    }
+}
