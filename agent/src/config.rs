@@ -490,11 +490,11 @@ url = "mqtts://broker.example:8883"
     fn errors_name_line_and_key() {
         let e = error_of(&GOOD.replace("station = \"pack\"", "station = \"packing\""));
         assert!(
-            e.starts_with("t.toml:11: `scanner[0].station`: \"packing\": unknown step"),
+            e.starts_with("t.toml:10: `scanner[0].station`: \"packing\": unknown step"),
             "{e}"
         );
         let e = error_of(&GOOD.replace("mqtts://broker.example:8883", "http://x"));
-        assert!(e.starts_with("t.toml:19: `upstream[0].url`"), "{e}");
+        assert!(e.starts_with("t.toml:18: `upstream[0].url`"), "{e}");
         assert!(e.contains("hint:"), "{e}");
         let e = error_of(&GOOD.replace(
             "protocol = \"ascii\"\nstation = \"pack\"",

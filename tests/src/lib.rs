@@ -1,1 +1,275 @@
+//! Harness for darkleg's end-to-end tests: the real `darkleg` binary as a child process,
+//! a private Mosquitto per test, scanners on real pseudo-terminal pairs, and an upstream
+//! subscriber. Helpers here only set things up and observe; the assertions live in the tests.
 
+use darkleg_agent::sim::collector::Arrival;
+use darkleg_agent::sim::workload::PlannedScan;
+use darkleg_protocol::EventId;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use darkleg_agent::sim::{broker::Mosquitto, collector::Collector, scanner, workload};
+
+/// The `darkleg` binary, built once per test process so the tests run against current code
+/// even when only `cargo test` was asked for.
+pub fn darkleg_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "darkleg-agent",
+                "--bin",
+                "darkleg",
+                "--manifest-path",
+            ])
+            .arg(&manifest)
+            .status()
+            .expect("running cargo build for the darkleg binary");
+        assert!(status.success(), "building darkleg failed");
+        // Tests live in target/<profile>/deps/; the binary one level up.
+        let exe = std::env::current_exe().expect("test executable path");
+        let bin = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .join("darkleg");
+        assert!(bin.exists(), "no darkleg binary at {}", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A scratch directory removed on drop (kept when the test panicked, for its logs).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("darkleg-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("keeping {} for inspection", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// One `[[scanner]]` entry.
+pub struct ScannerEntry<'a> {
+    pub port: &'a str,
+    pub protocol: &'a str,
+    pub station: Option<&'a str>,
+}
+
+/// Writes a gateway config into `dir` and returns its path.
+pub fn write_config(
+    dir: &Path,
+    scanners: &[ScannerEntry<'_>],
+    upstream_url: Option<&str>,
+) -> PathBuf {
+    let mut text = format!(
+        "[gateway]\nsite = \"e2e\"\nid = \"gw-01\"\ndata_dir = \"{}\"\n\n",
+        dir.join("data").display()
+    );
+    for s in scanners {
+        text.push_str(&format!(
+            "[[scanner]]\nport = \"{}\"\nprotocol = \"{}\"\n",
+            s.port, s.protocol
+        ));
+        if let Some(st) = s.station {
+            text.push_str(&format!("station = \"{st}\"\n"));
+        }
+        text.push('\n');
+    }
+    if let Some(url) = upstream_url {
+        text.push_str(&format!(
+            "[[upstream]]\nname = \"central\"\nurl = \"{url}\"\ntopic_prefix = \"darkleg/v1\"\nkeep_alive_secs = 5\n"
+        ));
+    }
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).expect("writing config");
+    path
+}
+
+/// The agent as a child process, logging to `dir/agent-N.log`.
+pub struct Agent {
+    child: Option<Child>,
+}
+
+impl Agent {
+    pub fn start(config: &Path, log: &Path) -> Agent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("agent log");
+        let child = Command::new(darkleg_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning darkleg run");
+        Agent { child: Some(child) }
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `darkleg status --json` for `config`; `Null` while the agent has not created its
+/// database yet.
+pub fn status(config: &Path) -> Value {
+    let out = Command::new(darkleg_bin())
+        .arg("status")
+        .arg("--config")
+        .arg(config)
+        .arg("--json")
+        .output()
+        .expect("running darkleg status");
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no database"), "status failed: {err}");
+        return Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a device was planned to scan, in sequence order (seq = index + 1).
+pub type Plans = HashMap<String, Vec<PlannedScan>>;
+
+/// Unique event ids among `arrivals`.
+pub fn unique_ids(arrivals: &[Arrival]) -> usize {
+    arrivals
+        .iter()
+        .map(|a| a.json["event_id"].as_str().unwrap_or("").to_string())
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+/// Checks what arrived upstream against what framed devices scanned: each planned scan
+/// exactly once by event id, under the id derived from its device and sequence, with its
+/// code; in per-device sequence order by first arrival; no code under two ids.
+/// Returns the number of duplicate deliveries (harmless on the wire, deduplicated by id).
+pub fn check_exactly_once(arrivals: &[Arrival], plans: &Plans) -> usize {
+    let mut first: HashMap<String, &Value> = HashMap::new();
+    let mut order: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut ids_per_code: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut duplicates = 0;
+    for a in arrivals {
+        let j = &a.json;
+        assert_eq!(j["schema"], "darkleg.scan.v1", "unexpected payload {j}");
+        let id = j["event_id"].as_str().expect("event_id").to_string();
+        ids_per_code
+            .entry(j["code"].as_str().unwrap_or("").to_string())
+            .or_default()
+            .insert(id.clone());
+        if first.contains_key(&id) {
+            duplicates += 1;
+            assert_eq!(first[&id], j, "a duplicate delivery differs from the first");
+            continue;
+        }
+        let device = j["device"].as_str().expect("device").to_string();
+        let seq = j["seq"].as_u64().expect("seq");
+        order.entry(device).or_default().push(seq);
+        first.insert(id, j);
+    }
+    for (code, ids) in &ids_per_code {
+        assert_eq!(
+            ids.len(),
+            1,
+            "code {code} arrived under {} event ids: {ids:?}",
+            ids.len()
+        );
+    }
+    let planned: usize = plans.values().map(Vec::len).sum();
+    assert_eq!(first.len(), planned, "unique events upstream vs scans made");
+    for (device, plan) in plans {
+        let seqs = order
+            .get(device)
+            .unwrap_or_else(|| panic!("nothing arrived from {device}"));
+        let want: Vec<u64> = (1..=plan.len() as u64).collect();
+        assert_eq!(seqs, &want, "{device}: per-device order by first arrival");
+        for (i, scan) in plan.iter().enumerate() {
+            let seq = i as u64 + 1;
+            let id = EventId::new(device, seq).to_string();
+            let j = first
+                .get(&id)
+                .unwrap_or_else(|| panic!("{device} #{seq} missing (id {id})"));
+            assert_eq!(
+                j["code"].as_str(),
+                Some(scan.code.as_str()),
+                "{device} #{seq} code"
+            );
+            assert_eq!(
+                j["step"].as_str(),
+                Some(scan.step.as_str()),
+                "{device} #{seq} step"
+            );
+            assert_eq!(j["device"].as_str(), Some(device.as_str()));
+        }
+    }
+    duplicates
+}
