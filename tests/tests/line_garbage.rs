@@ -1,0 +1,158 @@
+//! (4) Random garbage interleaved on the serial lines: every valid frame is still
+//! accepted (the agent's frame count equals what the scanners wrote), every rejection is
+//! counted, and the scans arrive exactly once.
+
+use darkleg_protocol::Step;
+use darkleg_tests::scanner::{write_ascii_scan, FramedConfig, FramedScanner, Pty};
+use darkleg_tests::workload::parcel_scans;
+use darkleg_tests::*;
+use std::io::Write;
+use std::time::Duration;
+
+#[test]
+fn garbage_between_frames_is_counted_and_costs_no_valid_frame() {
+    let dir = Scratch::new("garbage");
+    let broker = Mosquitto::start(&dir.0.join("broker")).expect("mosquitto");
+    let collector = Collector::start(broker.port, "darkleg/v1/#", "e2e-garbage");
+    assert!(collector.wait_subscribed(Duration::from_secs(10)));
+
+    let framed: Vec<Pty> = (0..2).map(|_| Pty::open().unwrap()).collect();
+    let mut dock = Pty::open().unwrap();
+    let mut entries: Vec<ScannerEntry<'_>> = framed
+        .iter()
+        .map(|p| ScannerEntry {
+            port: &p.slave_path,
+            protocol: "framed",
+            station: None,
+        })
+        .collect();
+    entries.push(ScannerEntry {
+        port: &dock.slave_path,
+        protocol: "ascii",
+        station: Some("handover"),
+    });
+    let config = write_config(&dir.0, &entries, Some(&broker.url()));
+    let _agent = Agent::start(&config, &dir.0.join("agent.log"));
+    assert!(wait_until(Duration::from_secs(20), || {
+        status(&config)["ports"]
+            .as_array()
+            .is_some_and(|p| p.len() == 3 && p.iter().all(|p| p["connected"] == true))
+    }));
+
+    let mut plans = Plans::new();
+    let mut scanners = Vec::new();
+    let mut paths = Vec::new();
+    for (i, pty) in framed.into_iter().enumerate() {
+        let device = format!("noisy-{i}");
+        let plan: Vec<_> = (0..80u64)
+            .flat_map(|n| parcel_scans(500 * (i as u64 + 1) + n, Step::Pick))
+            .collect();
+        let cfg = FramedConfig {
+            device: device.clone(),
+            window: 8,
+            retransmit_after: Duration::from_secs(1),
+            scan_interval: Duration::from_millis(5),
+            garbage: 0.3,
+            seed: 1234 + i as u64,
+        };
+        paths.push(pty.slave_path.clone());
+        scanners.push((
+            FramedScanner::start(pty.master, cfg, plan.clone()),
+            plan.len(),
+        ));
+        plans.insert(device, plan);
+    }
+
+    // The plain scanner: noise lines (control characters, never CR/LF) between real scans.
+    let handover: Vec<_> = (0..40u64)
+        .flat_map(|n| parcel_scans(9000 + n, Step::Handover))
+        .collect();
+    let mut rng = 42u64;
+    let mut noise_lines = 0u64;
+    for scan in &handover {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        if rng % 3 == 0 {
+            let junk: Vec<u8> = (0..1 + rng % 20)
+                .map(|k| [0x01, 0x07, 0x1B, 0x7F, b'A', b'9'][((rng >> k) % 6) as usize])
+                .collect();
+            let mut line = vec![0x02];
+            line.extend(junk);
+            line.extend_from_slice(b"\r\n");
+            dock.master.write_all(&line).unwrap();
+            noise_lines += 1;
+        }
+        write_ascii_scan(&mut dock.master, scan).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let expected = plans.values().map(Vec::len).sum::<usize>() + handover.len();
+    let all = wait_until(Duration::from_secs(60), || {
+        scanners.iter().all(|(s, n)| s.done(*n)) && unique_ids(&collector.messages()) >= expected
+    });
+    let arrivals = collector.messages();
+    assert!(all, "{} of {expected} arrived", unique_ids(&arrivals));
+    let ascii_device = format!(
+        "gw-01:{}",
+        dock.slave_path
+            .trim_start_matches("/dev/")
+            .replace('/', "_")
+    );
+    let (ascii, framed_arrivals): (Vec<_>, Vec<_>) = arrivals
+        .into_iter()
+        .partition(|a| a.json["device"] == ascii_device.as_str());
+    check_exactly_once(&framed_arrivals, &plans);
+    let codes: Vec<&str> = ascii
+        .iter()
+        .map(|a| a.json["code"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = handover.iter().map(|s| s.code.as_str()).collect();
+    assert_eq!(
+        codes, want,
+        "every real ascii scan, once, in order; no noise line became a scan"
+    );
+
+    for (s, _) in &mut scanners {
+        s.stop();
+    }
+    let stats: Vec<_> = scanners.iter().map(|(s, _)| s.stats()).collect();
+    assert!(
+        stats.iter().all(|s| s.garbage_bytes > 0),
+        "garbage was sent: {stats:?}"
+    );
+    // Port counters reach the store about once a second; wait for them to settle.
+    let port = |st: &serde_json::Value, path: &str| {
+        st["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["port"] == path).cloned())
+            .unwrap_or_default()
+    };
+    let settled = wait_until(Duration::from_secs(10), || {
+        let st = status(&config);
+        paths
+            .iter()
+            .zip(&stats)
+            .all(|(path, s)| port(&st, path)["frames"] == s.frames_sent)
+            && port(&st, &dock.slave_path)["rejected"] == noise_lines
+    });
+    let st = status(&config);
+    assert!(
+        settled,
+        "agent frame counts {:?} vs frames written {:?}; ascii rejected {} vs noise lines {noise_lines}",
+        paths.iter().map(|p| port(&st, p)["frames"].clone()).collect::<Vec<_>>(),
+        stats.iter().map(|s| s.frames_sent).collect::<Vec<_>>(),
+        port(&st, &dock.slave_path)["rejected"]
+    );
+    for path in &paths {
+        let p = port(&st, path);
+        assert!(
+            p["rejected"].as_u64().unwrap() > 0,
+            "garbage counted as rejections on {path}: {p}"
+        );
+        assert!(
+            p["last_reject"].is_string(),
+            "the last rejection reason is kept: {p}"
+        );
+    }
+}
