@@ -73,7 +73,7 @@ fn garbage_between_frames_is_counted_and_costs_no_valid_frame() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        if rng % 3 == 0 {
+        if rng.is_multiple_of(3) {
             let junk: Vec<u8> = (0..1 + rng % 20)
                 .map(|k| [0x01, 0x07, 0x1B, 0x7F, b'A', b'9'][((rng >> k) % 6) as usize])
                 .collect();
