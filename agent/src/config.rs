@@ -532,3 +532,21 @@ url = "mqtts://broker.example:8883"
         assert!(parse_mqtt_url("mqtt://host/topic").is_err());
     }
 }
+
+#[cfg(test)]
+mod shipped_examples {
+    /// The example configs in configs/ are documentation; they must stay valid.
+    #[test]
+    fn every_shipped_config_validates() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                super::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "expected the example configs in {}", dir.display());
+    }
+}
