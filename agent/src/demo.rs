@@ -17,6 +17,8 @@ pub struct DemoOptions {
     pub parcels: u64,
     /// Pause between one operator's scans.
     pub scan_interval: Duration,
+    /// Run without a broker even when Mosquitto is installed.
+    pub offline: bool,
 }
 
 pub fn run(opts: DemoOptions) -> Result<(), String> {
@@ -33,7 +35,11 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
         "darkleg demo: {} parcels through pick → pack → handover",
         opts.parcels
     );
-    let broker = match Mosquitto::start(&dir.join("broker")) {
+    let mut broker = match if opts.offline {
+        Err("--offline given".to_string())
+    } else {
+        Mosquitto::start(&dir.join("broker"))
+    } {
         Ok(b) => {
             println!("  broker     Mosquitto on 127.0.0.1:{} (started for this demo, stopped at the end)", b.port);
             Some(b)
@@ -47,15 +53,16 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
     let pick = Pty::open()?;
     let pack = Pty::open()?;
     let mut handover = Pty::open()?;
-    let upstream = broker
-        .as_ref()
-        .map(|b| {
-            format!(
-                "[[upstream]]\nname = \"central\"\nurl = \"{}\"\ntopic_prefix = \"darkleg/v1\"\n",
-                b.url()
-            )
-        })
-        .unwrap_or_default();
+    // Offline, the upstream points at a port nobody listens on: the agent retries with
+    // backoff while the outbox fills, exactly as with a broker that is down.
+    let upstream_url = match &broker {
+        Some(b) => b.url(),
+        None => format!(
+            "mqtt://127.0.0.1:{}",
+            crate::sim::broker::free_port().map_err(|e| e.to_string())?
+        ),
+    };
+    let upstream = format!("[[upstream]]\nname = \"central\"\nurl = \"{upstream_url}\"\ntopic_prefix = \"darkleg/v1\"\n");
     let config_text = format!(
         "[gateway]\nsite = \"demo1\"\nid = \"gw-01\"\ndata_dir = \"{data}\"\n\n\
          [[scanner]]\nport = \"{pick}\"\nprotocol = \"framed\"\nname = \"pick-a\"\n\n\
@@ -131,6 +138,9 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
     let mut shown = 0usize;
     let mut seen = HashSet::new();
     let mut latencies = Vec::new();
+    // Halfway, the broker goes away for a few seconds: capture goes on, the backlog waits.
+    let mut outage: Option<Instant> = None;
+    let mut outage_done = false;
     let deadline = started + Duration::from_secs(30) + opts.scan_interval * (expected as u32);
     loop {
         if hand_next < hand_plan.len() && last_hand.elapsed() >= opts.scan_interval * 2 {
@@ -166,9 +176,28 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
                 );
             }
         }
+        if let Some(b) = broker.as_mut() {
+            if outage.is_none() && !outage_done && seen.len() >= expected / 3 {
+                b.stop();
+                outage = Some(Instant::now());
+                println!("  ✗ broker stopped — scanners keep scanning, the gateway keeps acking");
+            }
+            if let Some(t) = outage {
+                if t.elapsed() >= Duration::from_secs(3) {
+                    let backlog = crate::store::Reader::open(&config.db_path())
+                        .and_then(|r| r.status())
+                        .map(|s| s.upstreams.iter().map(|u| u.backlog).sum::<i64>())
+                        .unwrap_or(-1);
+                    println!("  ✓ broker back after 3 s — {backlog} events waited in the outbox, draining now");
+                    b.restart()?;
+                    outage = None;
+                    outage_done = true;
+                }
+            }
+        }
         let scanners_done =
             scanners.iter().all(|(s, n)| s.done(*n)) && hand_next == hand_plan.len();
-        let upstream_done = collector.is_none() || seen.len() >= expected;
+        let upstream_done = collector.is_none() || (seen.len() >= expected && outage_done);
         if (scanners_done && upstream_done) || Instant::now() > deadline {
             break;
         }
@@ -203,7 +232,7 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
                 c.len() - seen.len()
             );
             println!(
-                "  scan → upstream     p50 {} ms, p95 {} ms",
+                "  scan → upstream     p50 {} ms, p95 {} ms (scans made during the outage included)",
                 p(0.5),
                 p(0.95)
             );

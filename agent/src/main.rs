@@ -13,7 +13,7 @@ USAGE:
     darkleg check-config FILE           validate a config and print what it means
     darkleg status --config FILE [--json]
                                         backlog, last sync, per-scanner counters
-    darkleg demo [--parcels N] [--scan-interval-ms MS]
+    darkleg demo [--parcels N] [--scan-interval-ms MS] [--offline]
                                         a small warehouse on this machine
     darkleg --version | --help
 
@@ -173,5 +173,6 @@ fn cmd_demo(args: &[String]) -> Result<(), String> {
     darkleg_agent::demo::run(darkleg_agent::demo::DemoOptions {
         parcels: num("--parcels", 12)?.max(1),
         scan_interval: Duration::from_millis(num("--scan-interval-ms", 150)?),
+        offline: args.iter().any(|a| a == "--offline"),
     })
 }
