@@ -109,6 +109,7 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
         retransmit_after: Duration::from_millis(800),
         scan_interval: opts.scan_interval,
         garbage: 0.0,
+        resume_after: 0,
         seed,
     };
     let mut scanners = [

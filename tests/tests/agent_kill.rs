@@ -45,6 +45,7 @@ fn sigkill_twenty_times_loses_nothing_and_never_renames_a_scan() {
             // Spread the scans over the whole kill sequence (~10 s).
             scan_interval: Duration::from_millis(10_000 / plan.len() as u64),
             garbage: 0.0,
+            resume_after: 0,
             seed: 77 + i as u64,
         };
         scanners.push((

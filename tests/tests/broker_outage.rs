@@ -45,6 +45,7 @@ fn broker_stopped_mid_stream_and_restarted_loses_nothing() {
             retransmit_after: Duration::from_secs(1),
             scan_interval: Duration::from_millis(40),
             garbage: 0.0,
+            resume_after: 0,
             seed: i as u64 + 10,
         };
         scanners.push((

@@ -66,6 +66,7 @@ fn framed_and_ascii_scans_arrive_exactly_once_in_device_order() {
         retransmit_after: Duration::from_secs(2),
         scan_interval: Duration::from_millis(5),
         garbage: 0.0,
+        resume_after: 0,
         seed,
     };
     let s1 = FramedScanner::start(pick.master, cfg("pick-7", 1), plans["pick-7"].clone());

@@ -53,6 +53,7 @@ fn garbage_between_frames_is_counted_and_costs_no_valid_frame() {
             retransmit_after: Duration::from_secs(1),
             scan_interval: Duration::from_millis(5),
             garbage: 0.3,
+            resume_after: 0,
             seed: 1234 + i as u64,
         };
         paths.push(pty.slave_path.clone());

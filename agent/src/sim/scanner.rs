@@ -61,6 +61,9 @@ pub struct FramedConfig {
     /// Chance per frame of writing random garbage before it (0.0 = clean line).
     pub garbage: f64,
     pub seed: u64,
+    /// Scans `1..=resume_after` of the plan were made and acked in an earlier session (a
+    /// scanner plugged back in keeps its sequence).
+    pub resume_after: u64,
 }
 
 pub struct FramedScanner {
@@ -131,14 +134,20 @@ impl Link {
     ) -> Link {
         let rto = cfg.retransmit_after;
         let rng = cfg.seed | 1;
+        let done = cfg.resume_after.min(plan.len() as u64);
+        {
+            let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+            s.scanned = done;
+            s.acked = done;
+        }
         Link {
             port,
             cfg,
             plan,
-            captured_at: Vec::new(),
+            captured_at: vec![0; done as usize],
             stats,
-            acked: 0,
-            next: 1,
+            acked: done,
+            next: done + 1,
             clock_offset_ms: 0,
             rng,
             last_progress: Instant::now(),

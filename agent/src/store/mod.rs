@@ -4,6 +4,8 @@
 //! use their own connections, which WAL lets run beside the writer.
 
 mod schema;
+#[cfg(test)]
+mod tests;
 pub mod writer;
 
 use crate::config::{Config, Synchronous};

@@ -1,0 +1,219 @@
+//! The store's rules, on a real SQLite file: go-back-N sequencing for framed scanners,
+//! gateway numbering for ASCII ones, per-upstream outboxes, pruning that never touches an
+//! undelivered event, and durability across reopen.
+
+use super::*;
+use darkleg_protocol::Step;
+
+struct Fixture {
+    dir: PathBuf,
+    config: Config,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("darkleg-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = format!(
+            "[gateway]\nsite = \"s\"\nid = \"g\"\ndata_dir = \"{}\"\n\
+             [[upstream]]\nname = \"a\"\nurl = \"mqtt://127.0.0.1:1\"\n\
+             [[upstream]]\nname = \"b\"\nurl = \"mqtt://127.0.0.1:2\"\n",
+            dir.display()
+        );
+        Fixture {
+            config: Config::parse(&text, "t.toml").unwrap(),
+            dir,
+        }
+    }
+
+    fn open(&self) -> (StoreHandle, std::thread::JoinHandle<()>) {
+        StoreHandle::open(&self.config).unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn close(store: StoreHandle, join: std::thread::JoinHandle<()>) {
+    drop(store);
+    join.join().unwrap();
+}
+
+fn hello(s: &StoreHandle, device: &str, last_acked: u64) -> u64 {
+    let (reply, rx) = oneshot::channel();
+    s.send_blocking(WriteOp::Hello {
+        device: device.into(),
+        firmware: "t".into(),
+        port: "p".into(),
+        last_acked,
+        reply,
+    })
+    .unwrap();
+    rx.blocking_recv().unwrap().unwrap()
+}
+
+fn framed(s: &StoreHandle, device: &str, seq: u64) -> FramedOutcome {
+    let scan = FramedScan {
+        seq,
+        step: Step::Pack,
+        code: format!("{device}-code-{seq}"),
+        symbology: Some("]C1".into()),
+        operator: None,
+        captured_at_ms: 1000 + seq,
+        station: None,
+        received_at_ms: 2000 + seq,
+    };
+    s.framed_blocking(device.into(), "p".into(), scan)
+        .blocking_recv()
+        .unwrap()
+        .unwrap()
+}
+
+fn ascii(s: &StoreHandle, code: &str, received_at_ms: u64) -> u64 {
+    let (reply, rx) = oneshot::channel();
+    let scan = AsciiScan {
+        step: Step::Handover,
+        code: code.into(),
+        symbology: None,
+        station: None,
+        received_at_ms,
+    };
+    s.send_blocking(WriteOp::Ascii {
+        device: "g:tty0".into(),
+        port: "/dev/tty0".into(),
+        scan,
+        reply,
+    })
+    .unwrap();
+    rx.blocking_recv().unwrap().unwrap()
+}
+
+/// Sends a fire-and-forget op, then a Hello as a barrier: the writer applies in order.
+fn send_and_settle(s: &StoreHandle, op: WriteOp) {
+    s.send_blocking(op).unwrap();
+    hello(s, "barrier", 0);
+}
+
+#[test]
+fn framed_scans_are_taken_in_sequence_only() {
+    let f = Fixture::new("framed");
+    let (s, j) = f.open();
+    assert_eq!(hello(&s, "d1", 0), 0);
+    assert_eq!(framed(&s, "d1", 1), FramedOutcome::Stored { acked: 1 });
+    assert_eq!(framed(&s, "d1", 1), FramedOutcome::Duplicate { acked: 1 });
+    assert_eq!(framed(&s, "d1", 3), FramedOutcome::OutOfOrder { acked: 1 });
+    assert_eq!(framed(&s, "d1", 2), FramedOutcome::Stored { acked: 2 });
+    // A scanner that already retired up to 10 elsewhere is not asked for them again.
+    assert_eq!(hello(&s, "d1", 10), 10);
+    assert_eq!(framed(&s, "d1", 11), FramedOutcome::Stored { acked: 11 });
+    // …but a scanner that lost its ack state is told what the gateway already has.
+    assert_eq!(hello(&s, "d1", 0), 11);
+    close(s, j);
+
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    let st = r.status().unwrap();
+    assert_eq!(st.events, 3);
+    let d = st.devices.iter().find(|d| d.device == "d1").unwrap();
+    assert_eq!((d.last_seq, d.events, d.duplicates), (11, 3, 1));
+    let rows = r.pending("a", 0, 100).unwrap();
+    let seqs: Vec<u64> = rows.iter().map(|p| p.event.seq).collect();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 11],
+        "outbox order is per-device sequence order"
+    );
+    assert_eq!(
+        rows[0].event.event_id,
+        darkleg_protocol::EventId::new("d1", 1)
+    );
+    assert_eq!(rows[0].event.code, "d1-code-1");
+    assert_eq!(rows[0].event.captured_at_ms, 1001);
+}
+
+#[test]
+fn ascii_scans_are_numbered_by_the_gateway_across_restarts() {
+    let f = Fixture::new("ascii");
+    let (s, j) = f.open();
+    assert_eq!(ascii(&s, "A", 1), 1);
+    assert_eq!(ascii(&s, "B", 2), 2);
+    close(s, j);
+    let (s, j) = f.open();
+    assert_eq!(ascii(&s, "C", 3), 3, "numbering survives a restart");
+    close(s, j);
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    let codes: Vec<String> = r
+        .pending("b", 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.event.code)
+        .collect();
+    assert_eq!(codes, ["A", "B", "C"]);
+}
+
+#[test]
+fn each_upstream_has_its_own_outbox_and_pruning_spares_the_undelivered() {
+    let f = Fixture::new("outbox");
+    let (s, j) = f.open();
+    for (i, code) in ["old1", "old2", "new"].iter().enumerate() {
+        ascii(&s, code, [100, 200, 10_000][i]);
+    }
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    let rows: Vec<i64> = r
+        .pending("a", 0, 10)
+        .unwrap()
+        .iter()
+        .map(|p| p.row)
+        .collect();
+    // Upstream a acks the first two; b acks nothing.
+    send_and_settle(
+        &s,
+        WriteOp::Delivered {
+            upstream: "a".into(),
+            rows: rows[..2].to_vec(),
+            at_ms: 5,
+        },
+    );
+    assert_eq!(r.pending("a", 0, 10).unwrap().len(), 1);
+    assert_eq!(r.pending("b", 0, 10).unwrap().len(), 3);
+    // The cursor skips what is already handed over.
+    assert_eq!(r.pending("b", rows[1], 10).unwrap().len(), 1);
+
+    send_and_settle(&s, WriteOp::Prune { before_ms: 1000 });
+    assert_eq!(
+        r.status().unwrap().events,
+        3,
+        "b still owes old1 and old2: nothing pruned"
+    );
+    send_and_settle(
+        &s,
+        WriteOp::Delivered {
+            upstream: "b".into(),
+            rows: rows.clone(),
+            at_ms: 6,
+        },
+    );
+    send_and_settle(&s, WriteOp::Prune { before_ms: 1000 });
+    let st = r.status().unwrap();
+    assert_eq!(
+        st.events, 1,
+        "delivered everywhere and past retention: pruned"
+    );
+    let b = st.upstreams.iter().find(|u| u.name == "b").unwrap();
+    assert_eq!((b.backlog, b.delivered, b.last_sync_at_ms), (0, 3, Some(6)));
+    close(s, j);
+}
+
+#[test]
+fn a_newer_schema_is_refused_not_overwritten() {
+    let f = Fixture::new("schema");
+    let (s, j) = f.open();
+    close(s, j);
+    let c = Connection::open(f.config.db_path()).unwrap();
+    c.pragma_update(None, "user_version", 999).unwrap();
+    drop(c);
+    let err = StoreHandle::open(&f.config).err().unwrap().to_string();
+    assert!(err.contains("newer release"), "{err}");
+}
