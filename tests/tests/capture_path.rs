@@ -38,7 +38,7 @@ fn framed_and_ascii_scans_arrive_exactly_once_in_device_order() {
         ],
         Some(&broker.url()),
     );
-    let _agent = Agent::start(&config, &dir.0.join("agent.log"));
+    let mut agent = Agent::start(&config, &dir.0.join("agent.log"));
     // Scanners start once the agent has their ports open, as on a real dock.
     assert!(wait_until(Duration::from_secs(20), || {
         status(&config)["ports"]
@@ -136,4 +136,8 @@ fn framed_and_ascii_scans_arrive_exactly_once_in_device_order() {
     assert!(wait_until(Duration::from_secs(10), || status(&config)
         ["upstreams"][0]["backlog"]
         == 0));
+
+    // SIGTERM: a clean stop, exit status 0.
+    let exit = agent.stop().expect("agent was running");
+    assert!(exit.success(), "agent exited with {exit}");
 }

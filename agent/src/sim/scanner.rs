@@ -223,12 +223,18 @@ impl Link {
         let mut dec = FrameDecoder::new();
         let mut buf = [0u8; 1024];
         while !stop.load(Ordering::Relaxed) {
-            // The operator scans at their pace; every scan is kept until acked.
-            if self.captured_at.len() < self.plan.len()
-                && self.last_scan.elapsed() >= self.cfg.scan_interval
+            // The operator scans at their pace (or, with no interval, as fast as the link
+            // takes them); every scan is kept until acked.
+            let before = self.captured_at.len();
+            while self.captured_at.len() < self.plan.len()
+                && (self.cfg.scan_interval.is_zero()
+                    || self.last_scan.elapsed() >= self.cfg.scan_interval)
             {
-                self.captured_at.push(self.now_ms());
-                self.last_scan = Instant::now();
+                let at = self.now_ms();
+                self.captured_at.push(at);
+                self.last_scan += self.cfg.scan_interval;
+            }
+            if self.captured_at.len() != before {
                 let n = self.captured_at.len() as u64;
                 self.stat(|s| s.scanned = n);
             }

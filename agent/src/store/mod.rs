@@ -195,15 +195,27 @@ impl Reader {
                  WHERE o.upstream = ?1 AND o.row > ?2 ORDER BY o.row LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![upstream, after_row, limit as i64], |r| {
+                // Rows this agent wrote; a value that does not parse means a damaged file,
+                // which must stop delivery rather than send a wrong event.
+                let bad = |col: usize, what: &str| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        col,
+                        rusqlite::types::Type::Text,
+                        what.into(),
+                    )
+                };
                 let id: Vec<u8> = r.get(1)?;
                 let step: String = r.get(4)?;
                 Ok(Pending {
                     row: r.get(0)?,
                     event: ScanEvent {
-                        event_id: EventId(id.try_into().unwrap_or([0; 16])),
+                        event_id: EventId(
+                            id.try_into()
+                                .map_err(|_| bad(1, "event_id is not 16 bytes"))?,
+                        ),
                         device: r.get(2)?,
                         seq: r.get::<_, i64>(3)? as u64,
-                        step: step.parse().unwrap_or(Step::Exception),
+                        step: step.parse::<Step>().map_err(|_| bad(4, "unknown step"))?,
                         code: r.get(5)?,
                         symbology: r.get(6)?,
                         station: r.get(7)?,

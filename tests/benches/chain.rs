@@ -1,0 +1,115 @@
+//! Events/s through the whole chain on this machine: K framed scanners on ptys → the
+//! release agent (synchronous=FULL) → a real Mosquitto → a subscriber.
+//!
+//! Baseline in the same run: the same agent with group commit switched off
+//! (`max_batch = 1`, one fsync per write). Prints medians of RUNS runs and the ratio.
+//!
+//!     cargo bench -p darkleg-tests --bench chain
+//!     DARKLEG_BENCH_EVENTS=20000 DARKLEG_BENCH_SCANNERS=8 cargo bench -p darkleg-tests --bench chain
+
+use darkleg_protocol::Step;
+use darkleg_tests::scanner::{FramedConfig, FramedScanner, Pty};
+use darkleg_tests::workload::parcel_scans;
+use darkleg_tests::*;
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 3;
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Run {
+    /// Scans per second until every scanner had every scan acked (durable on the gateway).
+    ingest: f64,
+    /// Scans per second until the subscriber had every event.
+    end_to_end: f64,
+}
+
+fn one_run(label: &str, i: usize, scanners: usize, per_scanner: usize, store: &str) -> Run {
+    let dir = Scratch::new(&format!("bench-{label}-{i}"));
+    let broker = Mosquitto::start(&dir.0.join("broker")).expect("mosquitto");
+    let collector = Collector::start(broker.port, "darkleg/v1/#", &format!("bench-{label}-{i}"));
+    assert!(collector.wait_subscribed(Duration::from_secs(10)));
+    let ptys: Vec<Pty> = (0..scanners).map(|_| Pty::open().unwrap()).collect();
+    let entries: Vec<ScannerEntry<'_>> = ptys
+        .iter()
+        .map(|p| ScannerEntry {
+            port: &p.slave_path,
+            protocol: "framed",
+            station: None,
+        })
+        .collect();
+    let config = write_config_with(&dir.0, &entries, Some(&broker.url()), store);
+    let _agent = Agent::start(&config, &dir.0.join("agent.log"));
+    assert!(wait_until(Duration::from_secs(20), || {
+        status(&config)["ports"]
+            .as_array()
+            .is_some_and(|p| p.len() == scanners && p.iter().all(|p| p["connected"] == true))
+    }));
+    let start = Instant::now();
+    let mut sims = Vec::new();
+    for (k, pty) in ptys.into_iter().enumerate() {
+        let plan: Vec<_> = (0..per_scanner as u64)
+            .flat_map(|n| parcel_scans(1_000_000 * k as u64 + n, Step::Pack))
+            .collect();
+        let cfg = FramedConfig {
+            device: format!("bench-{k}"),
+            window: 64,
+            retransmit_after: Duration::from_secs(5),
+            scan_interval: Duration::ZERO,
+            garbage: 0.0,
+            resume_after: 0,
+            seed: k as u64 + 1,
+        };
+        sims.push(FramedScanner::start(pty.master, cfg, plan));
+    }
+    let total = scanners * per_scanner;
+    assert!(wait_until(Duration::from_secs(600), || sims
+        .iter()
+        .all(|s| s.done(per_scanner))));
+    let ingest = total as f64 / start.elapsed().as_secs_f64();
+    assert!(wait_until(Duration::from_secs(600), || collector.len() >= total));
+    let end_to_end = total as f64 / start.elapsed().as_secs_f64();
+    assert!(
+        unique_ids(&collector.messages()) >= total,
+        "every event arrived"
+    );
+    Run { ingest, end_to_end }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets with --bench absent: stay quick there.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let scanners = env_num("DARKLEG_BENCH_SCANNERS", 4);
+    let per_scanner = env_num("DARKLEG_BENCH_EVENTS", 5000);
+    println!("chain: {scanners} framed scanners × {per_scanner} scans, window 64, synchronous=FULL, {RUNS} runs each");
+    let mut rows = Vec::new();
+    for (label, store) in [
+        ("group-commit", ""),
+        ("no-group-commit", "[store]\nmax_batch = 1\n"),
+    ] {
+        let runs: Vec<Run> = (0..RUNS)
+            .map(|i| one_run(label, i, scanners, per_scanner, store))
+            .collect();
+        let ingest = median(runs.iter().map(|r| r.ingest).collect());
+        let e2e = median(runs.iter().map(|r| r.end_to_end).collect());
+        println!("  {label:<16} durable ingest {ingest:>9.0} events/s   scan → subscriber {e2e:>9.0} events/s   (medians)");
+        rows.push((ingest, e2e));
+    }
+    println!(
+        "  ratio group-commit / baseline: ingest {:.2}×, end to end {:.2}×",
+        rows[0].0 / rows[1].0,
+        rows[0].1 / rows[1].1
+    );
+}
