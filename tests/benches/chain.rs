@@ -8,7 +8,7 @@
 //!     DARKLEG_BENCH_EVENTS=20000 DARKLEG_BENCH_SCANNERS=8 cargo bench -p darkleg-tests --bench chain
 
 use darkleg_protocol::Step;
-use darkleg_tests::scanner::{FramedConfig, FramedScanner, Pty};
+use darkleg_tests::scanner::{FramedConfig, FramedScanner};
 use darkleg_tests::workload::parcel_scans;
 use darkleg_tests::*;
 use std::time::{Duration, Instant};
@@ -30,40 +30,24 @@ struct Run {
 }
 
 fn one_run(label: &str, i: usize, scanners: usize, per_scanner: usize, store: &str) -> Run {
-    let dir = Scratch::new(&format!("bench-{label}-{i}"));
-    let broker = Mosquitto::start(&dir.0.join("broker")).expect("mosquitto");
-    let collector = Collector::start(broker.port, "darkleg/v1/#", &format!("bench-{label}-{i}"));
-    assert!(collector.wait_subscribed(Duration::from_secs(10)));
-    let ptys: Vec<Pty> = (0..scanners).map(|_| Pty::open().unwrap()).collect();
-    let entries: Vec<ScannerEntry<'_>> = ptys
-        .iter()
-        .map(|p| ScannerEntry {
-            port: &p.slave_path,
-            protocol: "framed",
-            station: None,
-        })
-        .collect();
-    let config = write_config_with(&dir.0, &entries, Some(&broker.url()), store);
-    let _agent = Agent::start(&config, &dir.0.join("agent.log"));
-    assert!(wait_until(Duration::from_secs(20), || {
-        status(&config)["ports"]
-            .as_array()
-            .is_some_and(|p| p.len() == scanners && p.iter().all(|p| p["connected"] == true))
-    }));
+    let mut rig = Rig::with_store(
+        &format!("bench-{label}-{i}"),
+        &vec![PortKind::Framed; scanners],
+        store,
+    );
+    let _agent = rig.start_agent();
+    rig.wait_ports_open();
     let start = Instant::now();
     let mut sims = Vec::new();
-    for (k, pty) in ptys.into_iter().enumerate() {
-        let plan: Vec<_> = (0..per_scanner as u64)
+    for (k, pty) in rig.take_ptys().into_iter().enumerate() {
+        let plan = (0..per_scanner as u64)
             .flat_map(|n| parcel_scans(1_000_000 * k as u64 + n, Step::Pack))
             .collect();
         let cfg = FramedConfig {
-            device: format!("bench-{k}"),
             window: 64,
             retransmit_after: Duration::from_secs(5),
             scan_interval: Duration::ZERO,
-            garbage: 0.0,
-            resume_after: 0,
-            seed: k as u64 + 1,
+            ..FramedConfig::new(&format!("bench-{k}"), k as u64 + 1)
         };
         sims.push(FramedScanner::start(pty.master, cfg, plan));
     }
@@ -72,10 +56,10 @@ fn one_run(label: &str, i: usize, scanners: usize, per_scanner: usize, store: &s
         .iter()
         .all(|s| s.done(per_scanner))));
     let ingest = total as f64 / start.elapsed().as_secs_f64();
-    assert!(wait_until(Duration::from_secs(600), || collector.len() >= total));
+    assert!(wait_until(Duration::from_secs(600), || rig.collector.len() >= total));
     let end_to_end = total as f64 / start.elapsed().as_secs_f64();
     assert!(
-        unique_ids(&collector.messages()) >= total,
+        unique_ids(&rig.collector.messages()) >= total,
         "every event arrived"
     );
     Run { ingest, end_to_end }

@@ -120,6 +120,120 @@ pub fn write_config_with(
     path
 }
 
+/// How a rig's scanner port is configured.
+#[derive(Clone, Copy)]
+pub enum PortKind {
+    Framed,
+    /// A plain scanner at a station with this step.
+    Ascii(&'static str),
+}
+
+/// A test site: a private broker, a subscriber on `darkleg/v1/#`, pty scanner ports and a
+/// config for them. The agent is started separately, since some tests kill and restart it.
+pub struct Rig {
+    pub collector: Collector,
+    pub broker: Mosquitto,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    /// One per requested port, in order; tests take them to drive scanners.
+    pub ptys: Vec<scanner::Pty>,
+    pub dir: Scratch,
+}
+
+impl Rig {
+    pub fn new(name: &str, ports: &[PortKind]) -> Rig {
+        Rig::with_store(name, ports, "")
+    }
+
+    /// [`Rig::new`] with extra config, e.g. a `[store]` table.
+    pub fn with_store(name: &str, ports: &[PortKind], extra: &str) -> Rig {
+        let dir = Scratch::new(name);
+        let broker = Mosquitto::start(&dir.0.join("broker")).expect("starting mosquitto");
+        let collector = Collector::start(broker.port, "darkleg/v1/#", &format!("e2e-{name}"));
+        assert!(
+            collector.wait_subscribed(Duration::from_secs(10)),
+            "subscriber ready"
+        );
+        let ptys: Vec<scanner::Pty> = ports
+            .iter()
+            .map(|_| scanner::Pty::open().expect("pty"))
+            .collect();
+        let entries: Vec<ScannerEntry<'_>> = ptys
+            .iter()
+            .zip(ports)
+            .map(|(p, kind)| match kind {
+                PortKind::Framed => ScannerEntry {
+                    port: &p.slave_path,
+                    protocol: "framed",
+                    station: None,
+                },
+                PortKind::Ascii(st) => ScannerEntry {
+                    port: &p.slave_path,
+                    protocol: "ascii",
+                    station: Some(st),
+                },
+            })
+            .collect();
+        let config = write_config_with(&dir.0, &entries, Some(&broker.url()), extra);
+        let log = dir.0.join("agent.log");
+        Rig {
+            collector,
+            broker,
+            config,
+            log,
+            ptys,
+            dir,
+        }
+    }
+
+    pub fn start_agent(&self) -> Agent {
+        Agent::start(&self.config, &self.log)
+    }
+
+    /// Waits until the agent has every port of the rig open (scanners start after that,
+    /// as on a real dock).
+    pub fn wait_ports_open(&self) {
+        let n = self.ptys.len();
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                status(&self.config)["ports"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == n && p.iter().all(|p| p["connected"] == true))
+            }),
+            "agent opened all {n} ports"
+        );
+    }
+
+    /// Takes the pty masters, for scanners to drive.
+    pub fn take_ptys(&mut self) -> Vec<scanner::Pty> {
+        std::mem::take(&mut self.ptys)
+    }
+
+    pub fn backlog(&self) -> Option<u64> {
+        status(&self.config)["upstreams"][0]["backlog"].as_u64()
+    }
+}
+
+/// The device id the agent gives a plain scanner on `slave_path`.
+pub fn ascii_device(slave_path: &str) -> String {
+    format!(
+        "gw-01:{}",
+        slave_path.trim_start_matches("/dev/").replace('/', "_")
+    )
+}
+
+/// Starts a framed scanner and records its plan under its device id.
+pub fn start_framed(
+    pty: scanner::Pty,
+    cfg: scanner::FramedConfig,
+    plan: Vec<PlannedScan>,
+    plans: &mut Plans,
+) -> (scanner::FramedScanner, usize) {
+    let n = plan.len();
+    plans.insert(cfg.device.clone(), plan.clone());
+    (scanner::FramedScanner::start(pty.master, cfg, plan), n)
+}
+
 /// The agent as a child process, logging to `dir/agent-N.log`.
 pub struct Agent {
     child: Option<Child>,

@@ -4,7 +4,7 @@
 //! arrives is proof the gateway kept what it acked.
 
 use darkleg_protocol::Step;
-use darkleg_tests::scanner::{FramedConfig, FramedScanner, Pty};
+use darkleg_tests::scanner::FramedConfig;
 use darkleg_tests::workload::parcel_scans;
 use darkleg_tests::*;
 use std::time::Duration;
@@ -13,46 +13,21 @@ const CYCLES: u32 = 20;
 
 #[test]
 fn sigkill_twenty_times_loses_nothing_and_never_renames_a_scan() {
-    let dir = Scratch::new("kill");
-    let broker = Mosquitto::start(&dir.0.join("broker")).expect("mosquitto");
-    let collector = Collector::start(broker.port, "darkleg/v1/#", "e2e-kill");
-    assert!(collector.wait_subscribed(Duration::from_secs(10)));
-
-    let ptys: Vec<Pty> = (0..4).map(|_| Pty::open().unwrap()).collect();
-    let entries: Vec<ScannerEntry<'_>> = ptys
-        .iter()
-        .map(|p| ScannerEntry {
-            port: &p.slave_path,
-            protocol: "framed",
-            station: None,
-        })
-        .collect();
-    let config = write_config(&dir.0, &entries, Some(&broker.url()));
-    let log = dir.0.join("agent.log");
-
+    let mut rig = Rig::new("kill", &[PortKind::Framed; 4]);
     let mut plans = Plans::new();
     let mut scanners = Vec::new();
-    for (i, pty) in ptys.into_iter().enumerate() {
-        let device = format!("scanner-{i}");
+    for (i, pty) in rig.take_ptys().into_iter().enumerate() {
         let step = [Step::Pick, Step::Pack, Step::Handover, Step::Pack][i];
         let plan: Vec<_> = (0..120u64)
             .flat_map(|n| parcel_scans(10_000 * (i as u64 + 1) + n, step))
             .collect();
         let cfg = FramedConfig {
-            device: device.clone(),
-            window: 8,
             retransmit_after: Duration::from_millis(300),
             // Spread the scans over the whole kill sequence (~10 s).
             scan_interval: Duration::from_millis(10_000 / plan.len() as u64),
-            garbage: 0.0,
-            resume_after: 0,
-            seed: 77 + i as u64,
+            ..FramedConfig::new(&format!("scanner-{i}"), 77 + i as u64)
         };
-        scanners.push((
-            FramedScanner::start(pty.master, cfg, plan.clone()),
-            plan.len(),
-        ));
-        plans.insert(device, plan);
+        scanners.push(start_framed(pty, cfg, plan, &mut plans));
     }
 
     // A fixed seed keeps a failure reproducible; the kill moments still land anywhere in
@@ -65,7 +40,7 @@ fn sigkill_twenty_times_loses_nothing_and_never_renames_a_scan() {
         lo + rng % (hi - lo)
     };
     for _ in 0..CYCLES {
-        let mut agent = Agent::start(&config, &log);
+        let mut agent = rig.start_agent();
         std::thread::sleep(Duration::from_millis(next(150, 700)));
         agent.kill9();
         std::thread::sleep(Duration::from_millis(next(0, 150)));
@@ -73,12 +48,13 @@ fn sigkill_twenty_times_loses_nothing_and_never_renames_a_scan() {
     let acked_mid: u64 = scanners.iter().map(|(s, _)| s.stats().acked).sum();
     assert!(acked_mid > 0, "scans were acked between the kills");
 
-    let _agent = Agent::start(&config, &log);
+    let _agent = rig.start_agent();
     let expected: usize = plans.values().map(Vec::len).sum();
     let all = wait_until(Duration::from_secs(90), || {
-        scanners.iter().all(|(s, n)| s.done(*n)) && unique_ids(&collector.messages()) >= expected
+        scanners.iter().all(|(s, n)| s.done(*n))
+            && unique_ids(&rig.collector.messages()) >= expected
     });
-    let arrivals = collector.messages();
+    let arrivals = rig.collector.messages();
     assert!(
         all,
         "{} of {expected} arrived; scanners: {:?}",
@@ -88,9 +64,9 @@ fn sigkill_twenty_times_loses_nothing_and_never_renames_a_scan() {
     let duplicates = check_exactly_once(&arrivals, &plans);
     let retransmits: u64 = scanners.iter().map(|(s, _)| s.stats().retransmits).sum();
     eprintln!("{expected} scans, {CYCLES} SIGKILLs: {retransmits} retransmitted frames, {duplicates} duplicate deliveries upstream");
-    let st = status(&config);
     assert_eq!(
-        st["events"], expected as u64,
+        status(&rig.config)["events"],
+        expected as u64,
         "the store holds each scan once"
     );
 }

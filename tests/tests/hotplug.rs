@@ -19,23 +19,18 @@ fn port_connected(config: &std::path::Path, path: &str) -> Option<bool> {
 
 #[test]
 fn unplugged_scanner_is_picked_up_again_and_keeps_its_sequence() {
-    let dir = Scratch::new("hotplug");
-    let broker = Mosquitto::start(&dir.0.join("broker")).expect("mosquitto");
-    let collector = Collector::start(broker.port, "darkleg/v1/#", "e2e-hotplug");
-    assert!(collector.wait_subscribed(Duration::from_secs(10)));
-    let devdir = dir.0.join("dev");
+    // No fixed ports: the rig's scanner entry is replaced by a glob over a device directory.
+    let rig = Rig::new("hotplug", &[]);
+    let devdir = rig.dir.0.join("dev");
     std::fs::create_dir_all(&devdir).unwrap();
     let pattern = format!("{}/scanner-*", devdir.display());
-    let config = write_config(
-        &dir.0,
-        &[ScannerEntry {
-            port: &pattern,
-            protocol: "framed",
-            station: None,
-        }],
-        Some(&broker.url()),
-    );
-    let _agent = Agent::start(&config, &dir.0.join("agent.log"));
+    let entry = ScannerEntry {
+        port: &pattern,
+        protocol: "framed",
+        station: None,
+    };
+    let config = write_config(&rig.dir.0, &[entry], Some(&rig.broker.url()));
+    let _agent = Agent::start(&config, &rig.log);
     let link = devdir.join("scanner-a");
     let link_path = link.to_string_lossy().into_owned();
 
@@ -43,13 +38,10 @@ fn unplugged_scanner_is_picked_up_again_and_keeps_its_sequence() {
         .flat_map(|n| parcel_scans(n, Step::Pack))
         .collect();
     let cfg = |resume_after| FramedConfig {
-        device: "roamer".into(),
         window: 4,
         retransmit_after: Duration::from_millis(500),
-        scan_interval: Duration::from_millis(10),
-        garbage: 0.0,
         resume_after,
-        seed: 5,
+        ..FramedConfig::new("roamer", 5)
     };
 
     // Plugged in: the first half of the plan.
@@ -86,10 +78,10 @@ fn unplugged_scanner_is_picked_up_again_and_keeps_its_sequence() {
         s.stats()
     );
     assert!(wait_until(Duration::from_secs(20), || unique_ids(
-        &collector.messages()
+        &rig.collector.messages()
     ) >= plan.len()));
     let mut plans = Plans::new();
     plans.insert("roamer".into(), plan);
-    check_exactly_once(&collector.messages(), &plans);
+    check_exactly_once(&rig.collector.messages(), &plans);
     assert_eq!(port_connected(&config, &link_path), Some(true));
 }

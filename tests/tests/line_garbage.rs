@@ -3,7 +3,7 @@
 //! counted, and the scans arrive exactly once.
 
 use darkleg_protocol::Step;
-use darkleg_tests::scanner::{write_ascii_scan, FramedConfig, FramedScanner, Pty};
+use darkleg_tests::scanner::{write_ascii_scan, FramedConfig};
 use darkleg_tests::workload::parcel_scans;
 use darkleg_tests::*;
 use std::io::Write;
@@ -11,57 +11,33 @@ use std::time::Duration;
 
 #[test]
 fn garbage_between_frames_is_counted_and_costs_no_valid_frame() {
-    let dir = Scratch::new("garbage");
-    let broker = Mosquitto::start(&dir.0.join("broker")).expect("mosquitto");
-    let collector = Collector::start(broker.port, "darkleg/v1/#", "e2e-garbage");
-    assert!(collector.wait_subscribed(Duration::from_secs(10)));
-
-    let framed: Vec<Pty> = (0..2).map(|_| Pty::open().unwrap()).collect();
-    let mut dock = Pty::open().unwrap();
-    let mut entries: Vec<ScannerEntry<'_>> = framed
-        .iter()
-        .map(|p| ScannerEntry {
-            port: &p.slave_path,
-            protocol: "framed",
-            station: None,
-        })
-        .collect();
-    entries.push(ScannerEntry {
-        port: &dock.slave_path,
-        protocol: "ascii",
-        station: Some("handover"),
-    });
-    let config = write_config(&dir.0, &entries, Some(&broker.url()));
-    let _agent = Agent::start(&config, &dir.0.join("agent.log"));
-    assert!(wait_until(Duration::from_secs(20), || {
-        status(&config)["ports"]
-            .as_array()
-            .is_some_and(|p| p.len() == 3 && p.iter().all(|p| p["connected"] == true))
-    }));
+    let mut rig = Rig::new(
+        "garbage",
+        &[
+            PortKind::Framed,
+            PortKind::Framed,
+            PortKind::Ascii("handover"),
+        ],
+    );
+    let _agent = rig.start_agent();
+    rig.wait_ports_open();
+    let mut ptys = rig.take_ptys();
+    let mut dock = ptys.pop().unwrap();
 
     let mut plans = Plans::new();
     let mut scanners = Vec::new();
     let mut paths = Vec::new();
-    for (i, pty) in framed.into_iter().enumerate() {
-        let device = format!("noisy-{i}");
-        let plan: Vec<_> = (0..80u64)
+    for (i, pty) in ptys.into_iter().enumerate() {
+        let plan = (0..80u64)
             .flat_map(|n| parcel_scans(500 * (i as u64 + 1) + n, Step::Pick))
             .collect();
         let cfg = FramedConfig {
-            device: device.clone(),
-            window: 8,
-            retransmit_after: Duration::from_secs(1),
             scan_interval: Duration::from_millis(5),
             garbage: 0.3,
-            resume_after: 0,
-            seed: 1234 + i as u64,
+            ..FramedConfig::new(&format!("noisy-{i}"), 1234 + i as u64)
         };
         paths.push(pty.slave_path.clone());
-        scanners.push((
-            FramedScanner::start(pty.master, cfg, plan.clone()),
-            plan.len(),
-        ));
-        plans.insert(device, plan);
+        scanners.push(start_framed(pty, cfg, plan, &mut plans));
     }
 
     // The plain scanner: noise lines (control characters, never CR/LF) between real scans.
@@ -90,19 +66,15 @@ fn garbage_between_frames_is_counted_and_costs_no_valid_frame() {
 
     let expected = plans.values().map(Vec::len).sum::<usize>() + handover.len();
     let all = wait_until(Duration::from_secs(60), || {
-        scanners.iter().all(|(s, n)| s.done(*n)) && unique_ids(&collector.messages()) >= expected
+        scanners.iter().all(|(s, n)| s.done(*n))
+            && unique_ids(&rig.collector.messages()) >= expected
     });
-    let arrivals = collector.messages();
+    let arrivals = rig.collector.messages();
     assert!(all, "{} of {expected} arrived", unique_ids(&arrivals));
-    let ascii_device = format!(
-        "gw-01:{}",
-        dock.slave_path
-            .trim_start_matches("/dev/")
-            .replace('/', "_")
-    );
+    let dock_device = ascii_device(&dock.slave_path);
     let (ascii, framed_arrivals): (Vec<_>, Vec<_>) = arrivals
         .into_iter()
-        .partition(|a| a.json["device"] == ascii_device.as_str());
+        .partition(|a| a.json["device"] == dock_device.as_str());
     check_exactly_once(&framed_arrivals, &plans);
     let codes: Vec<&str> = ascii
         .iter()
@@ -130,14 +102,14 @@ fn garbage_between_frames_is_counted_and_costs_no_valid_frame() {
             .unwrap_or_default()
     };
     let settled = wait_until(Duration::from_secs(10), || {
-        let st = status(&config);
+        let st = status(&rig.config);
         paths
             .iter()
             .zip(&stats)
             .all(|(path, s)| port(&st, path)["frames"] == s.frames_sent)
             && port(&st, &dock.slave_path)["rejected"] == noise_lines
     });
-    let st = status(&config);
+    let st = status(&rig.config);
     assert!(
         settled,
         "agent frame counts {:?} vs frames written {:?}; ascii rejected {} vs noise lines {noise_lines}",

@@ -66,6 +66,22 @@ pub struct FramedConfig {
     pub resume_after: u64,
 }
 
+impl FramedConfig {
+    /// A well-behaved scanner: window 8, retransmit after 1 s, a scan every 10 ms, a clean
+    /// line. Override fields with struct update syntax.
+    pub fn new(device: &str, seed: u64) -> FramedConfig {
+        FramedConfig {
+            device: device.to_string(),
+            window: 8,
+            retransmit_after: Duration::from_secs(1),
+            scan_interval: Duration::from_millis(10),
+            garbage: 0.0,
+            seed,
+            resume_after: 0,
+        }
+    }
+}
+
 pub struct FramedScanner {
     pub stats: Arc<Mutex<ScannerStats>>,
     stop: Arc<AtomicBool>,
