@@ -11,6 +11,8 @@ pub struct Mosquitto {
     pub port: u16,
     dir: PathBuf,
     binary: PathBuf,
+    /// Extra config lines (a TLS listener, say).
+    extra: String,
 }
 
 /// The mosquitto binary on PATH (or Debian's /usr/sbin, often not on a user's PATH).
@@ -31,6 +33,11 @@ pub fn free_port() -> std::io::Result<u16> {
 impl Mosquitto {
     /// Starts a broker with persistence in `dir` on a free port.
     pub fn start(dir: &Path) -> Result<Mosquitto, String> {
+        Mosquitto::start_with(dir, "")
+    }
+
+    /// [`start`](Self::start) with extra lines appended to the generated config.
+    pub fn start_with(dir: &Path, extra: &str) -> Result<Mosquitto, String> {
         let binary = find_mosquitto()
             .ok_or("mosquitto not found on PATH (Debian: apt-get install mosquitto)")?;
         let mut last = String::new();
@@ -41,6 +48,7 @@ impl Mosquitto {
                 port,
                 dir: dir.to_path_buf(),
                 binary: binary.clone(),
+                extra: extra.to_string(),
             };
             match m.launch() {
                 Ok(()) => return Ok(m),
@@ -78,9 +86,11 @@ impl Mosquitto {
              log_dest file {dir}/mosquitto.log\n\
              log_type error\n\
              log_type warning\n\
-             log_type notice\n",
+             log_type notice\n\
+             {extra}\n",
             port = self.port,
             dir = self.dir.display(),
+            extra = self.extra,
             user = std::env::var("USER")
                 .ok()
                 .filter(|u| !u.is_empty())

@@ -1,0 +1,129 @@
+//! `mqtts://` upstreams: the agent verifies the broker against the configured CA and
+//! delivers over TLS. Certificates are made for the test with the openssl CLI.
+
+use darkleg_protocol::Step;
+use darkleg_tests::scanner::FramedConfig;
+use darkleg_tests::workload::parcel_scans;
+use darkleg_tests::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for `localhost` signed by it.
+fn make_certs(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=darkleg test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+}
+
+#[test]
+fn delivers_over_tls_to_a_broker_signed_by_the_configured_ca() {
+    let dir = Scratch::new("tls");
+    let certs = dir.0.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs);
+    let tls_port = darkleg_agent::sim::broker::free_port().unwrap();
+    let tls_listener = format!(
+        "listener {tls_port} 127.0.0.1\ncafile {c}/ca.pem\ncertfile {c}/server.pem\nkeyfile {c}/server.key\n",
+        c = certs.display()
+    );
+    // The subscriber uses the broker's plain listener; the agent only its TLS one.
+    let broker =
+        Mosquitto::start_with(&dir.0.join("broker"), &tls_listener).expect("mosquitto with TLS");
+    let collector = Collector::start(broker.port, "darkleg/v1/#", "e2e-tls");
+    assert!(collector.wait_subscribed(Duration::from_secs(10)));
+
+    let pty = scanner::Pty::open().unwrap();
+    let upstream = format!(
+        "[[upstream]]\nname = \"central\"\nurl = \"mqtts://localhost:{tls_port}\"\nca_file = \"{}/ca.pem\"\n",
+        certs.display()
+    );
+    let entry = ScannerEntry {
+        port: &pty.slave_path,
+        protocol: "framed",
+        station: None,
+    };
+    let config = write_config_with(&dir.0, &[entry], None, &upstream);
+    let _agent = Agent::start(&config, &dir.0.join("agent.log"));
+
+    let mut plans = Plans::new();
+    let plan = (0..25u64)
+        .flat_map(|n| parcel_scans(n, Step::Pack))
+        .collect();
+    let s = start_framed(pty, FramedConfig::new("tls-1", 3), plan, &mut plans);
+    let all = wait_until(Duration::from_secs(30), || {
+        unique_ids(&collector.messages()) >= 25
+    });
+    let log = std::fs::read_to_string(dir.0.join("agent.log")).unwrap_or_default();
+    assert!(
+        all,
+        "{} of 25 arrived over TLS; agent log:\n{log}",
+        unique_ids(&collector.messages())
+    );
+    assert!(s.0.done(s.1));
+    check_exactly_once(&collector.messages(), &plans);
+}
