@@ -48,6 +48,7 @@ pub async fn run(
         store: &store,
         reader,
         backoff: &mut backoff,
+        failures: 0,
     };
     loop {
         if *stop.borrow() {
@@ -56,8 +57,16 @@ pub async fn run(
         match session.connection(&mut dispatcher, &mut stop).await {
             Ended::Stop => return,
             Ended::Lost(why) => {
-                tracing::warn!(upstream = %upstream.name, host = %upstream.host, port = upstream.port,
-                    in_flight = dispatcher.in_flight(), "upstream unavailable: {why}; will resend from the outbox");
+                session.failures += 1;
+                let n = session.failures;
+                // A broker down for hours should not write a warning every 30 s: log the
+                // first failure, then the 2nd, 4th, 8th… (debug in between).
+                if n.is_power_of_two() {
+                    tracing::warn!(upstream = %upstream.name, host = %upstream.host, port = upstream.port,
+                        failures = n, "upstream unavailable: {why}; capture continues, the outbox keeps the backlog");
+                } else {
+                    tracing::debug!(upstream = %upstream.name, failures = n, "upstream unavailable: {why}");
+                }
             }
         }
         let delay = session.backoff.next_delay();
@@ -74,6 +83,8 @@ struct Session<'a> {
     store: &'a StoreHandle,
     reader: Arc<Mutex<Reader>>,
     backoff: &'a mut Backoff,
+    /// Connection attempts failed in a row.
+    failures: u32,
 }
 
 impl Session<'_> {
@@ -119,6 +130,7 @@ impl Session<'_> {
             Err(_) => return Ended::Lost(format!("no CONNACK within {CONNECT_TIMEOUT:?}")),
         }
         self.backoff.reset();
+        self.failures = 0;
         d.reset();
 
         let topic = self.upstream.events_topic(self.gateway);
