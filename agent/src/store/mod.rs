@@ -75,6 +75,7 @@ impl StoreHandle {
             )
         })?;
         let path = config.db_path();
+        let lock = lock_data_dir(dir)?;
         let mut conn = Connection::open(&path)
             .map_err(|e| StoreError::new(format!("opening {}", path.display()), e))?;
         configure(&conn, config.store.synchronous)
@@ -82,10 +83,8 @@ impl StoreHandle {
         schema::migrate(&mut conn)
             .map_err(|e| StoreError::new(format!("migrating {}", path.display()), e))?;
         let upstreams: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
-        for u in &upstreams {
-            conn.execute("INSERT OR IGNORE INTO upstreams(name) VALUES (?1)", [u])
-                .map_err(|e| StoreError::new("registering upstreams", e))?;
-        }
+        register_upstreams(&mut conn, &upstreams)
+            .map_err(|e| StoreError::new("registering upstreams", e))?;
         // Ports are re-discovered at start; a crash must not leave them shown as connected.
         conn.execute("UPDATE ports SET connected = 0", [])
             .map_err(|e| StoreError::new("resetting port state", e))?;
@@ -99,6 +98,7 @@ impl StoreHandle {
             upstreams,
             max_batch: config.store.max_batch,
             committed: committed_tx,
+            _lock: lock,
         };
         let join = std::thread::Builder::new()
             .name("store-writer".into())
@@ -155,6 +155,66 @@ impl StoreHandle {
         }
         rx
     }
+}
+
+/// Takes `data_dir/darkleg.lock` for this process: two agents on one outbox would fight
+/// over it (and over the scanners). The lock goes with the process, even on SIGKILL.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("darkleg.lock");
+    let ctx = || format!("locking {}", path.display());
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError::new(ctx(), e))?;
+    if f.try_lock().is_err() {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        return Err(StoreError::new(
+            ctx(),
+            format!(
+                "another darkleg (pid {}) is using this data_dir; stop it first or give this one its own data_dir",
+                holder.trim()
+            ),
+        ));
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = write!(f, "{}", std::process::id());
+    Ok(f)
+}
+
+/// Records configured upstreams. One seen for the first time gets an outbox holding every
+/// event the gateway still has, so scans captured before it was configured (or while no
+/// upstream was) reach it too; receivers deduplicate by event id.
+fn register_upstreams(conn: &mut Connection, upstreams: &[String]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for u in upstreams {
+        if tx.execute("INSERT OR IGNORE INTO upstreams(name) VALUES (?1)", [u])? == 1 {
+            let n = tx.execute(
+                "INSERT INTO outbox(upstream, row) SELECT ?1, row FROM events",
+                [u],
+            )?;
+            if n > 0 {
+                tracing::info!(upstream = %u, events = n, "new upstream: queued every stored event for it");
+            }
+        }
+    }
+    let mut stale = tx.prepare(
+        "SELECT name, (SELECT COUNT(*) FROM outbox o WHERE o.upstream = u.name) FROM upstreams u",
+    )?;
+    let rows = stale.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (name, backlog) = row?;
+        if !upstreams.contains(&name) && backlog > 0 {
+            tracing::warn!(upstream = %name, backlog, "upstream is no longer configured; its undelivered events are kept");
+        }
+    }
+    drop(stale);
+    tx.commit()
 }
 
 /// A read connection: sinks fetch pending rows, `status` reads counters.

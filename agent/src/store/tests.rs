@@ -12,18 +12,27 @@ struct Fixture {
 
 impl Fixture {
     fn new(name: &str) -> Fixture {
+        Fixture::with_upstreams(name, &["a", "b"])
+    }
+
+    fn with_upstreams(name: &str, upstreams: &[&str]) -> Fixture {
         let dir = std::env::temp_dir().join(format!("darkleg-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let text = format!(
-            "[gateway]\nsite = \"s\"\nid = \"g\"\ndata_dir = \"{}\"\n\
-             [[upstream]]\nname = \"a\"\nurl = \"mqtt://127.0.0.1:1\"\n\
-             [[upstream]]\nname = \"b\"\nurl = \"mqtt://127.0.0.1:2\"\n",
+        let config = Fixture::config(&dir, upstreams);
+        Fixture { config, dir }
+    }
+
+    fn config(dir: &Path, upstreams: &[&str]) -> Config {
+        let mut text = format!(
+            "[gateway]\nsite = \"s\"\nid = \"g\"\ndata_dir = \"{}\"\n",
             dir.display()
         );
-        Fixture {
-            config: Config::parse(&text, "t.toml").unwrap(),
-            dir,
+        for u in upstreams {
+            text.push_str(&format!(
+                "[[upstream]]\nname = \"{u}\"\nurl = \"mqtt://127.0.0.1:1\"\n"
+            ));
         }
+        Config::parse(&text, "t.toml").unwrap()
     }
 
     fn open(&self) -> (StoreHandle, std::thread::JoinHandle<()>) {
@@ -216,4 +225,49 @@ fn a_newer_schema_is_refused_not_overwritten() {
     drop(c);
     let err = StoreHandle::open(&f.config).err().unwrap().to_string();
     assert!(err.contains("newer release"), "{err}");
+}
+
+#[test]
+fn scans_made_before_any_upstream_reach_the_first_one_configured() {
+    let mut f = Fixture::with_upstreams("late-upstream", &[]);
+    let (s, j) = f.open();
+    ascii(&s, "early", 1);
+    // No upstream: nothing is ever pruned, however old.
+    send_and_settle(
+        &s,
+        WriteOp::Prune {
+            before_ms: u64::MAX,
+        },
+    );
+    close(s, j);
+    f.config = Fixture::config(&f.dir, &["central"]);
+    let (s, j) = f.open();
+    ascii(&s, "later", 2);
+    close(s, j);
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    let codes: Vec<String> = r
+        .pending("central", 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.event.code)
+        .collect();
+    assert_eq!(codes, ["early", "later"]);
+}
+
+#[test]
+fn a_second_agent_on_the_same_data_dir_is_refused() {
+    let f = Fixture::new("lock");
+    let (s, j) = f.open();
+    let err = StoreHandle::open(&f.config)
+        .err()
+        .expect("second open refused")
+        .to_string();
+    assert!(err.contains("another darkleg"), "{err}");
+    assert!(
+        err.contains(&std::process::id().to_string()),
+        "names the holder: {err}"
+    );
+    close(s, j);
+    let (s, j) = f.open();
+    close(s, j);
 }

@@ -112,6 +112,8 @@ pub(super) struct Writer {
     pub upstreams: Vec<String>,
     pub max_batch: usize,
     pub committed: watch::Sender<i64>,
+    /// Held for as long as the writer runs.
+    pub _lock: std::fs::File,
 }
 
 impl Writer {
@@ -229,7 +231,13 @@ fn apply_savepointed(
             None
         }
         WriteOp::Prune { before_ms } => {
-            let r = prune(&mut sp, before_ms);
+            // With no upstream, nothing was ever delivered: keep everything for the first
+            // upstream to be configured.
+            let r = if upstreams.is_empty() {
+                Ok(0)
+            } else {
+                prune(&mut sp, before_ms)
+            };
             if let Ok(n) = &r {
                 if *n > 0 {
                     tracing::info!(events = n, "pruned delivered events past retention");
