@@ -133,43 +133,62 @@ impl Writer {
     }
 
     fn apply_batch(&mut self, batch: &mut Vec<WriteOp>) {
-        let mut answers = Vec::with_capacity(batch.len());
-        let result = (|| -> Result<i64, rusqlite::Error> {
-            let mut tx = self.conn.transaction()?;
-            for op in batch.drain(..) {
-                answers.push(apply_savepointed(&mut tx, &self.upstreams, op));
+        let mut tx = match self.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                let err = StoreError::new("begin", e);
+                tracing::error!("{err}");
+                for op in batch.drain(..) {
+                    if let Some(a) = fail(op, err.clone()) {
+                        a.send();
+                    }
+                }
+                return;
             }
-            let max_row: i64 =
-                tx.query_row("SELECT IFNULL(MAX(row), 0) FROM events", [], |r| r.get(0))?;
-            tx.commit()?;
-            Ok(max_row)
-        })();
-        match result {
+        };
+        let answers: Vec<Answer> = batch
+            .drain(..)
+            .filter_map(|op| apply_savepointed(&mut tx, &self.upstreams, op))
+            .collect();
+        let committed = tx
+            .query_row("SELECT IFNULL(MAX(row), 0) FROM events", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .and_then(|max_row| tx.commit().map(|_| max_row));
+        match committed {
             Ok(max_row) => {
                 self.committed.send_if_modified(|v| {
                     let changed = *v != max_row;
                     *v = max_row;
                     changed
                 });
-                for a in answers.into_iter().flatten() {
-                    match a {
-                        Answer::U64(tx, r) => drop(tx.send(r)),
-                        Answer::Framed(tx, r) => drop(tx.send(r)),
-                    }
-                }
+                answers.into_iter().for_each(Answer::send);
             }
             Err(e) => {
                 // The commit itself failed (disk full, I/O error): nothing in the batch is
                 // durable, so nobody gets a positive answer and scanners keep their scans.
                 let err = StoreError::new("commit", e);
                 tracing::error!("{err}");
-                for a in answers.into_iter().flatten() {
-                    match a {
-                        Answer::U64(tx, _) => drop(tx.send(Err(err.clone()))),
-                        Answer::Framed(tx, _) => drop(tx.send(Err(err.clone()))),
-                    }
+                for a in answers {
+                    a.fail(err.clone());
                 }
             }
+        }
+    }
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Answer::U64(tx, r) => drop(tx.send(r)),
+            Answer::Framed(tx, r) => drop(tx.send(r)),
+        }
+    }
+
+    fn fail(self, err: StoreError) {
+        match self {
+            Answer::U64(tx, _) => drop(tx.send(Err(err))),
+            Answer::Framed(tx, _) => drop(tx.send(Err(err))),
         }
     }
 }

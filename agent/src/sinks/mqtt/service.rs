@@ -140,7 +140,7 @@ impl Session<'_> {
         // Refill the window in chunks, not one row per PUBACK: one outbox read per quarter
         // window keeps the read cost per event small while the window stays mostly full.
         let refill_at = (self.upstream.window / 4).max(1);
-        loop {
+        let ended = loop {
             while more && (d.room() >= refill_at || d.in_flight() == 0) {
                 let room = d.room();
                 let rows = match self.fetch(d.cursor(), room).await {
@@ -158,14 +158,11 @@ impl Session<'_> {
             }
             tokio::select! {
                 ev = events.recv() => match ev {
-                    None => return Ended::Lost("event loop ended".into()),
-                    Some(Err(e)) => {
-                        self.mark(&mut delivered).await;
-                        return Ended::Lost(e.to_string());
-                    }
+                    None => break Ended::Lost("event loop ended".into()),
+                    Some(Err(e)) => break Ended::Lost(e.to_string()),
                     Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
                         if let Err(e) = d.on_outgoing_publish(pkid) {
-                            return Ended::Lost(e.to_string());
+                            break Ended::Lost(e.to_string());
                         }
                     }
                     Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
@@ -177,24 +174,26 @@ impl Session<'_> {
                 },
                 changed = committed.changed() => {
                     if changed.is_err() {
-                        self.mark(&mut delivered).await;
-                        return Ended::Stop;
+                        break Ended::Stop; // the store is gone: shutting down
                     }
                     more = true;
                 }
                 _ = stop.changed() => {
-                    self.mark(&mut delivered).await;
                     let _ = client.try_disconnect();
-                    return Ended::Stop;
+                    break Ended::Stop;
                 }
-                // Safety net: rows added by something other than this writer (none today).
+                // Safety net: look at the outbox now and then even without a notification.
                 _ = tokio::time::sleep(Duration::from_secs(2)) => more = true,
             }
             // Fold a burst of PUBACKs into one delivery mark (one commit).
             if !delivered.is_empty() && (delivered.len() >= 512 || events.is_empty()) {
                 self.mark(&mut delivered).await;
             }
-        }
+        };
+        // Whatever was PUBACKed before the connection ended is delivered: record it, so a
+        // reconnect resends only what the broker never confirmed.
+        self.mark(&mut delivered).await;
+        ended
     }
 
     async fn fetch(&self, after: i64, limit: usize) -> Result<Vec<crate::store::Pending>, String> {
