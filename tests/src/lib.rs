@@ -269,20 +269,7 @@ impl Agent {
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = c.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        c.wait().ok()
+        darkleg_agent::sim::broker::terminate(&mut self.child.take()?, Duration::from_secs(10))
     }
 }
 

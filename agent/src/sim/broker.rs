@@ -130,27 +130,31 @@ impl Mosquitto {
 
     /// Stops it by PID with SIGTERM (so it saves its persistence), SIGKILL after 5 s.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, Duration::from_secs(5));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+}
+
+/// SIGTERM to `child`, then SIGKILL if it has not exited within `grace`; its exit status.
+pub fn terminate(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().ok()
 }
 
 impl Drop for Mosquitto {
