@@ -24,7 +24,26 @@ pub fn darkleg_bin() -> PathBuf {
         let exe = std::env::current_exe().expect("test executable path");
         // Benchmarks run from target/release: measure a release agent there.
         let release = exe.components().any(|c| c.as_os_str() == "release");
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        // Cargo gives a test its package's variables; passed on, they make build scripts
+        // (ring's) think the environment changed, and rebuild every time.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+            {
+                build.env_remove(&key);
+            }
+        }
+        let status = build
             .args([
                 "build",
                 "--quiet",
@@ -51,7 +70,8 @@ pub fn darkleg_bin() -> PathBuf {
     .clone()
 }
 
-/// A scratch directory removed on drop (kept when the test panicked, for its logs).
+/// A scratch directory removed on drop (kept when the test panicked, or with DARKLEG_KEEP
+/// set, for its logs).
 pub struct Scratch(pub PathBuf);
 
 impl Scratch {
@@ -65,7 +85,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("DARKLEG_KEEP").is_some() {
             eprintln!("keeping {} for inspection", self.0.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.0);
