@@ -65,13 +65,14 @@ pub fn render(s: &Status, now_ms: u64) -> String {
     for d in &s.devices {
         let _ = writeln!(
             out,
-            "  {:<24} {:<6} fw {:<8} last seq {:>8}  events {:>8}  duplicates {:>6}  last seen {}",
+            "  {:<24} {:<6} fw {:<8} last seq {:>8}  events {:>8}  duplicates {:>6}  refused {:>4}  last seen {}",
             d.device,
             d.kind,
             d.firmware.as_deref().unwrap_or("-"),
             d.last_seq,
             d.events,
             d.duplicates,
+            d.refused,
             ago(now_ms, d.last_seen_ms)
         );
     }

@@ -3,6 +3,7 @@
 //! Most handhelds in serial mode send exactly this. They carry no device sequence, so the
 //! gateway numbers their scans and the station config says what step a scan means.
 
+use crate::event::{check_code, CodeError};
 use core::fmt;
 
 /// Longest line accepted; real barcodes are far shorter, so longer means a wedged line.
@@ -99,7 +100,7 @@ impl LineDecoder {
 /// Splits an optional AIM identifier (`]` + symbology letter + modifier) off a line.
 pub fn parse_line(line: &[u8]) -> Result<AsciiScan<'_>, LineError> {
     let text = core::str::from_utf8(line).map_err(|_| LineError::NotText)?;
-    if text.chars().any(|c| c.is_control() && c != '\u{1d}') {
+    if check_code(text) == Err(CodeError::ControlCharacters) {
         return Err(LineError::NotText);
     }
     let b = text.as_bytes();
@@ -112,9 +113,7 @@ pub fn parse_line(line: &[u8]) -> Result<AsciiScan<'_>, LineError> {
     } else {
         (None, text)
     };
-    if code.is_empty() {
-        return Err(LineError::Empty);
-    }
+    check_code(code).map_err(|_| LineError::Empty)?;
     Ok(AsciiScan { code, symbology })
 }
 

@@ -62,6 +62,34 @@ impl FromStr for Step {
     }
 }
 
+/// Why a decoded barcode cannot be recorded as a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeError {
+    Empty,
+    /// Control characters other than GS (0x1D, the GS1 separator): a misread or line noise.
+    ControlCharacters,
+}
+
+impl fmt::Display for CodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CodeError::Empty => "empty barcode",
+            CodeError::ControlCharacters => "control characters in barcode",
+        })
+    }
+}
+
+/// The gateway's rule for every scanned code, whatever the scanner's protocol.
+pub fn check_code(code: &str) -> Result<(), CodeError> {
+    if code.is_empty() {
+        return Err(CodeError::Empty);
+    }
+    if code.chars().any(|c| c.is_control() && c != '\u{1d}') {
+        return Err(CodeError::ControlCharacters);
+    }
+    Ok(())
+}
+
 /// A scan's stable identity: 8 bytes of FNV-1a over the device id, then the device's
 /// sequence number, both big-endian.
 ///
@@ -154,6 +182,14 @@ mod tests {
         assert!(text.ends_with("000000000000002a"));
         assert_eq!(EventId::parse(&text), Some(a));
         assert_eq!(EventId::parse("zz"), None);
+    }
+
+    #[test]
+    fn codes_keep_gs1_separators_and_refuse_control_characters() {
+        assert_eq!(check_code("0109501101020917\u{1d}10ABC"), Ok(()));
+        assert_eq!(check_code(""), Err(CodeError::Empty));
+        assert_eq!(check_code("12\u{7}34"), Err(CodeError::ControlCharacters));
+        assert_eq!(check_code("12\r"), Err(CodeError::ControlCharacters));
     }
 
     #[test]

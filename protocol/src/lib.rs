@@ -27,5 +27,5 @@ pub mod upstream;
 
 #[cfg(feature = "alloc")]
 pub use event::ScanEvent;
-pub use event::{EventId, Step};
+pub use event::{check_code, CodeError, EventId, Step};
 pub use frame::{Decoded, EventFrame, Frame, FrameDecoder, FrameError, NackReason};

@@ -8,7 +8,7 @@ use crate::store::{
 };
 use darkleg_protocol::ascii::{LineDecoded, LineDecoder};
 use darkleg_protocol::frame::MAX_FRAME;
-use darkleg_protocol::{Decoded, Frame, FrameDecoder, NackReason};
+use darkleg_protocol::{check_code, Decoded, Frame, FrameDecoder, NackReason};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -261,7 +261,7 @@ fn framed_loop<P: Read + Write>(
                         )?;
                         continue;
                     };
-                    let scan = FramedScan {
+                    let mut scan = FramedScan {
                         seq: ev.seq,
                         step: ev.step,
                         code: ev.code.to_string(),
@@ -270,7 +270,12 @@ fn framed_loop<P: Read + Write>(
                         captured_at_ms: ev.captured_at_ms,
                         station: ctx.scanner.station_name.clone(),
                         received_at_ms: crate::now_ms(),
+                        refused: false,
                     };
+                    if let Err(e) = check_code(ev.code) {
+                        tracing::warn!(port = %ctx.path, device = %dev, seq = ev.seq, "scan refused: {e}");
+                        scan.refused = true;
+                    }
                     pending.push((
                         ev.seq,
                         ctx.store
@@ -305,8 +310,13 @@ fn answer(
         match rx.blocking_recv() {
             Ok(Ok(outcome)) => {
                 acked = Some(outcome.acked());
-                if matches!(outcome, FramedOutcome::OutOfOrder { .. }) && nack.is_none() {
-                    nack = Some((seq, NackReason::OutOfOrder));
+                let reason = match outcome {
+                    FramedOutcome::OutOfOrder { .. } => Some(NackReason::OutOfOrder),
+                    FramedOutcome::Refused { .. } => Some(NackReason::Rejected),
+                    _ => None,
+                };
+                if let (Some(reason), None) = (reason, nack) {
+                    nack = Some((seq, reason));
                 }
             }
             Ok(Err(e)) => {

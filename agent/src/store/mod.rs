@@ -327,7 +327,7 @@ impl Reader {
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             let mut stmt = self.conn.prepare(
-                "SELECT device, kind, last_seq, firmware, port, last_seen, events, duplicates FROM devices ORDER BY device",
+                "SELECT device, kind, last_seq, firmware, port, last_seen, events, duplicates, refused FROM devices ORDER BY device",
             )?;
             let devices = stmt
                 .query_map([], |r| {
@@ -340,6 +340,7 @@ impl Reader {
                         last_seen_ms: r.get(5)?,
                         events: r.get(6)?,
                         duplicates: r.get(7)?,
+                        refused: r.get(8)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -391,4 +392,6 @@ pub struct DeviceStatus {
     pub last_seen_ms: Option<i64>,
     pub events: i64,
     pub duplicates: i64,
+    /// Scans consumed but refused (bad code), each answered with Nack(Rejected).
+    pub refused: i64,
 }

@@ -54,6 +54,10 @@ const MIGRATIONS: &[&str] = &[
         last_seen   INTEGER
     );
     "#,
+    // v2: framed scans the gateway consumed but refused (bad code), per device.
+    r#"
+    ALTER TABLE devices ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

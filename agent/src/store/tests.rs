@@ -65,7 +65,14 @@ fn hello(s: &StoreHandle, device: &str, last_acked: u64) -> u64 {
 }
 
 fn framed(s: &StoreHandle, device: &str, seq: u64) -> FramedOutcome {
-    let scan = FramedScan {
+    s.framed_blocking(device.into(), "p".into(), scan(device, seq))
+        .blocking_recv()
+        .unwrap()
+        .unwrap()
+}
+
+fn scan(device: &str, seq: u64) -> FramedScan {
+    FramedScan {
         seq,
         step: Step::Pack,
         code: format!("{device}-code-{seq}"),
@@ -74,11 +81,8 @@ fn framed(s: &StoreHandle, device: &str, seq: u64) -> FramedOutcome {
         captured_at_ms: 1000 + seq,
         station: None,
         received_at_ms: 2000 + seq,
-    };
-    s.framed_blocking(device.into(), "p".into(), scan)
-        .blocking_recv()
-        .unwrap()
-        .unwrap()
+        refused: false,
+    }
 }
 
 fn ascii(s: &StoreHandle, code: &str, received_at_ms: u64) -> u64 {
@@ -270,4 +274,29 @@ fn a_second_agent_on_the_same_data_dir_is_refused() {
     close(s, j);
     let (s, j) = f.open();
     close(s, j);
+}
+
+#[test]
+fn a_refused_code_consumes_its_sequence_without_an_event() {
+    let f = Fixture::new("refused");
+    let (s, j) = f.open();
+    hello(&s, "d", 0);
+    assert_eq!(framed(&s, "d", 1), FramedOutcome::Stored { acked: 1 });
+    let bad = FramedScan {
+        refused: true,
+        ..scan("d", 2)
+    };
+    let out = s
+        .framed_blocking("d".into(), "p".into(), bad)
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    assert_eq!(out, FramedOutcome::Refused { acked: 2 });
+    // The scanner retires #2 and goes on with #3: no deadlock on the sequence.
+    assert_eq!(framed(&s, "d", 3), FramedOutcome::Stored { acked: 3 });
+    close(s, j);
+    let st = Reader::open(&f.config.db_path()).unwrap().status().unwrap();
+    assert_eq!(st.events, 2);
+    let d = st.devices.iter().find(|d| d.device == "d").unwrap();
+    assert_eq!((d.last_seq, d.events, d.refused), (3, 2, 1));
 }

@@ -21,6 +21,8 @@ pub struct FramedScan {
     pub captured_at_ms: u64,
     pub station: Option<String>,
     pub received_at_ms: u64,
+    /// The source found the code unacceptable: consume the sequence number, store nothing.
+    pub refused: bool,
 }
 
 /// A scan from a plain ASCII scanner: the gateway assigns the sequence.
@@ -46,6 +48,11 @@ pub enum FramedOutcome {
     OutOfOrder {
         acked: u64,
     },
+    /// The next sequence, consumed but not stored (its code was refused): the scanner
+    /// retires it and tells the operator with the error tone.
+    Refused {
+        acked: u64,
+    },
 }
 
 impl FramedOutcome {
@@ -53,7 +60,8 @@ impl FramedOutcome {
         match self {
             FramedOutcome::Stored { acked }
             | FramedOutcome::Duplicate { acked }
-            | FramedOutcome::OutOfOrder { acked } => acked,
+            | FramedOutcome::OutOfOrder { acked }
+            | FramedOutcome::Refused { acked } => acked,
         }
     }
 }
@@ -389,6 +397,13 @@ fn framed(
     }
     if s.seq != last + 1 {
         return Ok(FramedOutcome::OutOfOrder { acked: last });
+    }
+    if s.refused {
+        sp.execute(
+            "UPDATE devices SET last_seq = ?2, refused = refused + 1, last_seen = ?3 WHERE device = ?1",
+            params![device, s.seq as i64, now],
+        )?;
+        return Ok(FramedOutcome::Refused { acked: s.seq });
     }
     let inserted = insert_event(
         sp,
