@@ -25,6 +25,7 @@ pub struct PortContext {
 
 const READ_TIMEOUT: Duration = Duration::from_millis(50);
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+const TIME_SYNC_EVERY: Duration = Duration::from_secs(600);
 
 /// Counters reported to the store about once a second, so status shows them without
 /// costing an fsync per rejected byte.
@@ -197,6 +198,8 @@ fn framed_loop<P: Read + Write>(
     let mut dec = FrameDecoder::new();
     let mut buf = [0u8; 4096];
     let mut device: Option<String> = None;
+    // Scanners without an RTC drift; re-sync a live link now and then, not only on Hello.
+    let mut last_time_sync = Instant::now();
     let mut pending: Vec<FramedReply> = Vec::new();
     while !ctx.stop.load(Ordering::Relaxed) {
         let Some(n) = read_some(port, &mut buf)? else {
@@ -220,6 +223,11 @@ fn framed_loop<P: Read + Write>(
                     firmware,
                     last_acked,
                 } => {
+                    // Device ids name events forever: printable, bounded, or not at all.
+                    if dev.is_empty() || dev.len() > 64 || dev.chars().any(char::is_control) {
+                        counters.reject(format!("hello with an unusable device id {dev:?}"));
+                        continue;
+                    }
                     // Answer what came before under the old identity first.
                     answer(ctx, port, &mut pending)?;
                     let (reply, rx) = oneshot::channel();
@@ -243,12 +251,7 @@ fn framed_loop<P: Read + Write>(
                     tracing::info!(port = %ctx.path, device = dev, firmware, acked, "scanner said hello");
                     device = Some(dev.to_string());
                     write_frame(port, &Frame::Ack { up_to: acked })?;
-                    write_frame(
-                        port,
-                        &Frame::TimeSync {
-                            unix_ms: crate::now_ms(),
-                        },
-                    )?;
+                    send_time(port, &mut last_time_sync)?;
                 }
                 Frame::Event(ev) => {
                     let Some(dev) = &device else {
@@ -289,9 +292,22 @@ fn framed_loop<P: Read + Write>(
             }
         }
         answer(ctx, port, &mut pending)?;
+        if device.is_some() && last_time_sync.elapsed() >= TIME_SYNC_EVERY {
+            send_time(port, &mut last_time_sync)?;
+        }
         counters.flush(ctx, false);
     }
     Ok(())
+}
+
+fn send_time(port: &mut impl Write, last: &mut Instant) -> Result<(), String> {
+    *last = Instant::now();
+    write_frame(
+        port,
+        &Frame::TimeSync {
+            unix_ms: crate::now_ms(),
+        },
+    )
 }
 
 /// Waits until every submitted scan is durable (or refused), then tells the scanner with
