@@ -95,14 +95,15 @@ fn cmd_check(path: PathBuf) -> Result<(), String> {
         c.db_path().display()
     );
     println!(
-        "  store: synchronous={:?}, group commit up to {} writes",
-        c.store.synchronous, c.store.max_batch
+        "  store: synchronous = {}, group commit up to {} writes",
+        format!("{:?}", c.store.synchronous).to_lowercase(),
+        c.store.max_batch
     );
     for s in &c.scanners {
         println!(
-            "  scanner {} ({:?}, {} baud){}",
+            "  scanner {} ({}, {} baud){}",
             s.port,
-            s.protocol,
+            format!("{:?}", s.protocol).to_lowercase(),
             s.baud,
             s.step
                 .map(|st| format!(", scans mean {st}"))
@@ -118,6 +119,14 @@ fn cmd_check(path: PathBuf) -> Result<(), String> {
             u.port,
             u.events_topic(&c.gateway)
         );
+        if let Some(var) = &u.password_env {
+            let state = if std::env::var_os(var).is_some() {
+                "set"
+            } else {
+                "NOT set in this shell"
+            };
+            println!("    password from ${var} ({state})");
+        }
     }
     if c.upstreams.is_empty() {
         println!("  no upstreams: scans are kept in the outbox until one is configured");
