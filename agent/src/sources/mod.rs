@@ -15,20 +15,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A port thread's end: its path, and why it could not be opened (`None`: it had opened).
+type PortOutcome = (String, Option<String>);
+
 /// Runs until `stop` is set; port threads notice within one read timeout.
 pub async fn supervise(config: Arc<Config>, store: StoreHandle, stop: Arc<AtomicBool>) {
-    // path → whether a thread is running for it
+    // Paths with a running port thread.
     let active: Arc<Mutex<HashSet<String>>> = Arc::default();
+    // Ports that could not be opened, and why; `None` once a port opened again.
     let mut last_error: HashMap<String, String> = HashMap::new();
-    let errors: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let outcomes: Arc<Mutex<Vec<PortOutcome>>> = Arc::default();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
-        for (path, err) in errors.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            // Log a failing port once per distinct error, not every half second.
-            if last_error.get(&path) != Some(&err) {
-                tracing::warn!(port = %path, "{err}");
-                last_error.insert(path, err);
+        for (path, outcome) in outcomes.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            match outcome {
+                // Log a port that cannot be opened once per distinct error, not every 500 ms.
+                Some(err) if last_error.get(&path) != Some(&err) => {
+                    tracing::warn!(port = %path, "{err}");
+                    last_error.insert(path, err);
+                }
+                Some(_) => {}
+                None => {
+                    last_error.remove(&path);
+                }
             }
         }
         for scanner in &config.scanners {
@@ -46,15 +56,14 @@ pub async fn supervise(config: Arc<Config>, store: StoreHandle, stop: Arc<Atomic
                     store: store.clone(),
                     stop: stop.clone(),
                 };
-                let (act, errs) = (active.clone(), errors.clone());
+                let (act, outs) = (active.clone(), outcomes.clone());
                 let spawned = std::thread::Builder::new()
                     .name(format!("port {path}"))
                     .spawn(move || {
-                        if let Err(e) = port::run(&ctx) {
-                            errs.lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push((ctx.path.clone(), e));
-                        }
+                        let outcome = port::run(&ctx).err();
+                        outs.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((ctx.path.clone(), outcome));
                         act.lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .remove(&ctx.path);

@@ -66,6 +66,8 @@ impl Counters {
     }
 }
 
+/// Serves the port until it goes away or the agent stops; `Err` only if it cannot be
+/// opened (what happens after that is logged here).
 pub fn run(ctx: &PortContext) -> Result<(), String> {
     let mut port = serialport::new(&ctx.path, ctx.scanner.baud)
         .timeout(READ_TIMEOUT)
@@ -86,11 +88,11 @@ pub fn run(ctx: &PortContext) -> Result<(), String> {
     };
     counters.pending.connected = false;
     counters.flush(ctx, true);
-    match &result {
+    match result {
         Ok(()) => tracing::info!(port = %ctx.path, "scanner port closed"),
         Err(e) => tracing::warn!(port = %ctx.path, "scanner port lost: {e}"),
     }
-    result
+    Ok(())
 }
 
 /// Reads what is there; `Ok(None)` on a quiet line, `Err` when the port is gone.
