@@ -307,17 +307,14 @@ fn fail(op: WriteOp, err: StoreError) -> Option<Answer> {
 }
 
 fn ensure_device(sp: &Connection, device: &str, kind: &str, port: &str) -> rusqlite::Result<u64> {
-    sp.execute(
+    sp.prepare_cached(
         "INSERT INTO devices(device, kind, port) VALUES (?1, ?2, ?3)
          ON CONFLICT(device) DO UPDATE SET port = excluded.port",
-        params![device, kind, port],
-    )?;
-    sp.query_row(
-        "SELECT last_seq FROM devices WHERE device = ?1",
-        [device],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|v| v as u64)
+    )?
+    .execute(params![device, kind, port])?;
+    sp.prepare_cached("SELECT last_seq FROM devices WHERE device = ?1")?
+        .query_row([device], |r| r.get::<_, i64>(0))
+        .map(|v| v as u64)
 }
 
 fn hello(
@@ -331,10 +328,15 @@ fn hello(
     // The scanner may know a higher ack than we do (another gateway, a replaced database):
     // whatever it has retired is not ours to ask for again.
     let acked = last.max(last_acked);
-    sp.execute(
+    sp.prepare_cached(
         "UPDATE devices SET last_seq = ?2, firmware = ?3, last_seen = ?4 WHERE device = ?1",
-        params![device, acked as i64, firmware, crate::now_ms() as i64],
-    )?;
+    )?
+    .execute(params![
+        device,
+        acked as i64,
+        firmware,
+        crate::now_ms() as i64
+    ])?;
     Ok(acked)
 }
 
@@ -353,9 +355,8 @@ fn insert_event(
     received_at_ms: u64,
 ) -> rusqlite::Result<bool> {
     let id = EventId::new(device, seq);
-    let inserted = sp.execute(
-        "INSERT INTO events(event_id, device, seq, step, code, symbology, station, operator, captured_at, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(event_id) DO NOTHING",
+    let inserted = sp.prepare_cached("INSERT INTO events(event_id, device, seq, step, code, symbology, station, operator, captured_at, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(event_id) DO NOTHING")?.execute(
         params![
             &id.0[..],
             device,
@@ -389,18 +390,17 @@ fn framed(
     let last = ensure_device(sp, device, "framed", port)?;
     let now = crate::now_ms() as i64;
     if s.seq <= last {
-        sp.execute(
+        sp.prepare_cached(
             "UPDATE devices SET duplicates = duplicates + 1, last_seen = ?2 WHERE device = ?1",
-            params![device, now],
-        )?;
+        )?
+        .execute(params![device, now])?;
         return Ok(FramedOutcome::Duplicate { acked: last });
     }
     if s.seq != last + 1 {
         return Ok(FramedOutcome::OutOfOrder { acked: last });
     }
     if s.refused {
-        sp.execute(
-            "UPDATE devices SET last_seq = ?2, refused = refused + 1, last_seen = ?3 WHERE device = ?1",
+        sp.prepare_cached("UPDATE devices SET last_seq = ?2, refused = refused + 1, last_seen = ?3 WHERE device = ?1")?.execute(
             params![device, s.seq as i64, now],
         )?;
         return Ok(FramedOutcome::Refused { acked: s.seq });
@@ -418,10 +418,10 @@ fn framed(
         s.captured_at_ms,
         s.received_at_ms,
     )?;
-    sp.execute(
+    sp.prepare_cached(
         "UPDATE devices SET last_seq = ?2, events = events + ?3, last_seen = ?4 WHERE device = ?1",
-        params![device, s.seq as i64, inserted as i64, now],
-    )?;
+    )?
+    .execute(params![device, s.seq as i64, inserted as i64, now])?;
     Ok(FramedOutcome::Stored { acked: s.seq })
 }
 
@@ -446,10 +446,10 @@ fn ascii(
         s.received_at_ms,
         s.received_at_ms,
     )?;
-    sp.execute(
+    sp.prepare_cached(
         "UPDATE devices SET last_seq = ?2, events = events + 1, last_seen = ?3 WHERE device = ?1",
-        params![device, seq as i64, s.received_at_ms as i64],
-    )?;
+    )?
+    .execute(params![device, seq as i64, s.received_at_ms as i64])?;
     Ok(seq)
 }
 
@@ -459,11 +459,11 @@ fn delivered(sp: &Connection, upstream: &str, rows: &[i64], at_ms: u64) -> rusql
     for row in rows {
         n += del.execute(params![upstream, row])? as i64;
     }
-    sp.execute(
+    sp.prepare_cached(
         "INSERT INTO upstreams(name, delivered, last_sync_at) VALUES (?1, ?2, ?3)
          ON CONFLICT(name) DO UPDATE SET delivered = delivered + ?2, last_sync_at = ?3",
-        params![upstream, n, at_ms as i64],
-    )?;
+    )?
+    .execute(params![upstream, n, at_ms as i64])?;
     Ok(())
 }
 
@@ -473,34 +473,34 @@ fn port_report(
     protocol: &str,
     r: &PortReport,
 ) -> rusqlite::Result<()> {
-    sp.execute(
+    sp.prepare_cached(
         "INSERT INTO ports(port, protocol, connected, frames, rejected, last_reject, last_seen)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT(port) DO UPDATE SET protocol = ?2, connected = ?3,
              frames = frames + ?4, rejected = rejected + ?5,
              last_reject = IFNULL(?6, last_reject), last_seen = ?7",
-        params![
-            port,
-            protocol,
-            r.connected,
-            r.frames as i64,
-            r.rejected as i64,
-            r.last_reject,
-            crate::now_ms() as i64
-        ],
-    )?;
+    )?
+    .execute(params![
+        port,
+        protocol,
+        r.connected,
+        r.frames as i64,
+        r.rejected as i64,
+        r.last_reject,
+        crate::now_ms() as i64
+    ])?;
     Ok(())
 }
 
 fn prune(sp: &mut rusqlite::Savepoint<'_>, before_ms: u64) -> rusqlite::Result<usize> {
     // Never an event some upstream still waits for; bounded so one prune stays one short commit.
-    sp.execute(
+    sp.prepare_cached(
         "DELETE FROM events WHERE row IN (
              SELECT row FROM events e WHERE received_at < ?1
                AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.row = e.row)
              LIMIT 20000)",
-        [before_ms as i64],
-    )
+    )?
+    .execute([before_ms as i64])
 }
 
 /// The highest durable sequence the store has for a device (tests and status use it).
