@@ -4,8 +4,8 @@
 //! leading delimiter is deliberate: whatever garbage preceded the frame ends there, so one
 //! burst of line noise costs at most the frame it landed in, never the next one.
 //!
-//! Flow: the scanner sends `Hello` on connect; the gateway answers `Ack(last durable seq)`
-//! and `TimeSync`. The scanner streams `Event`s in sequence order; the gateway stores them
+//! Flow: the scanner sends `Hello` on connect; the gateway answers `Ack(last durable seq)`,
+//! `TimeSync` and, when its config names the station, `SetStep`. The scanner streams `Event`s in sequence order; the gateway stores them
 //! and acks cumulatively once they are durable, or `Nack`s one it cannot take.
 
 use crate::{cobs, crc32::crc32, event::Step};
@@ -74,6 +74,8 @@ pub enum Frame<'a> {
     Nack { seq: u64, reason: NackReason },
     /// Gateway → scanner: the gateway's clock, for scanners without an RTC.
     TimeSync { unix_ms: u64 },
+    /// Gateway → scanner: the station this scanner serves now; its next scans mean `step`.
+    SetStep { step: Step },
 }
 
 /// Why encoding failed: the frame does not fit [`MAX_PAYLOAD`] or the output buffer.
@@ -267,7 +269,7 @@ mod tests {
         e: &(u64, Step, String, Option<String>, Option<String>, u64),
         f: impl FnOnce(Frame<'_>) -> R,
     ) -> R {
-        let frame = match kind % 5 {
+        let frame = match kind % 6 {
             0 => Frame::Hello {
                 device: &e.2,
                 firmware: "1.0.0",
@@ -279,6 +281,7 @@ mod tests {
                 reason: NackReason::OutOfOrder,
             },
             3 => Frame::TimeSync { unix_ms: e.5 },
+            4 => Frame::SetStep { step: e.1 },
             _ => Frame::Event(EventFrame {
                 seq: e.0,
                 step: e.1,

@@ -144,6 +144,8 @@ pub fn write_config_with(
 #[derive(Clone, Copy)]
 pub enum PortKind {
     Framed,
+    /// A framed scanner at a configured station: the gateway assigns it this step.
+    FramedAt(&'static str),
     /// A plain scanner at a station with this step.
     Ascii(&'static str),
 }
@@ -186,6 +188,11 @@ impl Rig {
                     port: &p.slave_path,
                     protocol: "framed",
                     station: None,
+                },
+                PortKind::FramedAt(st) => ScannerEntry {
+                    port: &p.slave_path,
+                    protocol: "framed",
+                    station: Some(st),
                 },
                 PortKind::Ascii(st) => ScannerEntry {
                     port: &p.slave_path,

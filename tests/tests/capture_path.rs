@@ -12,7 +12,7 @@ fn framed_and_ascii_scans_arrive_exactly_once_in_device_order() {
     let mut rig = Rig::new(
         "capture",
         &[
-            PortKind::Framed,
+            PortKind::FramedAt("pick"),
             PortKind::Framed,
             PortKind::Ascii("handover"),
         ],
@@ -82,6 +82,16 @@ fn framed_and_ascii_scans_arrive_exactly_once_in_device_order() {
         );
         assert_eq!(a.topic, "darkleg/v1/e2e/gw-01/events");
     }
+    assert_eq!(
+        s1.0.stats().assigned_step,
+        Some(Step::Pick),
+        "the configured station reached the scanner"
+    );
+    assert_eq!(
+        s2.0.stats().assigned_step,
+        None,
+        "no station configured, none assigned"
+    );
     let duplicates = check_exactly_once(&framed, &plans);
     assert_eq!(
         duplicates, 0,

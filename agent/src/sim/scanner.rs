@@ -46,8 +46,10 @@ pub struct ScannerStats {
     pub retransmits: u64,
     pub nacks: u64,
     pub garbage_bytes: u64,
-    /// Frames written completely (the agent may have missed some while it was down).
+    /// Hellos written completely (the agent may have missed some while it was down).
     pub hellos: u64,
+    /// The station the gateway last assigned with `SetStep`.
+    pub assigned_step: Option<darkleg_protocol::Step>,
 }
 
 #[derive(Debug, Clone)]
@@ -284,6 +286,7 @@ impl Link {
                         Frame::Ack { up_to } => Reply::Ack(up_to),
                         Frame::Nack { reason, .. } => Reply::Nack(reason),
                         Frame::TimeSync { unix_ms } => Reply::Time(unix_ms),
+                        Frame::SetStep { step } => Reply::Step(step),
                         _ => Reply::Other,
                     });
                 }
@@ -316,6 +319,7 @@ impl Link {
                     Reply::Time(unix_ms) => {
                         self.clock_offset_ms = unix_ms as i64 - crate::now_ms() as i64;
                     }
+                    Reply::Step(step) => self.stat(|s| s.assigned_step = Some(step)),
                     Reply::Other => {}
                 }
             }
@@ -327,6 +331,7 @@ enum Reply {
     Ack(u64),
     Nack(NackReason),
     Time(u64),
+    Step(darkleg_protocol::Step),
     Other,
 }
 

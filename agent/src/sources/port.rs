@@ -254,6 +254,9 @@ fn framed_loop<P: Read + Write>(
                     device = Some(dev.to_string());
                     write_frame(port, &Frame::Ack { up_to: acked })?;
                     send_time(port, &mut last_time_sync)?;
+                    if let Some(step) = ctx.scanner.step {
+                        write_frame(port, &Frame::SetStep { step })?;
+                    }
                 }
                 Frame::Event(ev) => {
                     let Some(dev) = &device else {
