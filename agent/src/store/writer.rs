@@ -394,6 +394,18 @@ fn framed(
             "UPDATE devices SET duplicates = duplicates + 1, last_seen = ?2 WHERE device = ?1",
         )?
         .execute(params![device, now])?;
+        // A retransmit carries the same code. A different one means the scanner reused a
+        // sequence number (lost its state): its scan is not this event. Say so loudly.
+        let stored: Option<String> = sp
+            .prepare_cached("SELECT code FROM events WHERE event_id = ?1")?
+            .query_row([&EventId::new(device, s.seq).0[..]], |r| r.get(0))
+            .optional()?;
+        if stored.is_some_and(|code| code != s.code) {
+            tracing::error!(
+                device, seq = s.seq, acked = last,
+                "scanner reused a sequence number for a different scan; it must continue after {last}"
+            );
+        }
         return Ok(FramedOutcome::Duplicate { acked: last });
     }
     if s.seq != last + 1 {
