@@ -40,6 +40,9 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Delivered events older than this are pruned; undelivered ones never are.
     pub retention: Duration,
+    /// Ceiling on the database file; when reached, new scans are refused (framed scanners
+    /// keep them and retry) instead of filling the gateway's disk.
+    pub max_db_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -182,6 +185,7 @@ struct RawStore {
     synchronous: Option<Synchronous>,
     max_batch: Option<Spanned<i64>>,
     retention_days: Option<Spanned<i64>>,
+    max_db_mb: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +289,7 @@ impl Validator<'_> {
                 synchronous: Synchronous::Full,
                 max_batch: 1024,
                 retention: Duration::from_secs(14 * 86_400),
+                max_db_mb: None,
             },
             Some(s) => StoreConfig {
                 synchronous: s.synchronous.unwrap_or(Synchronous::Full),
@@ -299,6 +304,10 @@ impl Validator<'_> {
                             None => 14,
                         },
                 ),
+                max_db_mb: match &s.max_db_mb {
+                    Some(v) => Some(self.range(v, "store.max_db_mb", 1, 16_000_000)? as u64),
+                    None => None,
+                },
             },
         };
         let mut scanners = Vec::new();

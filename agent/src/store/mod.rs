@@ -50,7 +50,15 @@ pub struct StoreHandle {
     pub path: PathBuf,
 }
 
-fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
+fn configure(conn: &Connection, sync: Synchronous, max_db_mb: Option<u64>) -> rusqlite::Result<()> {
+    if let Some(mb) = max_db_mb {
+        let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let pages = (mb as i64 * 1024 * 1024 / page).max(1);
+        // Returns the limit in force; SQLite never sets it below the current size.
+        let _: i64 = conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+            r.get(0)
+        })?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(
         None,
@@ -78,7 +86,7 @@ impl StoreHandle {
         let lock = lock_data_dir(dir)?;
         let mut conn = Connection::open(&path)
             .map_err(|e| StoreError::new(format!("opening {}", path.display()), e))?;
-        configure(&conn, config.store.synchronous)
+        configure(&conn, config.store.synchronous, config.store.max_db_mb)
             .map_err(|e| StoreError::new("configuring SQLite", e))?;
         schema::migrate(&mut conn)
             .map_err(|e| StoreError::new(format!("migrating {}", path.display()), e))?;

@@ -18,13 +18,13 @@ impl Fixture {
     fn with_upstreams(name: &str, upstreams: &[&str]) -> Fixture {
         let dir = std::env::temp_dir().join(format!("darkleg-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let config = Fixture::config(&dir, upstreams);
+        let config = Fixture::config(&dir, upstreams, "");
         Fixture { config, dir }
     }
 
-    fn config(dir: &Path, upstreams: &[&str]) -> Config {
+    fn config(dir: &Path, upstreams: &[&str], extra: &str) -> Config {
         let mut text = format!(
-            "[gateway]\nsite = \"s\"\nid = \"g\"\ndata_dir = \"{}\"\n",
+            "[gateway]\nsite = \"s\"\nid = \"g\"\ndata_dir = \"{}\"\n{extra}\n",
             dir.display()
         );
         for u in upstreams {
@@ -244,7 +244,7 @@ fn scans_made_before_any_upstream_reach_the_first_one_configured() {
         },
     );
     close(s, j);
-    f.config = Fixture::config(&f.dir, &["central"]);
+    f.config = Fixture::config(&f.dir, &["central"], "");
     let (s, j) = f.open();
     ascii(&s, "later", 2);
     close(s, j);
@@ -299,4 +299,57 @@ fn a_refused_code_consumes_its_sequence_without_an_event() {
     assert_eq!(st.events, 2);
     let d = st.devices.iter().find(|d| d.device == "d").unwrap();
     assert_eq!((d.last_seq, d.events, d.refused), (3, 2, 1));
+}
+
+#[test]
+fn a_full_outbox_refuses_new_scans_and_keeps_every_stored_one() {
+    let mut f = Fixture::with_upstreams("full", &["a"]);
+    f.config = Fixture::config(&f.dir, &["a"], "[store]\nmax_db_mb = 1\n");
+    let (s, j) = f.open();
+    hello(&s, "d", 0);
+    let big = |seq: u64| FramedScan {
+        code: format!("{}-{seq}", "X".repeat(400)),
+        ..scan("d", seq)
+    };
+    let submit = |s: &StoreHandle, seq| {
+        s.framed_blocking("d".into(), "p".into(), big(seq))
+            .blocking_recv()
+            .unwrap()
+    };
+    let mut stored = 0u64;
+    let err = loop {
+        match submit(&s, stored + 1) {
+            Ok(FramedOutcome::Stored { acked }) => stored = acked,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => break e,
+        }
+        assert!(stored < 10_000, "a 1 MiB ceiling must fill up");
+    };
+    assert!(err.to_string().contains("full"), "a clear reason: {err}");
+    assert!(stored > 100, "the ceiling is not hit early: {stored}");
+    // Refused, not consumed: the scanner keeps it and the same number is still expected.
+    assert!(submit(&s, stored + 1).is_err());
+    assert_eq!(
+        framed(&s, "d", stored + 2),
+        FramedOutcome::OutOfOrder { acked: stored }
+    );
+    close(s, j);
+
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    let rows = r.pending("a", 0, 100_000).unwrap();
+    assert_eq!(rows.len() as u64, stored, "every acked scan is intact");
+    assert!(rows
+        .iter()
+        .enumerate()
+        .all(|(i, p)| p.event.seq == i as u64 + 1 && p.event.code == big(i as u64 + 1).code));
+    drop(r);
+
+    // Room returns: the retransmitted scan is taken under its own number.
+    f.config = Fixture::config(&f.dir, &["a"], "[store]\nmax_db_mb = 8\n");
+    let (s, j) = f.open();
+    assert_eq!(
+        submit(&s, stored + 1).unwrap(),
+        FramedOutcome::Stored { acked: stored + 1 }
+    );
+    close(s, j);
 }

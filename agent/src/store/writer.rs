@@ -154,10 +154,20 @@ impl Writer {
                 return;
             }
         };
-        let answers: Vec<Answer> = batch
-            .drain(..)
-            .filter_map(|op| apply_savepointed(&mut tx, &self.upstreams, op))
-            .collect();
+        let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+        for op in batch.drain(..) {
+            // After a full disk SQLite may roll the whole transaction back; a savepoint
+            // then would start (and commit) a transaction of its own. Refuse the rest.
+            let answer = if tx.is_autocommit() {
+                fail(
+                    op,
+                    StoreError::new("batch", "rolled back by an earlier failure in it"),
+                )
+            } else {
+                apply_savepointed(&mut tx, &self.upstreams, op)
+            };
+            answers.extend(answer);
+        }
         let committed = tx
             .query_row("SELECT IFNULL(MAX(row), 0) FROM events", [], |r| {
                 r.get::<_, i64>(0)
@@ -173,9 +183,15 @@ impl Writer {
                 answers.into_iter().for_each(Answer::send);
             }
             Err(e) => {
-                // The commit itself failed (disk full, I/O error): nothing in the batch is
-                // durable, so nobody gets a positive answer and scanners keep their scans.
-                let err = StoreError::new("commit", e);
+                // The commit itself failed (disk full, I/O error), or SQLite had already
+                // rolled the whole transaction back after an op hit a full disk: nothing in
+                // the batch is durable, so nobody gets a positive answer and scanners keep
+                // their scans. Report the op's error: it names the cause.
+                let err = answers
+                    .iter()
+                    .find_map(Answer::error)
+                    .cloned()
+                    .unwrap_or_else(|| StoreError::new("commit", e));
                 tracing::error!("{err}");
                 for a in answers {
                     a.fail(err.clone());
@@ -186,6 +202,13 @@ impl Writer {
 }
 
 impl Answer {
+    fn error(&self) -> Option<&StoreError> {
+        match self {
+            Answer::U64(_, r) => r.as_ref().err(),
+            Answer::Framed(_, r) => r.as_ref().err(),
+        }
+    }
+
     fn send(self) {
         match self {
             Answer::U64(tx, r) => drop(tx.send(r)),
