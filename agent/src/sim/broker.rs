@@ -64,10 +64,6 @@ impl Mosquitto {
         self.launch()
     }
 
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
     fn launch(&mut self) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
         let conf = self.dir.join("mosquitto.conf");

@@ -129,13 +129,6 @@ impl StoreHandle {
             .map_err(|_| StoreError::new("writer", "stopped"))
     }
 
-    /// Sends an op without waiting for room (sinks' delivery marks; losing one only means a resend).
-    pub fn try_send(&self, op: WriteOp) -> Result<(), StoreError> {
-        self.tx
-            .try_send(op)
-            .map_err(|e| StoreError::new("writer", e))
-    }
-
     pub async fn send(&self, op: WriteOp) -> Result<(), StoreError> {
         self.tx
             .send(op)

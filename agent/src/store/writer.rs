@@ -537,14 +537,3 @@ fn prune(sp: &mut rusqlite::Savepoint<'_>, before_ms: u64) -> rusqlite::Result<u
     )?
     .execute([before_ms as i64])
 }
-
-/// The highest durable sequence the store has for a device (tests and status use it).
-pub fn last_seq(conn: &Connection, device: &str) -> rusqlite::Result<Option<u64>> {
-    conn.query_row(
-        "SELECT last_seq FROM devices WHERE device = ?1",
-        [device],
-        |r| r.get::<_, i64>(0),
-    )
-    .optional()
-    .map(|v| v.map(|v| v as u64))
-}
