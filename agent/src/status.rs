@@ -5,18 +5,20 @@ use crate::store::Status;
 use darkleg_protocol::time::Rfc3339;
 use std::fmt::Write;
 
+/// How long ago `t` was, coarsely: `42s ago`, `7m ago`, `3h ago`.
+fn age(now_ms: u64, t: i64) -> String {
+    let secs = now_ms.saturating_sub(t as u64) / 1000;
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
+}
+
 fn ago(now_ms: u64, at: Option<i64>) -> String {
     match at {
         None => "never".into(),
-        Some(t) => {
-            let secs = now_ms.saturating_sub(t as u64) / 1000;
-            let rel = match secs {
-                0..=119 => format!("{secs}s ago"),
-                120..=7199 => format!("{}m ago", secs / 60),
-                _ => format!("{}h ago", secs / 3600),
-            };
-            format!("{} ({rel})", Rfc3339(t as u64))
-        }
+        Some(t) => format!("{} ({})", Rfc3339(t as u64), age(now_ms, t)),
     }
 }
 
@@ -30,9 +32,12 @@ pub fn render(s: &Status, now_ms: u64) -> String {
     for u in &s.upstreams {
         let _ = writeln!(
             out,
-            "  {:<16} backlog {:>8}  delivered {:>10}  last sync {}",
+            "  {:<16} backlog {:>8}{}  delivered {:>10}  last sync {}",
             u.name,
             u.backlog,
+            u.oldest_undelivered_ms
+                .map(|t| format!(" (oldest {})", age(now_ms, t)))
+                .unwrap_or_default(),
             u.delivered,
             ago(now_ms, u.last_sync_at_ms)
         );
@@ -77,4 +82,58 @@ pub fn render(s: &Status, now_ms: u64) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DeviceStatus, PortStatus, UpstreamStatus};
+
+    #[test]
+    fn shows_what_an_operator_looks_for_first() {
+        let now = 1_795_300_000_000u64;
+        let s = Status {
+            events: 12,
+            upstreams: vec![UpstreamStatus {
+                name: "central".into(),
+                backlog: 3,
+                delivered: 9,
+                last_sync_at_ms: Some(now as i64 - 5_000),
+                oldest_undelivered_ms: Some(now as i64 - 300_000),
+            }],
+            ports: vec![PortStatus {
+                port: "/dev/ttyUSB0".into(),
+                protocol: "ascii".into(),
+                connected: false,
+                frames: 4,
+                rejected: 1,
+                last_reject: Some("line longer than 512 bytes".into()),
+                last_seen_ms: Some(now as i64 - 8_000_000),
+            }],
+            devices: vec![DeviceStatus {
+                device: "pack-1".into(),
+                kind: "framed".into(),
+                last_seq: 9,
+                firmware: Some("1.2.0".into()),
+                port: Some("/dev/ttyACM0".into()),
+                last_seen_ms: Some(now as i64),
+                events: 9,
+                duplicates: 2,
+                refused: 0,
+            }],
+        };
+        let text = render(&s, now);
+        assert!(text.contains("backlog        3 (oldest 5m ago)"), "{text}");
+        assert!(
+            text.contains("last sync 2026-11-21T22:26:35.000Z (5s ago)"),
+            "{text}"
+        );
+        assert!(text.contains("disconnected"), "{text}");
+        assert!(
+            text.contains("(last: line longer than 512 bytes)"),
+            "{text}"
+        );
+        assert!(text.contains("(2h ago)"), "{text}");
+        assert!(text.contains("duplicates      2"), "{text}");
+    }
 }

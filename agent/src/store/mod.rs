@@ -298,7 +298,9 @@ impl Reader {
                 .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
             let mut stmt = self.conn.prepare(
                 "SELECT u.name, u.delivered, u.last_sync_at,
-                        (SELECT COUNT(*) FROM outbox o WHERE o.upstream = u.name)
+                        (SELECT COUNT(*) FROM outbox o WHERE o.upstream = u.name),
+                        (SELECT e.received_at FROM outbox o JOIN events e ON e.row = o.row
+                          WHERE o.upstream = u.name ORDER BY o.row LIMIT 1)
                  FROM upstreams u ORDER BY u.name",
             )?;
             let upstreams = stmt
@@ -308,6 +310,7 @@ impl Reader {
                         delivered: r.get(1)?,
                         last_sync_at_ms: r.get(2)?,
                         backlog: r.get(3)?,
+                        oldest_undelivered_ms: r.get(4)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -370,6 +373,8 @@ pub struct UpstreamStatus {
     pub backlog: i64,
     pub delivered: i64,
     pub last_sync_at_ms: Option<i64>,
+    /// When the oldest event still owed to this upstream reached the gateway.
+    pub oldest_undelivered_ms: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
