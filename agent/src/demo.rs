@@ -165,7 +165,7 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
                     "  ↑ {:<9} {:<16} #{:<4} {:<22} {}{}",
                     j["step"].as_str().unwrap_or("?"),
                     j["device"].as_str().unwrap_or("?"),
-                    j["seq"],
+                    j["seq"].as_u64().unwrap_or(0),
                     j["code"].as_str().unwrap_or("?"),
                     lat.map(|l| format!("{l} ms after the scan"))
                         .unwrap_or_default(),
