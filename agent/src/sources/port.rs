@@ -230,6 +230,13 @@ fn framed_loop<P: Read + Write>(
                         counters.reject(format!("hello with an unusable device id {dev:?}"));
                         continue;
                     }
+                    // SQLite keeps sequences as i64; a larger ack is a firmware bug.
+                    if last_acked > i64::MAX as u64 {
+                        counters.reject(format!(
+                            "hello from {dev} with an impossible ack {last_acked}"
+                        ));
+                        continue;
+                    }
                     // Answer what came before under the old identity first.
                     answer(ctx, port, &mut pending)?;
                     let (reply, rx) = oneshot::channel();

@@ -78,9 +78,9 @@ fn scan(device: &str, seq: u64) -> FramedScan {
         code: format!("{device}-code-{seq}"),
         symbology: Some("]C1".into()),
         operator: None,
-        captured_at_ms: 1000 + seq,
+        captured_at_ms: seq.wrapping_add(1000),
         station: None,
-        received_at_ms: 2000 + seq,
+        received_at_ms: seq.wrapping_add(2000),
         refused: false,
     }
 }
@@ -350,6 +350,26 @@ fn a_full_outbox_refuses_new_scans_and_keeps_every_stored_one() {
     assert_eq!(
         submit(&s, stored + 1).unwrap(),
         FramedOutcome::Stored { acked: stored + 1 }
+    );
+    close(s, j);
+}
+
+#[test]
+fn extreme_sequence_numbers_do_not_overflow() {
+    let f = Fixture::new("extreme");
+    let (s, j) = f.open();
+    assert_eq!(hello(&s, "d", u64::MAX), u64::MAX);
+    assert_eq!(
+        framed(&s, "d", 1),
+        FramedOutcome::Duplicate { acked: u64::MAX }
+    );
+    assert_eq!(
+        framed(&s, "d", u64::MAX),
+        FramedOutcome::Duplicate { acked: u64::MAX }
+    );
+    assert_eq!(
+        framed(&s, "e", u64::MAX),
+        FramedOutcome::OutOfOrder { acked: 0 }
     );
     close(s, j);
 }

@@ -431,7 +431,7 @@ fn framed(
         }
         return Ok(FramedOutcome::Duplicate { acked: last });
     }
-    if s.seq != last + 1 {
+    if s.seq != last.saturating_add(1) {
         return Ok(FramedOutcome::OutOfOrder { acked: last });
     }
     if s.refused {
@@ -467,7 +467,7 @@ fn ascii(
     port: &str,
     s: &AsciiScan,
 ) -> rusqlite::Result<u64> {
-    let seq = ensure_device(sp, device, "ascii", port)? + 1;
+    let seq = ensure_device(sp, device, "ascii", port)?.saturating_add(1);
     insert_event(
         sp,
         upstreams,
