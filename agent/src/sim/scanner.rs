@@ -305,6 +305,11 @@ impl Link {
                             self.next = self.acked + 1;
                         }
                     }
+                    // The gateway could not store: keep everything and let the retransmit
+                    // timer pace the retry, rather than hammer a full disk.
+                    Reply::Nack(NackReason::Storage) => self.stat(|s| s.nacks += 1),
+                    // A refused scan is retired by the Ack that follows; nothing to resend.
+                    Reply::Nack(NackReason::Rejected) => self.stat(|s| s.nacks += 1),
                     Reply::Nack(reason) => {
                         let resent = self.next - 1 - self.acked;
                         self.stat(|s| {
