@@ -3,6 +3,8 @@
 //! Writes go through one writer thread ([`writer`]) with group commit; reads (sinks, status)
 //! use their own connections, which WAL lets run beside the writer.
 
+mod devices;
+mod ops;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -107,6 +109,7 @@ impl StoreHandle {
             max_batch: config.store.max_batch,
             committed: committed_tx,
             _lock: lock,
+            devices: devices::Devices::default(),
         };
         let join = std::thread::Builder::new()
             .name("store-writer".into())

@@ -3,9 +3,11 @@
 //! savepoint, commits once — one fsync for every scanner that scanned meanwhile — and only
 //! then answers. That answer is what a framed scanner's Ack waits for.
 
+use super::devices::Devices;
+use super::ops;
 use super::StoreError;
-use darkleg_protocol::{EventId, Step};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use darkleg_protocol::Step;
+use rusqlite::{Connection, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -122,6 +124,7 @@ pub(super) struct Writer {
     pub committed: watch::Sender<i64>,
     /// Held for as long as the writer runs.
     pub _lock: std::fs::File,
+    pub devices: Devices,
 }
 
 impl Writer {
@@ -164,17 +167,22 @@ impl Writer {
                     StoreError::new("batch", "rolled back by an earlier failure in it"),
                 )
             } else {
-                apply_savepointed(&mut tx, &self.upstreams, op)
+                apply_savepointed(&mut tx, &mut self.devices, &self.upstreams, op)
             };
             answers.extend(answer);
         }
-        let committed = tx
-            .query_row("SELECT IFNULL(MAX(row), 0) FROM events", [], |r| {
-                r.get::<_, i64>(0)
+        let committed = self
+            .devices
+            .flush(&tx)
+            .and_then(|_| {
+                tx.query_row("SELECT IFNULL(MAX(row), 0) FROM events", [], |r| {
+                    r.get::<_, i64>(0)
+                })
             })
             .and_then(|max_row| tx.commit().map(|_| max_row));
         match committed {
             Ok(max_row) => {
+                self.devices.committed();
                 self.committed.send_if_modified(|v| {
                     let changed = *v != max_row;
                     *v = max_row;
@@ -192,6 +200,7 @@ impl Writer {
                     .find_map(Answer::error)
                     .cloned()
                     .unwrap_or_else(|| StoreError::new("commit", e));
+                self.devices.forget();
                 tracing::error!("{err}");
                 for a in answers {
                     a.fail(err.clone());
@@ -226,6 +235,7 @@ impl Answer {
 
 fn apply_savepointed(
     tx: &mut Transaction<'_>,
+    devices: &mut Devices,
     upstreams: &[String],
     op: WriteOp,
 ) -> Option<Answer> {
@@ -241,8 +251,12 @@ fn apply_savepointed(
             last_acked,
             reply,
         } => {
-            let r = hello(&sp, &device, &firmware, &port, last_acked);
-            Some(Answer::U64(reply, finish(sp, r, "hello")))
+            let r = ops::hello(&sp, devices, &device, &firmware, last_acked);
+            let r = finish(sp, r, "hello").map(|(acked, u)| {
+                devices.apply(&device, "framed", &port, u);
+                acked
+            });
+            Some(Answer::U64(reply, r))
         }
         WriteOp::Framed {
             device,
@@ -250,8 +264,12 @@ fn apply_savepointed(
             scan,
             reply,
         } => {
-            let r = framed(&sp, upstreams, &device, &port, &scan);
-            Some(Answer::Framed(reply, finish(sp, r, "framed scan")))
+            let r = ops::framed(&sp, devices, upstreams, &device, &scan);
+            let r = finish(sp, r, "framed scan").map(|(outcome, u)| {
+                devices.apply(&device, "framed", &port, u);
+                outcome
+            });
+            Some(Answer::Framed(reply, r))
         }
         WriteOp::Ascii {
             device,
@@ -259,15 +277,19 @@ fn apply_savepointed(
             scan,
             reply,
         } => {
-            let r = ascii(&sp, upstreams, &device, &port, &scan);
-            Some(Answer::U64(reply, finish(sp, r, "ascii scan")))
+            let r = ops::ascii(&sp, devices, upstreams, &device, &scan);
+            let r = finish(sp, r, "ascii scan").map(|(seq, u)| {
+                devices.apply(&device, "ascii", &port, u);
+                seq
+            });
+            Some(Answer::U64(reply, r))
         }
         WriteOp::Delivered {
             upstream,
             rows,
             at_ms,
         } => {
-            let r = delivered(&sp, &upstream, &rows, at_ms);
+            let r = ops::delivered(&sp, &upstream, &rows, at_ms);
             log_failure(finish(sp, r, "delivery marks"));
             None
         }
@@ -276,7 +298,7 @@ fn apply_savepointed(
             protocol,
             report,
         } => {
-            let r = port_report(&sp, &port, protocol, &report);
+            let r = ops::port_report(&sp, &port, protocol, &report);
             log_failure(finish(sp, r, "port counters"));
             None
         }
@@ -286,7 +308,7 @@ fn apply_savepointed(
             let r = if upstreams.is_empty() {
                 Ok(0)
             } else {
-                prune(&mut sp, before_ms)
+                ops::prune(&mut sp, before_ms)
             };
             if let Ok(n) = &r {
                 if *n > 0 {
@@ -327,213 +349,4 @@ fn fail(op: WriteOp, err: StoreError) -> Option<Answer> {
             None
         }
     }
-}
-
-fn ensure_device(sp: &Connection, device: &str, kind: &str, port: &str) -> rusqlite::Result<u64> {
-    sp.prepare_cached(
-        "INSERT INTO devices(device, kind, port) VALUES (?1, ?2, ?3)
-         ON CONFLICT(device) DO UPDATE SET port = excluded.port",
-    )?
-    .execute(params![device, kind, port])?;
-    sp.prepare_cached("SELECT last_seq FROM devices WHERE device = ?1")?
-        .query_row([device], |r| r.get::<_, i64>(0))
-        .map(|v| v as u64)
-}
-
-fn hello(
-    sp: &Connection,
-    device: &str,
-    firmware: &str,
-    port: &str,
-    last_acked: u64,
-) -> rusqlite::Result<u64> {
-    let last = ensure_device(sp, device, "framed", port)?;
-    // The scanner may know a higher ack than we do (another gateway, a replaced database):
-    // whatever it has retired is not ours to ask for again.
-    let acked = last.max(last_acked);
-    sp.prepare_cached(
-        "UPDATE devices SET last_seq = ?2, firmware = ?3, last_seen = ?4 WHERE device = ?1",
-    )?
-    .execute(params![
-        device,
-        acked as i64,
-        firmware,
-        crate::now_ms() as i64
-    ])?;
-    Ok(acked)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn insert_event(
-    sp: &Connection,
-    upstreams: &[String],
-    device: &str,
-    seq: u64,
-    step: Step,
-    code: &str,
-    symbology: Option<&str>,
-    station: Option<&str>,
-    operator: Option<&str>,
-    captured_at_ms: u64,
-    received_at_ms: u64,
-) -> rusqlite::Result<bool> {
-    let id = EventId::new(device, seq);
-    let inserted = sp.prepare_cached("INSERT INTO events(event_id, device, seq, step, code, symbology, station, operator, captured_at, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(event_id) DO NOTHING")?.execute(
-        params![
-            &id.0[..],
-            device,
-            seq as i64,
-            step.as_str(),
-            code,
-            symbology,
-            station,
-            operator,
-            captured_at_ms as i64,
-            received_at_ms as i64
-        ],
-    )? == 1;
-    if inserted {
-        let row = sp.last_insert_rowid();
-        let mut stmt = sp.prepare_cached("INSERT INTO outbox(upstream, row) VALUES (?1, ?2)")?;
-        for u in upstreams {
-            stmt.execute(params![u, row])?;
-        }
-    }
-    Ok(inserted)
-}
-
-fn framed(
-    sp: &Connection,
-    upstreams: &[String],
-    device: &str,
-    port: &str,
-    s: &FramedScan,
-) -> rusqlite::Result<FramedOutcome> {
-    let last = ensure_device(sp, device, "framed", port)?;
-    let now = crate::now_ms() as i64;
-    if s.seq <= last {
-        sp.prepare_cached(
-            "UPDATE devices SET duplicates = duplicates + 1, last_seen = ?2 WHERE device = ?1",
-        )?
-        .execute(params![device, now])?;
-        // A retransmit carries the same code. A different one means the scanner reused a
-        // sequence number (lost its state): its scan is not this event. Say so loudly.
-        let stored: Option<String> = sp
-            .prepare_cached("SELECT code FROM events WHERE event_id = ?1")?
-            .query_row([&EventId::new(device, s.seq).0[..]], |r| r.get(0))
-            .optional()?;
-        if stored.is_some_and(|code| code != s.code) {
-            tracing::error!(
-                device, seq = s.seq, acked = last,
-                "scanner reused a sequence number for a different scan; it must continue after {last}"
-            );
-        }
-        return Ok(FramedOutcome::Duplicate { acked: last });
-    }
-    if s.seq != last.saturating_add(1) {
-        return Ok(FramedOutcome::OutOfOrder { acked: last });
-    }
-    if s.refused {
-        sp.prepare_cached("UPDATE devices SET last_seq = ?2, refused = refused + 1, last_seen = ?3 WHERE device = ?1")?.execute(
-            params![device, s.seq as i64, now],
-        )?;
-        return Ok(FramedOutcome::Refused { acked: s.seq });
-    }
-    let inserted = insert_event(
-        sp,
-        upstreams,
-        device,
-        s.seq,
-        s.step,
-        &s.code,
-        s.symbology.as_deref(),
-        s.station.as_deref(),
-        s.operator.as_deref(),
-        s.captured_at_ms,
-        s.received_at_ms,
-    )?;
-    sp.prepare_cached(
-        "UPDATE devices SET last_seq = ?2, events = events + ?3, last_seen = ?4 WHERE device = ?1",
-    )?
-    .execute(params![device, s.seq as i64, inserted as i64, now])?;
-    Ok(FramedOutcome::Stored { acked: s.seq })
-}
-
-fn ascii(
-    sp: &Connection,
-    upstreams: &[String],
-    device: &str,
-    port: &str,
-    s: &AsciiScan,
-) -> rusqlite::Result<u64> {
-    let seq = ensure_device(sp, device, "ascii", port)?.saturating_add(1);
-    insert_event(
-        sp,
-        upstreams,
-        device,
-        seq,
-        s.step,
-        &s.code,
-        s.symbology.as_deref(),
-        s.station.as_deref(),
-        None,
-        s.received_at_ms,
-        s.received_at_ms,
-    )?;
-    sp.prepare_cached(
-        "UPDATE devices SET last_seq = ?2, events = events + 1, last_seen = ?3 WHERE device = ?1",
-    )?
-    .execute(params![device, seq as i64, s.received_at_ms as i64])?;
-    Ok(seq)
-}
-
-fn delivered(sp: &Connection, upstream: &str, rows: &[i64], at_ms: u64) -> rusqlite::Result<()> {
-    let mut del = sp.prepare_cached("DELETE FROM outbox WHERE upstream = ?1 AND row = ?2")?;
-    let mut n = 0i64;
-    for row in rows {
-        n += del.execute(params![upstream, row])? as i64;
-    }
-    sp.prepare_cached(
-        "INSERT INTO upstreams(name, delivered, last_sync_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT(name) DO UPDATE SET delivered = delivered + ?2, last_sync_at = ?3",
-    )?
-    .execute(params![upstream, n, at_ms as i64])?;
-    Ok(())
-}
-
-fn port_report(
-    sp: &Connection,
-    port: &str,
-    protocol: &str,
-    r: &PortReport,
-) -> rusqlite::Result<()> {
-    sp.prepare_cached(
-        "INSERT INTO ports(port, protocol, connected, frames, rejected, last_reject, last_seen)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT(port) DO UPDATE SET protocol = ?2, connected = ?3,
-             frames = frames + ?4, rejected = rejected + ?5,
-             last_reject = IFNULL(?6, last_reject), last_seen = ?7",
-    )?
-    .execute(params![
-        port,
-        protocol,
-        r.connected,
-        r.frames as i64,
-        r.rejected as i64,
-        r.last_reject,
-        crate::now_ms() as i64
-    ])?;
-    Ok(())
-}
-
-fn prune(sp: &mut rusqlite::Savepoint<'_>, before_ms: u64) -> rusqlite::Result<usize> {
-    // Never an event some upstream still waits for; bounded so one prune stays one short commit.
-    sp.prepare_cached(
-        "DELETE FROM events WHERE row IN (
-             SELECT row FROM events e WHERE received_at < ?1
-               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.row = e.row)
-             LIMIT 20000)",
-    )?
-    .execute([before_ms as i64])
 }

@@ -1,0 +1,129 @@
+//! Per-device sequencing state, held in the writer's memory so that a scan costs the writer
+//! two inserts (event, outbox) instead of five statements. The `devices` rows are written
+//! once per batch, in the same transaction, just before the commit.
+//!
+//! Only the writer thread changes devices, so its memory and the database agree as long as
+//! every commit succeeds; after a failed one the memory is dropped and re-read.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+
+/// What the writer needs to decide about a device's next scan.
+#[derive(Debug, Clone)]
+pub(super) struct Device {
+    /// Framed: the highest durable sequence. Ascii: the last one the gateway assigned.
+    pub last_seq: u64,
+}
+
+/// One op's effect on a device, recorded only once the op's savepoint committed.
+#[derive(Debug, Default)]
+pub(super) struct Update {
+    pub last_seq: u64,
+    pub events: i64,
+    pub duplicates: i64,
+    pub refused: i64,
+    pub firmware: Option<String>,
+}
+
+#[derive(Debug)]
+struct Dirty {
+    kind: &'static str,
+    port: String,
+    last_seq: u64,
+    firmware: Option<String>,
+    events: i64,
+    duplicates: i64,
+    refused: i64,
+    last_seen: i64,
+}
+
+#[derive(Default)]
+pub(super) struct Devices {
+    known: HashMap<String, Device>,
+    dirty: HashMap<String, Dirty>,
+}
+
+impl Devices {
+    /// The device's state, read from the database the first time the writer meets it.
+    pub fn get(&mut self, conn: &Connection, device: &str) -> rusqlite::Result<Device> {
+        if let Some(d) = self.known.get(device) {
+            return Ok(d.clone());
+        }
+        let last_seq = conn
+            .prepare_cached("SELECT last_seq FROM devices WHERE device = ?1")?
+            .query_row([device], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map_or(0, |v| v as u64);
+        let d = Device { last_seq };
+        self.known.insert(device.to_string(), d.clone());
+        Ok(d)
+    }
+
+    /// Records a committed op's effect, to be written with the batch.
+    pub fn apply(&mut self, device: &str, kind: &'static str, port: &str, u: Update) {
+        let now = crate::now_ms() as i64;
+        self.known.insert(
+            device.to_string(),
+            Device {
+                last_seq: u.last_seq,
+            },
+        );
+        let d = self
+            .dirty
+            .entry(device.to_string())
+            .or_insert_with(|| Dirty {
+                kind,
+                port: port.to_string(),
+                last_seq: u.last_seq,
+                firmware: None,
+                events: 0,
+                duplicates: 0,
+                refused: 0,
+                last_seen: now,
+            });
+        d.port = port.to_string();
+        d.last_seq = u.last_seq;
+        d.firmware = u.firmware.or(d.firmware.take());
+        d.events += u.events;
+        d.duplicates += u.duplicates;
+        d.refused += u.refused;
+        d.last_seen = now;
+    }
+
+    /// Writes this batch's device changes; call inside the batch's transaction.
+    pub fn flush(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        let mut stmt = conn.prepare_cached(
+            "INSERT INTO devices(device, kind, port, last_seq, firmware, last_seen, events, duplicates, refused)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT(device) DO UPDATE SET port = excluded.port, last_seq = excluded.last_seq,
+                 firmware = IFNULL(excluded.firmware, firmware), last_seen = excluded.last_seen,
+                 events = events + excluded.events, duplicates = duplicates + excluded.duplicates,
+                 refused = refused + excluded.refused",
+        )?;
+        for (device, d) in &self.dirty {
+            stmt.execute(params![
+                device,
+                d.kind,
+                d.port,
+                d.last_seq as i64,
+                d.firmware,
+                d.last_seen,
+                d.events,
+                d.duplicates,
+                d.refused
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// The batch committed: its changes are in the database.
+    pub fn committed(&mut self) {
+        self.dirty.clear();
+    }
+
+    /// The batch did not commit: memory may be ahead of the database, so forget it.
+    pub fn forget(&mut self) {
+        self.known.clear();
+        self.dirty.clear();
+    }
+}

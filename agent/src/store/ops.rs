@@ -1,0 +1,217 @@
+//! What each write does in SQL. Every function runs inside the op's savepoint; sequencing
+//! decisions use the writer's in-memory [`Devices`], whose update the caller applies only
+//! once the savepoint committed.
+
+use super::devices::{Devices, Update};
+use super::writer::{AsciiScan, FramedOutcome, FramedScan, PortReport};
+use darkleg_protocol::{EventId, Step};
+use rusqlite::{params, Connection, OptionalExtension};
+
+pub(super) fn hello(
+    sp: &Connection,
+    devices: &mut Devices,
+    device: &str,
+    firmware: &str,
+    last_acked: u64,
+) -> rusqlite::Result<(u64, Update)> {
+    let last = devices.get(sp, device)?.last_seq;
+    // The scanner may know a higher ack than we do (another gateway, a replaced database):
+    // whatever it has retired is not ours to ask for again.
+    let acked = last.max(last_acked);
+    let update = Update {
+        last_seq: acked,
+        firmware: Some(firmware.to_string()),
+        ..Update::default()
+    };
+    Ok((acked, update))
+}
+
+pub(super) fn framed(
+    sp: &Connection,
+    devices: &mut Devices,
+    upstreams: &[String],
+    device: &str,
+    s: &FramedScan,
+) -> rusqlite::Result<(FramedOutcome, Update)> {
+    let last = devices.get(sp, device)?.last_seq;
+    if s.seq <= last {
+        // A retransmit carries the same code. A different one means the scanner reused a
+        // sequence number (lost its state): its scan is not this event. Say so loudly.
+        let stored: Option<String> = sp
+            .prepare_cached("SELECT code FROM events WHERE event_id = ?1")?
+            .query_row([&EventId::new(device, s.seq).0[..]], |r| r.get(0))
+            .optional()?;
+        if stored.is_some_and(|code| code != s.code) {
+            tracing::error!(
+                device, seq = s.seq, acked = last,
+                "scanner reused a sequence number for a different scan; it must continue after {last}"
+            );
+        }
+        let update = Update {
+            last_seq: last,
+            duplicates: 1,
+            ..Update::default()
+        };
+        return Ok((FramedOutcome::Duplicate { acked: last }, update));
+    }
+    if s.seq != last.saturating_add(1) {
+        let update = Update {
+            last_seq: last,
+            ..Update::default()
+        };
+        return Ok((FramedOutcome::OutOfOrder { acked: last }, update));
+    }
+    if s.refused {
+        let update = Update {
+            last_seq: s.seq,
+            refused: 1,
+            ..Update::default()
+        };
+        return Ok((FramedOutcome::Refused { acked: s.seq }, update));
+    }
+    let inserted = insert_event(
+        sp,
+        upstreams,
+        device,
+        s.seq,
+        s.step,
+        &s.code,
+        s.symbology.as_deref(),
+        s.station.as_deref(),
+        s.operator.as_deref(),
+        s.captured_at_ms,
+        s.received_at_ms,
+    )?;
+    let update = Update {
+        last_seq: s.seq,
+        events: inserted as i64,
+        ..Update::default()
+    };
+    Ok((FramedOutcome::Stored { acked: s.seq }, update))
+}
+
+pub(super) fn ascii(
+    sp: &Connection,
+    devices: &mut Devices,
+    upstreams: &[String],
+    device: &str,
+    s: &AsciiScan,
+) -> rusqlite::Result<(u64, Update)> {
+    let seq = devices.get(sp, device)?.last_seq.saturating_add(1);
+    insert_event(
+        sp,
+        upstreams,
+        device,
+        seq,
+        s.step,
+        &s.code,
+        s.symbology.as_deref(),
+        s.station.as_deref(),
+        None,
+        s.received_at_ms,
+        s.received_at_ms,
+    )?;
+    Ok((
+        seq,
+        Update {
+            last_seq: seq,
+            events: 1,
+            ..Update::default()
+        },
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_event(
+    sp: &Connection,
+    upstreams: &[String],
+    device: &str,
+    seq: u64,
+    step: Step,
+    code: &str,
+    symbology: Option<&str>,
+    station: Option<&str>,
+    operator: Option<&str>,
+    captured_at_ms: u64,
+    received_at_ms: u64,
+) -> rusqlite::Result<bool> {
+    let id = EventId::new(device, seq);
+    let inserted = sp.prepare_cached("INSERT INTO events(event_id, device, seq, step, code, symbology, station, operator, captured_at, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(event_id) DO NOTHING")?.execute(
+        params![
+            &id.0[..],
+            device,
+            seq as i64,
+            step.as_str(),
+            code,
+            symbology,
+            station,
+            operator,
+            captured_at_ms as i64,
+            received_at_ms as i64
+        ],
+    )? == 1;
+    if inserted {
+        let row = sp.last_insert_rowid();
+        let mut stmt = sp.prepare_cached("INSERT INTO outbox(upstream, row) VALUES (?1, ?2)")?;
+        for u in upstreams {
+            stmt.execute(params![u, row])?;
+        }
+    }
+    Ok(inserted)
+}
+
+pub(super) fn delivered(
+    sp: &Connection,
+    upstream: &str,
+    rows: &[i64],
+    at_ms: u64,
+) -> rusqlite::Result<()> {
+    let mut del = sp.prepare_cached("DELETE FROM outbox WHERE upstream = ?1 AND row = ?2")?;
+    let mut n = 0i64;
+    for row in rows {
+        n += del.execute(params![upstream, row])? as i64;
+    }
+    sp.prepare_cached(
+        "INSERT INTO upstreams(name, delivered, last_sync_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT(name) DO UPDATE SET delivered = delivered + ?2, last_sync_at = ?3",
+    )?
+    .execute(params![upstream, n, at_ms as i64])?;
+    Ok(())
+}
+
+pub(super) fn port_report(
+    sp: &Connection,
+    port: &str,
+    protocol: &str,
+    r: &PortReport,
+) -> rusqlite::Result<()> {
+    sp.prepare_cached(
+        "INSERT INTO ports(port, protocol, connected, frames, rejected, last_reject, last_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT(port) DO UPDATE SET protocol = ?2, connected = ?3,
+             frames = frames + ?4, rejected = rejected + ?5,
+             last_reject = IFNULL(?6, last_reject), last_seen = ?7",
+    )?
+    .execute(params![
+        port,
+        protocol,
+        r.connected,
+        r.frames as i64,
+        r.rejected as i64,
+        r.last_reject,
+        crate::now_ms() as i64
+    ])?;
+    Ok(())
+}
+
+pub(super) fn prune(sp: &mut rusqlite::Savepoint<'_>, before_ms: u64) -> rusqlite::Result<usize> {
+    // Never an event some upstream still waits for; bounded so one prune stays one short commit.
+    sp.prepare_cached(
+        "DELETE FROM events WHERE row IN (
+             SELECT row FROM events e WHERE received_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.row = e.row)
+             LIMIT 20000)",
+    )?
+    .execute([before_ms as i64])
+}
