@@ -31,6 +31,31 @@ pub fn now_ms() -> u64 {
 
 /// How often delivered events past retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How often the agent logs a one-line summary (a journal shows it is alive and draining).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
+
+async fn heartbeat(db: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.tick().await;
+    let mut last_total = None;
+    loop {
+        tick.tick().await;
+        let db = db.clone();
+        let status = tokio::task::spawn_blocking(move || store::Reader::open(&db)?.status()).await;
+        let Ok(Ok(s)) = status else { continue };
+        let backlog: i64 = s.upstreams.iter().map(|u| u.backlog).sum();
+        let connected = s.ports.iter().filter(|p| p.connected).count();
+        // Device counters only grow (pruning does not touch them).
+        let total: i64 = s.devices.iter().map(|d| d.events).sum();
+        tracing::info!(
+            scans_last_minute = total - last_total.unwrap_or(total),
+            backlog,
+            ports_connected = connected,
+            "heartbeat"
+        );
+        last_total = Some(total);
+    }
+}
 
 /// Runs the agent until `shutdown` turns true.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
@@ -59,6 +84,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             shutdown.clone(),
         )));
     }
+    let heartbeat = tokio::spawn(heartbeat(store.path.clone()));
     let pruner = {
         let store = store.clone();
         let retention = config.store.retention;
@@ -83,6 +109,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     tracing::info!("shutting down");
     stop.store(true, Ordering::Relaxed);
     pruner.abort();
+    heartbeat.abort();
     let _ = sources.await;
     for s in sinks {
         let _ = s.await;
