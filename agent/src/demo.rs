@@ -239,8 +239,8 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
             );
         }
         None => println!(
-            "  backlog             {} events waiting for an upstream",
-            status.events
+            "  backlog             {} events waiting in the outbox for an upstream",
+            status.upstreams.iter().map(|u| u.backlog).sum::<i64>()
         ),
     }
     print!(
