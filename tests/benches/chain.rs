@@ -65,11 +65,6 @@ fn one_run(label: &str, i: usize, scanners: usize, per_scanner: usize, store: &s
     Run { ingest, end_to_end }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     // `cargo test --benches` runs bench targets with --bench absent: stay quick there.
     if !std::env::args().any(|a| a == "--bench") {

@@ -418,3 +418,9 @@ pub fn check_exactly_once(arrivals: &[Arrival], plans: &Plans) -> usize {
     }
     duplicates
 }
+
+/// The median of some measurements (benchmarks quote medians).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}

@@ -2,11 +2,12 @@
 //! 64 unanswered, through the real one-writer group commit (synchronous=FULL, on this disk).
 //! Baseline in the same run: group commit off (`max_batch = 1`). Medians of RUNS runs.
 //!
-//!     cargo bench -p darkleg-agent --bench store
+//!     cargo bench -p darkleg-tests --bench store
 
 use darkleg_agent::config::Config;
 use darkleg_agent::store::{FramedOutcome, FramedScan, StoreHandle, WriteOp};
 use darkleg_protocol::Step;
+use darkleg_tests::median;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
@@ -79,11 +80,6 @@ fn run(store_toml: &str, i: usize) -> f64 {
     writer.join().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     rate
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
