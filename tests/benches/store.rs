@@ -9,7 +9,6 @@ use darkleg_agent::store::{FramedOutcome, FramedScan, StoreHandle, WriteOp};
 use darkleg_protocol::Step;
 use darkleg_tests::median;
 use std::time::Instant;
-use tokio::sync::oneshot;
 
 const RUNS: usize = 3;
 const PRODUCERS: usize = 4;
@@ -32,16 +31,14 @@ fn run(store_toml: &str, i: usize) -> f64 {
             let store = store.clone();
             std::thread::spawn(move || {
                 let device = format!("bench-{p}");
-                let (reply, rx) = oneshot::channel();
-                let hello = WriteOp::Hello {
+                let hello = store.request_blocking(|reply| WriteOp::Hello {
                     device: device.clone(),
                     firmware: "b".into(),
                     port: "p".into(),
                     last_acked: 0,
                     reply,
-                };
-                store.send_blocking(hello).unwrap();
-                rx.blocking_recv().unwrap().unwrap();
+                });
+                hello.blocking_recv().unwrap().unwrap();
                 let mut window = std::collections::VecDeque::new();
                 for seq in 1..=PER_PRODUCER {
                     let scan = FramedScan {

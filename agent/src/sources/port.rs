@@ -147,7 +147,6 @@ fn ascii_loop(
                 }
                 LineDecoded::Scan(s) => {
                     counters.pending.frames += 1;
-                    let (reply, rx) = oneshot::channel();
                     let scan = AsciiScan {
                         step,
                         code: s.code.to_string(),
@@ -155,15 +154,14 @@ fn ascii_loop(
                         station: ctx.scanner.station_name.clone(),
                         received_at_ms: crate::now_ms(),
                     };
-                    replies.push((scan.code.clone(), rx));
-                    ctx.store
-                        .send_blocking(WriteOp::Ascii {
-                            device: device.clone(),
-                            port: ctx.path.clone(),
-                            scan,
-                            reply,
-                        })
-                        .map_err(|e| e.to_string())?;
+                    let code = scan.code.clone();
+                    let rx = ctx.store.request_blocking(|reply| WriteOp::Ascii {
+                        device: device.clone(),
+                        port: ctx.path.clone(),
+                        scan,
+                        reply,
+                    });
+                    replies.push((code, rx));
                 }
             }
         }
@@ -239,16 +237,13 @@ fn framed_loop<P: Read + Write>(
                     }
                     // Answer what came before under the old identity first.
                     answer(ctx, port, &mut pending)?;
-                    let (reply, rx) = oneshot::channel();
-                    ctx.store
-                        .send_blocking(WriteOp::Hello {
-                            device: dev.to_string(),
-                            firmware: firmware.to_string(),
-                            port: ctx.path.clone(),
-                            last_acked,
-                            reply,
-                        })
-                        .map_err(|e| e.to_string())?;
+                    let rx = ctx.store.request_blocking(|reply| WriteOp::Hello {
+                        device: dev.to_string(),
+                        firmware: firmware.to_string(),
+                        port: ctx.path.clone(),
+                        last_acked,
+                        reply,
+                    });
                     let acked = match rx.blocking_recv() {
                         Ok(Ok(acked)) => acked,
                         Ok(Err(e)) => {

@@ -139,6 +139,23 @@ impl StoreHandle {
             .map_err(|_| StoreError::new("writer", "stopped"))
     }
 
+    /// Sends an op that answers, from a blocking thread; the receiver yields the writer's
+    /// answer once the op's batch committed (or why it did not). `op` builds the op around
+    /// its reply channel.
+    pub fn request_blocking<T>(
+        &self,
+        op: impl FnOnce(writer::Reply<T>) -> WriteOp,
+    ) -> oneshot::Receiver<Result<T, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.send_blocking(op(reply)) {
+            // The op (and its reply channel) is gone with the writer: answer here instead.
+            let (reply, rx) = oneshot::channel();
+            let _ = reply.send(Err(e));
+            return rx;
+        }
+        rx
+    }
+
     /// Framed scan, blocking until durable (or refused).
     pub fn framed_blocking(
         &self,
@@ -146,18 +163,12 @@ impl StoreHandle {
         port: String,
         scan: FramedScan,
     ) -> oneshot::Receiver<Result<FramedOutcome, StoreError>> {
-        let (reply, rx) = oneshot::channel();
-        if let Err(e) = self.send_blocking(WriteOp::Framed {
+        self.request_blocking(|reply| WriteOp::Framed {
             device,
             port,
             scan,
             reply,
-        }) {
-            let (reply, rx) = oneshot::channel();
-            let _ = reply.send(Err(e));
-            return rx;
-        }
-        rx
+        })
     }
 }
 

@@ -52,16 +52,16 @@ fn close(store: StoreHandle, join: std::thread::JoinHandle<()>) {
 }
 
 fn hello(s: &StoreHandle, device: &str, last_acked: u64) -> u64 {
-    let (reply, rx) = oneshot::channel();
-    s.send_blocking(WriteOp::Hello {
+    s.request_blocking(|reply| WriteOp::Hello {
         device: device.into(),
         firmware: "t".into(),
         port: "p".into(),
         last_acked,
         reply,
     })
-    .unwrap();
-    rx.blocking_recv().unwrap().unwrap()
+    .blocking_recv()
+    .unwrap()
+    .unwrap()
 }
 
 fn framed(s: &StoreHandle, device: &str, seq: u64) -> FramedOutcome {
@@ -86,7 +86,6 @@ fn scan(device: &str, seq: u64) -> FramedScan {
 }
 
 fn ascii(s: &StoreHandle, code: &str, received_at_ms: u64) -> u64 {
-    let (reply, rx) = oneshot::channel();
     let scan = AsciiScan {
         step: Step::Handover,
         code: code.into(),
@@ -94,14 +93,15 @@ fn ascii(s: &StoreHandle, code: &str, received_at_ms: u64) -> u64 {
         station: None,
         received_at_ms,
     };
-    s.send_blocking(WriteOp::Ascii {
+    s.request_blocking(|reply| WriteOp::Ascii {
         device: "g:tty0".into(),
         port: "/dev/tty0".into(),
         scan,
         reply,
     })
-    .unwrap();
-    rx.blocking_recv().unwrap().unwrap()
+    .blocking_recv()
+    .unwrap()
+    .unwrap()
 }
 
 /// Sends a fire-and-forget op, then a Hello as a barrier: the writer applies in order.
