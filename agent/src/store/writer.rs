@@ -3,7 +3,7 @@
 //! savepoint, commits once — one fsync for every scanner that scanned meanwhile — and only
 //! then answers. That answer is what a framed scanner's Ack waits for.
 
-use super::devices::Devices;
+use super::devices::{Devices, Update};
 use super::ops;
 use super::StoreError;
 use darkleg_protocol::Step;
@@ -252,10 +252,7 @@ fn apply_savepointed(
             reply,
         } => {
             let r = ops::hello(&sp, devices, &device, &firmware, last_acked);
-            let r = finish(sp, r, "hello").map(|(acked, u)| {
-                devices.apply(&device, "framed", &port, u);
-                acked
-            });
+            let r = settle(sp, r, "hello", devices, &device, "framed", &port);
             Some(Answer::U64(reply, r))
         }
         WriteOp::Framed {
@@ -265,10 +262,7 @@ fn apply_savepointed(
             reply,
         } => {
             let r = ops::framed(&sp, devices, upstreams, &device, &scan);
-            let r = finish(sp, r, "framed scan").map(|(outcome, u)| {
-                devices.apply(&device, "framed", &port, u);
-                outcome
-            });
+            let r = settle(sp, r, "framed scan", devices, &device, "framed", &port);
             Some(Answer::Framed(reply, r))
         }
         WriteOp::Ascii {
@@ -278,10 +272,7 @@ fn apply_savepointed(
             reply,
         } => {
             let r = ops::ascii(&sp, devices, upstreams, &device, &scan);
-            let r = finish(sp, r, "ascii scan").map(|(seq, u)| {
-                devices.apply(&device, "ascii", &port, u);
-                seq
-            });
+            let r = settle(sp, r, "ascii scan", devices, &device, "ascii", &port);
             Some(Answer::U64(reply, r))
         }
         WriteOp::Delivered {
@@ -330,6 +321,23 @@ fn finish<T>(
         Ok(v) => sp.commit().map(|_| v).map_err(|e| StoreError::new(what, e)),
         Err(e) => Err(StoreError::new(what, e)), // dropping `sp` rolls it back
     }
+}
+
+/// [`finish`] for an op that moves a device on: its effect is recorded only once its
+/// savepoint committed.
+fn settle<T>(
+    sp: rusqlite::Savepoint<'_>,
+    r: rusqlite::Result<(T, Update)>,
+    what: &'static str,
+    devices: &mut Devices,
+    device: &str,
+    kind: &'static str,
+    port: &str,
+) -> Result<T, StoreError> {
+    finish(sp, r, what).map(|(v, update)| {
+        devices.apply(device, kind, port, update);
+        v
+    })
 }
 
 fn log_failure<T>(r: Result<T, StoreError>) {
