@@ -40,14 +40,13 @@ pub async fn run(
             .client_id
             .bytes()
             .fold(0u64, |h, b| h.rotate_left(5) ^ b as u64);
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30), seed);
     let mut dispatcher = Dispatcher::new(upstream.window);
     let mut session = Session {
         upstream: &upstream,
         gateway: &gateway,
         store: &store,
         reader,
-        backoff: &mut backoff,
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30), seed),
         failures: 0,
     };
     loop {
@@ -82,7 +81,7 @@ struct Session<'a> {
     gateway: &'a Gateway,
     store: &'a StoreHandle,
     reader: Arc<Mutex<Reader>>,
-    backoff: &'a mut Backoff,
+    backoff: Backoff,
     /// Connection attempts failed in a row.
     failures: u32,
 }
