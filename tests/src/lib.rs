@@ -241,12 +241,9 @@ impl Rig {
     }
 }
 
-/// The device id the agent gives a plain scanner on `slave_path`.
+/// The device id the agent gives a plain scanner on `slave_path` (test gateways are `gw-01`).
 pub fn ascii_device(slave_path: &str) -> String {
-    format!(
-        "gw-01:{}",
-        slave_path.trim_start_matches("/dev/").replace('/', "_")
-    )
+    darkleg_agent::sources::ascii_device("gw-01", slave_path)
 }
 
 /// Starts a framed scanner and records its plan under its device id.

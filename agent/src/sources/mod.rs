@@ -15,6 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Device id for a plain scanner, which has none of its own: the gateway names it after
+/// its port (`gw-01:ttyUSB0`, `gw-01:serial_by-id_usb-…`).
+pub fn ascii_device(gateway: &str, path: &str) -> String {
+    let short = path.strip_prefix("/dev/").unwrap_or(path).replace('/', "_");
+    format!("{gateway}:{short}")
+}
+
 /// A port thread's end: its path, and why it could not be opened (`None`: it had opened).
 type PortOutcome = (String, Option<String>);
 

@@ -2,6 +2,7 @@
 //! the scanner once its scans are durable. Runs on its own thread because serial I/O is
 //! blocking; returns when the port goes away or the agent stops.
 
+use super::ascii_device;
 use crate::config::{Scanner, ScannerProtocol};
 use crate::store::{
     AsciiScan, FramedOutcome, FramedScan, PortReport, StoreError, StoreHandle, WriteOp,
@@ -112,12 +113,6 @@ fn read_some(port: &mut impl Read, buf: &mut [u8]) -> Result<Option<usize>, Stri
         }
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// Device id for a plain scanner: the gateway names it after its port.
-fn ascii_device(gateway: &str, path: &str) -> String {
-    let short = path.strip_prefix("/dev/").unwrap_or(path).replace('/', "_");
-    format!("{gateway}:{short}")
 }
 
 fn ascii_loop(
