@@ -18,7 +18,7 @@ extern crate alloc;
 
 pub mod ascii;
 mod cobs;
-mod crc32;
+pub mod crc32;
 pub mod event;
 pub mod frame;
 pub mod time;
