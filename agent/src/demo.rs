@@ -104,13 +104,9 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
     let (pick_plan, pack_plan, hand_plan) =
         (plan(Step::Pick), plan(Step::Pack), plan(Step::Handover));
     let framed = |device: &str, seed: u64| FramedConfig {
-        device: device.to_string(),
-        window: 8,
         retransmit_after: Duration::from_millis(800),
         scan_interval: opts.scan_interval,
-        garbage: 0.0,
-        resume_after: 0,
-        seed,
+        ..FramedConfig::new(device, seed)
     };
     let mut scanners = [
         (

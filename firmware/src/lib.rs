@@ -24,6 +24,11 @@ mod scanner;
 
 pub use scanner::{BootError, Config, Parts, ScanOutcome, Scanner, Stats, TriggerMode};
 
+// The trait crates, re-exported so a board crate implements exactly the versions used here.
+pub use embedded_hal;
+pub use embedded_io;
+pub use embedded_storage;
+
 /// Milliseconds since boot from a clock that never goes backwards (a SysTick or RTC
 /// counter). Wall-clock time comes from the gateway's `TimeSync`, so no RTC is needed.
 pub trait Monotonic {

@@ -108,6 +108,8 @@ pub struct Stats {
     /// The gateway's clock is known.
     pub synced: bool,
     pub step: Step,
+    /// The station the gateway last assigned (`SetStep`), if any.
+    pub gateway_step: Option<Step>,
     /// Received blocks that were not frames (line noise).
     pub rx_rejected: u32,
     pub tx_errors: u32,
@@ -171,6 +173,7 @@ impl<'a, B: Board> Scanner<'a, B> {
             online: false,
             synced: false,
             step: cfg.step,
+            gateway_step: None,
             rx_rejected: 0,
             tx_errors: 0,
             flash_errors: 0,
@@ -292,6 +295,13 @@ impl<'a, B: Board> Scanner<'a, B> {
         self.stats
     }
 
+    /// The operator changed station on the device (a menu, or a station barcode): the next
+    /// scans mean `step`, until the gateway assigns another.
+    pub fn set_step(&mut self, step: Step) {
+        self.step = step;
+        self.stats.step = step;
+    }
+
     /// Stops and gives the peripherals back; the flash keeps every unacked scan for the
     /// next [`Scanner::boot`]. (Pulling the battery instead loses nothing either.)
     pub fn release(self) -> Parts<B> {
@@ -359,7 +369,10 @@ impl<'a, B: Board> Scanner<'a, B> {
             Heard::Time { unix_ms } => {
                 self.clock_offset = Some(unix_ms as i64 - now as i64);
             }
-            Heard::Step(step) => self.step = step,
+            Heard::Step(step) => {
+                self.step = step;
+                self.stats.gateway_step = Some(step);
+            }
             Heard::Nothing => {}
         }
     }

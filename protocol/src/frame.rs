@@ -50,7 +50,9 @@ pub struct EventFrame<'a> {
     pub symbology: Option<&'a str>,
     #[serde(borrow)]
     pub operator: Option<&'a str>,
-    /// Unix milliseconds by the scanner's clock after applying its `TimeSync` offset.
+    /// Unix milliseconds by the scanner's clock after applying its `TimeSync` offset; 0 if
+    /// unknown (taken before any `TimeSync`, and the scanner rebooted since), in which case
+    /// the gateway uses its receive time.
     pub captured_at_ms: u64,
 }
 

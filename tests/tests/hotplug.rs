@@ -37,10 +37,11 @@ fn unplugged_scanner_is_picked_up_again_and_keeps_its_sequence() {
     let plan: Vec<_> = (0..20u64)
         .flat_map(|n| parcel_scans(n, Step::Pack))
         .collect();
-    let cfg = |resume_after| FramedConfig {
+    let cfg = |resume_after, flash| FramedConfig {
         window: 4,
         retransmit_after: Duration::from_millis(500),
         resume_after,
+        flash,
         ..FramedConfig::new("roamer", 5)
     };
 
@@ -50,14 +51,15 @@ fn unplugged_scanner_is_picked_up_again_and_keeps_its_sequence() {
     assert!(wait_until(Duration::from_secs(20), || port_connected(
         &config, &link_path
     ) == Some(true)));
-    let mut s = FramedScanner::start(first.master, cfg(0), plan[..10].to_vec());
+    let mut s = FramedScanner::start(first.master, cfg(0, None), plan[..10].to_vec());
     assert!(
         wait_until(Duration::from_secs(20), || s.done(10)),
         "first half acked: {:?}",
         s.stats()
     );
 
-    // Unplugged: the scanner and its device node go away.
+    // Unplugged: the scanner and its device node go away (its flash goes with it).
+    let flash = s.flash();
     s.stop();
     drop(s);
     std::fs::remove_file(&link).unwrap();
@@ -71,7 +73,7 @@ fn unplugged_scanner_is_picked_up_again_and_keeps_its_sequence() {
     // Plugged back in (a new tty behind the same name): the rest of the plan.
     let second = Pty::open().unwrap();
     std::os::unix::fs::symlink(&second.slave_path, &link).unwrap();
-    let s = FramedScanner::start(second.master, cfg(10), plan.clone());
+    let s = FramedScanner::start(second.master, cfg(10, Some(flash)), plan.clone());
     assert!(
         wait_until(Duration::from_secs(30), || s.done(plan.len())),
         "second half acked: {:?}",

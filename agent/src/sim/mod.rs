@@ -3,6 +3,7 @@
 //! what arrives. Nothing here is a mock: the agent under test cannot tell these from a
 //! warehouse.
 
+pub mod board;
 pub mod broker;
 pub mod collector;
 pub mod scanner;

@@ -1,17 +1,20 @@
 //! Virtual scanners on real pseudo-terminals. The test or demo keeps the master end and
 //! gives the agent the slave's path, exactly as a USB-serial scanner appears.
 //!
-//! [`FramedScanner`] speaks the darkleg frame protocol as a smart scanner does: Hello with
-//! its last ack, a window of events in flight, go-back-N retransmission from the last ack
-//! on a timeout or Nack, RAM "storage" of unacked scans. (The no_std firmware with its flash
-//! ring is a separate crate; this is the gateway's conversation partner.)
+//! A [`FramedScanner`] is the real firmware (`darkleg-firmware`'s `Scanner`) on a
+//! [`SimBoard`]: a RAM flash, the pty as its UART. A thread plays the operator working
+//! through a plan of scans, and the faults a floor sees: battery pulls (some in the middle
+//! of a flash write), walks out of radio range, a noisy cable.
 
+use super::board::{
+    xorshift, CountingPin, HostClock, NoTrigger, Noise, PtyRx, PtyTx, Radio, SimBoard, SimFlash,
+};
 use super::workload::PlannedScan;
-use darkleg_protocol::frame::MAX_FRAME;
-use darkleg_protocol::{Decoded, EventFrame, Frame, FrameDecoder, NackReason};
+use darkleg_firmware::link::LinkConfig;
+use darkleg_firmware::{Config, Parts, ScanOutcome, Scanner, TriggerMode};
 use serialport::{SerialPort, TTYPort};
-use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,40 +40,64 @@ impl Pty {
 /// What a framed scanner did, readable while it runs.
 #[derive(Debug, Clone, Default)]
 pub struct ScannerStats {
-    /// Scans taken by the operator so far (sequence numbers 1..=scanned).
+    /// Plan entries stored in the scanner's flash so far (including `resume_after`).
     pub scanned: u64,
     /// Highest sequence the gateway acked.
     pub acked: u64,
-    /// Valid frames written (hellos and events, retransmits included).
+    /// Stored scans not acked yet (what the scanner still holds).
+    pub pending: u64,
+    /// Hellos and events sent (retransmits included).
     pub frames_sent: u64,
+    /// Events sent again after a timeout or Nack.
     pub retransmits: u64,
     pub nacks: u64,
-    pub garbage_bytes: u64,
-    /// Hellos written completely (the agent may have missed some while it was down).
     pub hellos: u64,
+    /// Scans that got the error tone (full flash, power failing mid-write): rescanned.
+    pub error_tones: u64,
+    /// Scans stored while the gateway was unreachable (the two-beep tone).
+    pub stored_offline: u64,
+    pub garbage_bytes: u64,
+    pub power_cuts: u64,
+    /// Power cuts that hit a flash write or erase.
+    pub cuts_mid_write: u64,
+    pub link_drops: u64,
     /// The station the gateway last assigned with `SetStep`.
     pub assigned_step: Option<darkleg_protocol::Step>,
+    /// (seq, code) of every plan scan as the firmware reported it stored.
+    pub stored: Vec<(u64, String)>,
+}
+
+/// Faults to inject, each as a mean interval between occurrences (`None`: never).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Battery pulls; half of them land inside a flash write or erase.
+    pub power_cut_every: Option<Duration>,
+    /// Walks out of radio range, each for 0.3–2 s.
+    pub link_drop_every: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
 pub struct FramedConfig {
     pub device: String,
-    pub window: u64,
-    /// Resend from the last ack when nothing was acked for this long.
+    pub window: u8,
+    /// First retransmit timeout (doubles while nothing is acked).
     pub retransmit_after: Duration,
     /// Pause between operator scans.
     pub scan_interval: Duration,
     /// Chance per frame of writing random garbage before it (0.0 = clean line).
     pub garbage: f64,
     pub seed: u64,
-    /// Scans `1..=resume_after` of the plan were made and acked in an earlier session (a
-    /// scanner plugged back in keeps its sequence).
+    /// The plan's first `resume_after` entries were scanned in an earlier session (with
+    /// `flash` from that session, the scanner continues its own sequence).
     pub resume_after: u64,
+    /// The scanner's flash chip; `None` = a new 256 KiB blank one.
+    pub flash: Option<SimFlash>,
+    pub faults: Faults,
 }
 
 impl FramedConfig {
     /// A well-behaved scanner: window 8, retransmit after 1 s, a scan every 10 ms, a clean
-    /// line. Override fields with struct update syntax.
+    /// line, no faults. Override fields with struct update syntax.
     pub fn new(device: &str, seed: u64) -> FramedConfig {
         FramedConfig {
             device: device.to_string(),
@@ -80,25 +107,33 @@ impl FramedConfig {
             garbage: 0.0,
             seed,
             resume_after: 0,
+            flash: None,
+            faults: Faults::default(),
         }
     }
 }
 
 pub struct FramedScanner {
     pub stats: Arc<Mutex<ScannerStats>>,
+    flash: SimFlash,
     stop: Arc<AtomicBool>,
     join: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FramedScanner {
-    /// Starts scanning `plan` in order on `master`, in a thread.
-    pub fn start(master: TTYPort, cfg: FramedConfig, plan: Vec<PlannedScan>) -> FramedScanner {
+    /// Starts the firmware and an operator scanning `plan` in order on `master`, in a thread.
+    pub fn start(master: TTYPort, mut cfg: FramedConfig, plan: Vec<PlannedScan>) -> FramedScanner {
         let stats: Arc<Mutex<ScannerStats>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (stats.clone(), stop.clone());
-        let join = std::thread::spawn(move || Link::new(master, cfg, plan, s).run(&st));
+        let flash = cfg.flash.take().unwrap_or_else(|| SimFlash::blank(256));
+        let (s, st, f) = (stats.clone(), stop.clone(), flash.clone());
+        let join = std::thread::Builder::new()
+            .name(format!("sim-{}", cfg.device))
+            .spawn(move || Operator::new(cfg, plan, f, s).run(master, &st))
+            .expect("spawning a simulated scanner");
         FramedScanner {
             stats,
+            flash,
             stop,
             join: Some(join),
         }
@@ -108,10 +143,15 @@ impl FramedScanner {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// True once every planned scan was made and acked.
+    /// The scanner's flash chip, to plug the same scanner in again later.
+    pub fn flash(&self) -> SimFlash {
+        self.flash.clone()
+    }
+
+    /// True once every planned scan was stored and the gateway acked all of them.
     pub fn done(&self, planned: usize) -> bool {
         let s = self.stats();
-        s.scanned as usize == planned && s.acked as usize == planned
+        s.scanned as usize == planned && s.pending == 0 && s.acked > 0
     }
 
     pub fn stop(&mut self) {
@@ -128,216 +168,231 @@ impl Drop for FramedScanner {
     }
 }
 
-struct Link {
-    port: TTYPort,
+/// The person holding the scanner, and the fates that befall it.
+struct Operator {
     cfg: FramedConfig,
     plan: Vec<PlannedScan>,
-    captured_at: Vec<u64>,
+    flash: SimFlash,
     stats: Arc<Mutex<ScannerStats>>,
-    acked: u64,
-    next: u64,
-    clock_offset_ms: i64,
+    next: usize,
     rng: u64,
-    last_progress: Instant,
-    rto: Duration,
-    last_scan: Instant,
+    radio: Radio,
+    garbage: Arc<AtomicU64>,
+    beeps: CountingPin,
+    /// Link counters of earlier boots (each boot's firmware starts from zero).
+    earlier: LinkTotals,
 }
 
-impl Link {
-    fn new(
-        port: TTYPort,
-        cfg: FramedConfig,
-        plan: Vec<PlannedScan>,
-        stats: Arc<Mutex<ScannerStats>>,
-    ) -> Link {
-        let rto = cfg.retransmit_after;
-        let rng = cfg.seed | 1;
-        let done = cfg.resume_after.min(plan.len() as u64);
-        {
-            let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
-            s.scanned = done;
-            s.acked = done;
-        }
-        Link {
-            port,
-            cfg,
-            plan,
-            captured_at: vec![0; done as usize],
-            stats,
-            acked: done,
-            next: done + 1,
-            clock_offset_ms: 0,
-            rng,
-            last_progress: Instant::now(),
-            rto,
-            last_scan: Instant::now(),
+#[derive(Default, Clone, Copy)]
+struct LinkTotals {
+    frames: u64,
+    hellos: u64,
+    resent: u64,
+    nacks: u64,
+}
+
+impl LinkTotals {
+    fn of(scanner: &Scanner<'_, SimBoard>) -> LinkTotals {
+        let l = scanner.stats().link;
+        LinkTotals {
+            frames: u64::from(l.hellos + l.events_sent),
+            hellos: u64::from(l.hellos),
+            resent: u64::from(l.resent),
+            nacks: u64::from(l.nacks),
         }
     }
 
-    fn rand(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
+    fn plus(self, o: LinkTotals) -> LinkTotals {
+        LinkTotals {
+            frames: self.frames + o.frames,
+            hellos: self.hellos + o.hellos,
+            resent: self.resent + o.resent,
+            nacks: self.nacks + o.nacks,
+        }
+    }
+}
+
+impl Operator {
+    fn new(
+        cfg: FramedConfig,
+        plan: Vec<PlannedScan>,
+        flash: SimFlash,
+        stats: Arc<Mutex<ScannerStats>>,
+    ) -> Operator {
+        let next = (cfg.resume_after as usize).min(plan.len());
+        stats.lock().unwrap_or_else(|e| e.into_inner()).scanned = next as u64;
+        Operator {
+            rng: cfg.seed | 1,
+            cfg,
+            plan,
+            flash,
+            stats,
+            next,
+            radio: Radio::default(),
+            garbage: Arc::default(),
+            beeps: CountingPin::default(),
+            earlier: LinkTotals::default(),
+        }
     }
 
     fn stat(&self, f: impl FnOnce(&mut ScannerStats)) {
         f(&mut self.stats.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    fn send(&mut self, frame: &Frame<'_>) {
-        if self.cfg.garbage > 0.0 && (self.rand() % 10_000) as f64 / 10_000.0 < self.cfg.garbage {
-            let n = 1 + self.rand() as usize % 64;
-            let junk: Vec<u8> = (0..n).map(|_| self.rand() as u8).collect();
-            let _ = self.port.write_all(&junk);
-            self.stat(|s| s.garbage_bytes += n as u64);
-        }
-        let mut out = [0u8; MAX_FRAME];
-        let Ok(n) = frame.encode(&mut out) else {
-            return;
-        };
-        // A write that fails or times out (agent down, pty buffer full) is a lost frame:
-        // retransmission covers it, as on a real radio link.
-        if self.port.write_all(&out[..n]).is_ok() {
-            let hello = matches!(frame, Frame::Hello { .. });
-            self.stat(|s| {
-                s.frames_sent += 1;
-                if hello {
-                    s.hellos += 1;
-                }
-            });
-        }
+    /// Exponentially distributed wait with the given mean.
+    fn next_fault(&mut self, every: Option<Duration>) -> Option<Instant> {
+        let mean = every?.as_secs_f64();
+        let u = (xorshift(&mut self.rng) % 1_000_000 + 1) as f64 / 1_000_001.0;
+        Some(Instant::now() + Duration::from_secs_f64(-mean * u.ln()))
     }
 
-    fn hello(&mut self) {
+    fn parts(&mut self, master: &TTYPort) -> Option<Parts<SimBoard>> {
+        let tx = master.try_clone_native().ok()?;
+        let rx = master.try_clone_native().ok()?;
+        Some(Parts {
+            flash: self.flash.clone(),
+            tx: PtyTx {
+                port: tx,
+                radio: self.radio.clone(),
+                noise: Noise {
+                    chance: self.cfg.garbage,
+                    rng: xorshift(&mut self.rng) | 1,
+                    bytes: self.garbage.clone(),
+                },
+            },
+            rx: PtyRx {
+                port: rx,
+                radio: self.radio.clone(),
+            },
+            clock: HostClock(Instant::now()),
+            beeper: self.beeps.clone(),
+            good_led: CountingPin::default(),
+            error_led: CountingPin::default(),
+            trigger: NoTrigger,
+        })
+    }
+
+    fn run(mut self, master: TTYPort, stop: &AtomicBool) {
         let device = self.cfg.device.clone();
-        self.send(&Frame::Hello {
-            device: &device,
-            firmware: "sim-1",
-            last_acked: self.acked,
-        });
-    }
-
-    fn now_ms(&self) -> u64 {
-        (crate::now_ms() as i64 + self.clock_offset_ms) as u64
-    }
-
-    fn send_event(&mut self, seq: u64) {
-        let i = (seq - 1) as usize;
-        let scan = self.plan[i].clone();
-        let frame = Frame::Event(EventFrame {
-            seq,
-            step: scan.step,
-            code: &scan.code,
-            symbology: scan.symbology.as_deref(),
-            operator: None,
-            captured_at_ms: self.captured_at[i],
-        });
-        self.send(&frame);
-    }
-
-    fn run(mut self, stop: &AtomicBool) {
-        self.hello();
-        let mut dec = FrameDecoder::new();
-        let mut buf = [0u8; 1024];
+        let first_step = self
+            .plan
+            .first()
+            .map_or(darkleg_protocol::Step::Pick, |s| s.step);
+        let fw = Config {
+            step: first_step,
+            link: LinkConfig {
+                window: self.cfg.window,
+                retransmit_ms: self.cfg.retransmit_after.as_millis() as u32,
+                ..LinkConfig::default()
+            },
+            trigger: TriggerMode::Presentation { repeat_guard_ms: 0 },
+            ..Config::new(&device)
+        };
+        let mut power_cut_at = self.next_fault(self.cfg.faults.power_cut_every);
+        let mut link_drop_at = self.next_fault(self.cfg.faults.link_drop_every);
+        let mut link_back_at: Option<Instant> = None;
+        let mut next_scan = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            // The operator scans at their pace (or, with no interval, as fast as the link
-            // takes them); every scan is kept until acked.
-            let before = self.captured_at.len();
-            while self.captured_at.len() < self.plan.len()
-                && (self.cfg.scan_interval.is_zero()
-                    || self.last_scan.elapsed() >= self.cfg.scan_interval)
-            {
-                let at = self.now_ms();
-                self.captured_at.push(at);
-                self.last_scan += self.cfg.scan_interval;
-            }
-            if self.captured_at.len() != before {
-                let n = self.captured_at.len() as u64;
-                self.stat(|s| s.scanned = n);
-            }
-            let scanned = self.captured_at.len() as u64;
-            while self.next <= scanned && self.next <= self.acked + self.cfg.window {
-                let seq = self.next;
-                self.send_event(seq);
-                self.next += 1;
-            }
-            if self.acked < scanned && self.last_progress.elapsed() > self.rto {
-                // No ack for too long: the gateway may have restarted and forgotten us.
-                let resent = self.next - 1 - self.acked;
-                self.stat(|s| s.retransmits += resent);
-                self.hello();
-                self.next = self.acked + 1;
-                self.last_progress = Instant::now();
-                self.rto = (self.rto * 2).min(Duration::from_secs(4));
-            }
-            let n = match self.port.read(&mut buf) {
-                Ok(n) => n,
-                Err(_) => {
-                    // Timeout, or EIO while no agent has the slave open.
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
+            let Some(parts) = self.parts(&master) else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            let mut scanner = match Scanner::boot(fw, parts) {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::error!(device = %device, "simulated scanner cannot boot: {e:?}");
+                    return;
                 }
             };
-            let mut replies = Vec::new();
-            for &b in &buf[..n] {
-                if let Decoded::Frame(f) = dec.push(b) {
-                    replies.push(match f {
-                        Frame::Ack { up_to } => Reply::Ack(up_to),
-                        Frame::Nack { reason, .. } => Reply::Nack(reason),
-                        Frame::TimeSync { unix_ms } => Reply::Time(unix_ms),
-                        Frame::SetStep { step } => Reply::Step(step),
-                        _ => Reply::Other,
-                    });
+            // Powered: scan, let the firmware work, until stopped or the battery is pulled.
+            while !stop.load(Ordering::Relaxed) {
+                scanner.poll();
+                let now = Instant::now();
+                if self.next < self.plan.len() && now >= next_scan {
+                    let scan = self.plan[self.next].clone();
+                    if scanner.stats().step != scan.step {
+                        scanner.set_step(scan.step);
+                    }
+                    match scanner.on_decode(&scan.code, scan.symbology.as_deref()) {
+                        ScanOutcome::Stored { seq, online } => {
+                            self.next += 1;
+                            next_scan += self.cfg.scan_interval;
+                            let n = self.next as u64;
+                            self.stat(|s| {
+                                s.scanned = n;
+                                s.stored.push((seq, scan.code.clone()));
+                                if !online {
+                                    s.stored_offline += 1;
+                                }
+                            });
+                        }
+                        _ => {
+                            // Error tone: the operator waits a moment and scans it again.
+                            self.stat(|s| s.error_tones += 1);
+                            next_scan = now + Duration::from_millis(200);
+                        }
+                    }
                 }
-            }
-            for r in replies {
-                match r {
-                    Reply::Ack(up_to) => {
-                        if up_to > self.acked {
-                            self.acked = up_to.min(scanned);
-                            self.last_progress = Instant::now();
-                            self.rto = self.cfg.retransmit_after;
-                            let a = self.acked;
-                            self.stat(|s| s.acked = a);
-                        }
-                        if self.next <= self.acked {
-                            self.next = self.acked + 1;
-                        }
+                if power_cut_at.is_some_and(|t| now >= t) {
+                    power_cut_at = self.next_fault(self.cfg.faults.power_cut_every);
+                    if xorshift(&mut self.rng).is_multiple_of(2) {
+                        // Somewhere in the next flash write or erase (records are ≥ 40 bytes,
+                        // so the cut always tears one).
+                        let at = xorshift(&mut self.rng) % 40;
+                        self.flash.chip().cut_power_after(at);
+                    } else {
+                        break;
                     }
-                    // The gateway could not store: keep everything and let the retransmit
-                    // timer pace the retry, rather than hammer a full disk.
-                    Reply::Nack(NackReason::Storage) => self.stat(|s| s.nacks += 1),
-                    // A refused scan is retired by the Ack that follows; nothing to resend.
-                    Reply::Nack(NackReason::Rejected) => self.stat(|s| s.nacks += 1),
-                    Reply::Nack(reason) => {
-                        let resent = self.next - 1 - self.acked;
-                        self.stat(|s| {
-                            s.nacks += 1;
-                            s.retransmits += resent;
-                        });
-                        if reason == NackReason::NoHello {
-                            self.hello();
-                        }
-                        self.next = self.acked + 1;
-                    }
-                    Reply::Time(unix_ms) => {
-                        self.clock_offset_ms = unix_ms as i64 - crate::now_ms() as i64;
-                    }
-                    Reply::Step(step) => self.stat(|s| s.assigned_step = Some(step)),
-                    Reply::Other => {}
                 }
+                if self.flash.chip().is_dead() {
+                    self.stat(|s| s.cuts_mid_write += 1);
+                    break;
+                }
+                if link_drop_at.is_some_and(|t| now >= t) {
+                    link_drop_at = self.next_fault(self.cfg.faults.link_drop_every);
+                    let for_ms = 300 + xorshift(&mut self.rng) % 1_700;
+                    link_back_at = Some(now + Duration::from_millis(for_ms));
+                    self.radio.set_out_of_range(true);
+                    self.stat(|s| s.link_drops += 1);
+                }
+                if link_back_at.is_some_and(|t| now >= t) {
+                    link_back_at = None;
+                    self.radio.set_out_of_range(false);
+                }
+                self.publish(&scanner);
+                std::thread::sleep(Duration::from_millis(1));
             }
+            self.publish(&scanner);
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            // Battery out: RAM is gone, the flash keeps what the cut left.
+            self.earlier = self.earlier.plus(LinkTotals::of(&scanner));
+            drop(scanner);
+            self.stat(|s| s.power_cuts += 1);
+            std::thread::sleep(Duration::from_millis(50 + xorshift(&mut self.rng) % 250));
+            self.flash.chip().power_on();
+            next_scan = Instant::now();
         }
     }
-}
 
-enum Reply {
-    Ack(u64),
-    Nack(NackReason),
-    Time(u64),
-    Step(darkleg_protocol::Step),
-    Other,
+    fn publish(&self, scanner: &Scanner<'_, SimBoard>) {
+        let fw = scanner.stats();
+        let link = self.earlier.plus(LinkTotals::of(scanner));
+        let garbage = self.garbage.load(Ordering::Relaxed);
+        self.stat(|s| {
+            s.acked = fw.acked;
+            s.pending = u64::from(fw.pending);
+            s.frames_sent = link.frames;
+            s.hellos = link.hellos;
+            s.retransmits = link.resent;
+            s.nacks = link.nacks;
+            s.garbage_bytes = garbage;
+            if fw.gateway_step.is_some() {
+                s.assigned_step = fw.gateway_step;
+            }
+        });
+    }
 }
 
 /// A plain serial scanner: writes `]C1code\r\n`, hears nothing back.

@@ -266,15 +266,20 @@ fn framed_loop<P: Read + Write>(
                         )?;
                         continue;
                     };
+                    let received_at_ms = crate::now_ms();
                     let mut scan = FramedScan {
                         seq: ev.seq,
                         step: ev.step,
                         code: ev.code.to_string(),
                         symbology: ev.symbology.map(str::to_string),
                         operator: ev.operator.map(str::to_string),
-                        captured_at_ms: ev.captured_at_ms,
+                        // 0: taken before the scanner had our time and rebooted since.
+                        captured_at_ms: match ev.captured_at_ms {
+                            0 => received_at_ms,
+                            t => t,
+                        },
                         station: ctx.scanner.station_name.clone(),
-                        received_at_ms: crate::now_ms(),
+                        received_at_ms,
                         refused: false,
                     };
                     if let Err(e) = check_code(ev.code) {
