@@ -15,6 +15,11 @@ USAGE:
                                         backlog, last sync, per-scanner counters
     darkleg demo [--parcels N] [--scan-interval-ms MS] [--offline]
                                         a small warehouse on this machine
+    darkleg simulate --config FILE [--scanners K] [--parcels M] [--scan-interval-ms MS]
+                     [--power-cut-every-ms MS] [--link-drop-every-ms MS] [--garbage P]
+                     [--timeout-secs S] [--report FILE]
+                                        K virtual scanners (the real firmware) against a
+                                        running agent, with optional faults
     darkleg --version | --help
 
 Logs go to stderr; RUST_LOG=debug for more.";
@@ -30,6 +35,7 @@ fn main() -> ExitCode {
         Some("status") => flag_value(&args[1..], "--config")
             .and_then(|p| cmd_status(PathBuf::from(p), args.iter().any(|a| a == "--json"))),
         Some("demo") => cmd_demo(&args[1..]),
+        Some("simulate") => cmd_simulate(&args[1..]),
         Some("--version") | Some("-V") => {
             println!("darkleg {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -170,15 +176,7 @@ fn cmd_status(path: PathBuf, json: bool) -> Result<(), String> {
 }
 
 fn cmd_demo(args: &[String]) -> Result<(), String> {
-    let num = |flag: &str, default: u64| -> Result<u64, String> {
-        match args.iter().position(|a| a == flag) {
-            None => Ok(default),
-            Some(i) => args
-                .get(i + 1)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| format!("{flag} needs a number")),
-        }
-    };
+    let num = |flag: &str, default: u64| num_flag(args, flag, default);
     if std::env::var_os("RUST_LOG").is_some() {
         init_logs();
     }
@@ -186,5 +184,54 @@ fn cmd_demo(args: &[String]) -> Result<(), String> {
         parcels: num("--parcels", 12)?.max(1),
         scan_interval: Duration::from_millis(num("--scan-interval-ms", 150)?),
         offline: args.iter().any(|a| a == "--offline"),
+    })
+}
+
+/// `--flag N` as a number, `default` when absent.
+fn num_flag<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> Result<T, String> {
+    match args.iter().position(|a| a == flag) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{flag} needs a number")),
+    }
+}
+
+fn cmd_simulate(args: &[String]) -> Result<(), String> {
+    use darkleg_agent::sim::scanner::Faults;
+    use darkleg_agent::simulate::{FleetOptions, SimulateOptions};
+    if std::env::var_os("RUST_LOG").is_some() {
+        init_logs();
+    }
+    let every = |flag: &str| -> Result<Option<Duration>, String> {
+        let ms: u64 = num_flag(args, flag, 0)?;
+        Ok((ms > 0).then(|| Duration::from_millis(ms)))
+    };
+    let garbage: f64 = num_flag(args, "--garbage", 0.0)?;
+    if !(0.0..=1.0).contains(&garbage) {
+        return Err("--garbage is a probability per frame, 0 to 1".into());
+    }
+    let run_id = darkleg_agent::now_ms() / 1000 % 1_000_000;
+    darkleg_agent::simulate::run(SimulateOptions {
+        config: PathBuf::from(flag_value(args, "--config")?),
+        fleet: FleetOptions {
+            scanners: num_flag(args, "--scanners", 4usize)?.clamp(1, 64),
+            parcels: num_flag(args, "--parcels", 50u64)?.max(1),
+            scan_interval: Duration::from_millis(num_flag(args, "--scan-interval-ms", 50)?),
+            faults: Faults {
+                power_cut_every: every("--power-cut-every-ms")?,
+                link_drop_every: every("--link-drop-every-ms")?,
+            },
+            garbage,
+            seed: run_id,
+            device_prefix: format!("sim{run_id}"),
+        },
+        timeout: Duration::from_secs(num_flag(args, "--timeout-secs", 120)?),
+        report: args
+            .iter()
+            .position(|a| a == "--report")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from),
     })
 }

@@ -28,7 +28,8 @@ impl Default for LinkConfig {
         LinkConfig {
             window: 8,
             retransmit_ms: 500,
-            max_backoff_ms: 8_000,
+            // An operator back in range should not wait long for the scanner to notice.
+            max_backoff_ms: 4_000,
             timeouts_before_hello: 3,
             keepalive_ms: 30_000,
         }

@@ -349,14 +349,16 @@ impl Operator {
                     break;
                 }
                 if link_drop_at.is_some_and(|t| now >= t) {
-                    link_drop_at = self.next_fault(self.cfg.faults.link_drop_every);
                     let for_ms = 300 + xorshift(&mut self.rng) % 1_700;
                     link_back_at = Some(now + Duration::from_millis(for_ms));
+                    link_drop_at = None;
                     self.radio.set_out_of_range(true);
                     self.stat(|s| s.link_drops += 1);
                 }
                 if link_back_at.is_some_and(|t| now >= t) {
+                    // Back in range; the next walk away is counted from here.
                     link_back_at = None;
+                    link_drop_at = self.next_fault(self.cfg.faults.link_drop_every);
                     self.radio.set_out_of_range(false);
                 }
                 self.publish(&scanner);
