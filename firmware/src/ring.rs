@@ -112,6 +112,9 @@ impl<E> From<E> for RingError<E> {
 pub struct MountReport {
     /// The flash held no ring (new device or wiped); sector 0 was formatted.
     pub formatted: bool,
+    /// Nothing was ever stored or acked: the device does not know where its sequence
+    /// numbers stand until a gateway tells it (see [`Ring::record_contact`]).
+    pub blank: bool,
     /// Records that failed their CRC (torn by a power cut) and were dropped.
     pub torn: u32,
     /// Unacked scans recovered.
@@ -205,6 +208,7 @@ impl<F: NorFlash> Ring<F> {
         let Some((head, epoch)) = newest else {
             ring.format(0, 1)?;
             report.formatted = true;
+            report.blank = true;
             ring.tail = ring.end();
             return Ok((ring, report));
         };
@@ -212,6 +216,7 @@ impl<F: NorFlash> Ring<F> {
         ring.head_epoch = epoch;
 
         // Every record in every valid sector, oldest sector first.
+        let mut any_record = false;
         let mut s = ring.next(head);
         loop {
             if ring.header(s)?.is_some() {
@@ -219,6 +224,7 @@ impl<F: NorFlash> Ring<F> {
                 loop {
                     match ring.slot(s, off, buf)? {
                         Slot::Record { tag, len, next } => {
+                            any_record = true;
                             let body = &buf[3..3 + len];
                             let seq = read_u64(body, 0);
                             if tag == TAG_ACK {
@@ -253,6 +259,7 @@ impl<F: NorFlash> Ring<F> {
         }
         ring.durable_acked = ring.acked;
         ring.next_seq = max_seq.max(ring.acked) + 1;
+        report.blank = ring.next_seq == 1 && !any_record;
 
         // The tail: the first scan the gateway has not acked.
         ring.tail = ring.end();
@@ -354,6 +361,18 @@ impl<F: NorFlash> Ring<F> {
             if self.pending == 0 {
                 self.tail = self.end();
             }
+        }
+        Ok(())
+    }
+
+    /// Writes an ack record even if nothing changed: the first answer from a gateway, which
+    /// tells a blank device where its sequence numbers stand, must survive a reboot.
+    pub fn record_contact(&mut self, buf: &mut RecordBuf) -> Result<(), RingError<F::Error>> {
+        buf[3..11].copy_from_slice(&self.acked.to_le_bytes());
+        self.write_record(TAG_ACK, 8, buf)?;
+        self.durable_acked = self.acked;
+        if self.pending == 0 {
+            self.tail = self.end();
         }
         Ok(())
     }

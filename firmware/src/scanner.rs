@@ -85,6 +85,10 @@ pub enum ScanOutcome {
     TooLong,
     /// Every sector holds unacked scans. Error tone until the gateway catches up.
     RingFull,
+    /// A new (or wiped) scanner has not reached a gateway yet, so it cannot know which
+    /// sequence numbers are free: a scan now could be taken for an old one. Error tone;
+    /// connect it once.
+    NotPaired,
     /// The flash write failed. Error tone; the scan is not stored.
     FlashError,
 }
@@ -107,6 +111,8 @@ pub struct Stats {
     pub online: bool,
     /// The gateway's clock is known.
     pub synced: bool,
+    /// A gateway has answered at least once since the flash was blank.
+    pub paired: bool,
     pub step: Step,
     /// The station the gateway last assigned (`SetStep`), if any.
     pub gateway_step: Option<Step>,
@@ -140,6 +146,8 @@ pub struct Scanner<'a, B: Board> {
     trigger_held: bool,
     armed_until: Option<u64>,
     last_decode: Option<(u32, u64)>,
+    /// A gateway has answered since the flash was blank (see [`ScanOutcome::NotPaired`]).
+    paired: bool,
     stats: Stats,
 }
 
@@ -172,6 +180,7 @@ impl<'a, B: Board> Scanner<'a, B> {
             next_seq: ring.next_seq(),
             online: false,
             synced: false,
+            paired: !report.blank,
             step: cfg.step,
             gateway_step: None,
             rx_rejected: 0,
@@ -198,6 +207,7 @@ impl<'a, B: Board> Scanner<'a, B> {
             trigger_held: false,
             armed_until: None,
             last_decode: None,
+            paired: !report.blank,
             stats,
         };
         Ok((scanner, report))
@@ -213,6 +223,8 @@ impl<'a, B: Board> Scanner<'a, B> {
         }
         let outcome = if check_code(code).is_err() {
             ScanOutcome::Unreadable
+        } else if !self.paired {
+            ScanOutcome::NotPaired
         } else {
             let captured = match self.clock_offset {
                 Some(off) => Captured::Unix(now.saturating_add_signed(off)),
@@ -244,6 +256,8 @@ impl<'a, B: Board> Scanner<'a, B> {
         };
         if signal == Signal::Error {
             self.stats.refused += 1;
+            // Presenting the label again right away is how the operator retries.
+            self.last_decode = None;
         } else {
             self.stats.stored += 1;
         }
@@ -324,6 +338,7 @@ impl<'a, B: Board> Scanner<'a, B> {
         self.stats.next_seq = self.ring.next_seq();
         self.stats.online = self.link.is_up();
         self.stats.synced = self.clock_offset.is_some();
+        self.stats.paired = self.paired;
         self.stats.step = self.step;
         self.stats.link = self.link.stats;
     }
@@ -358,7 +373,12 @@ impl<'a, B: Board> Scanner<'a, B> {
     fn on_heard(&mut self, heard: Heard, now: u64) {
         match heard {
             Heard::Acked { up_to } => {
-                if self.ring.retire(up_to, &mut self.buf).is_err() {
+                let mut ok = self.ring.retire(up_to, &mut self.buf).is_ok();
+                if !self.paired && ok {
+                    ok = self.ring.record_contact(&mut self.buf).is_ok();
+                    self.paired = ok;
+                }
+                if !ok {
                     self.stats.flash_errors += 1;
                 }
             }

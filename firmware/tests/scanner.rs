@@ -268,10 +268,54 @@ fn online_scan_is_stored_sent_with_gateway_time_and_retired_by_the_ack() {
 }
 
 #[test]
+fn a_new_scanner_takes_scans_only_after_its_first_gateway_answer() {
+    let b = Bench::new();
+    let (mut s, report) =
+        Scanner::boot(presentation("hh-09"), b.parts(blank(), Trigger::default())).unwrap();
+    assert!(report.blank);
+    s.poll();
+    // It cannot know which sequence numbers the gateway has seen under its name.
+    assert_eq!(s.on_decode("A", None), ScanOutcome::NotPaired);
+    assert_eq!(b.red.pulses(), 1);
+    // The gateway knows this device up to 41 (its flash was wiped).
+    b.send(Frame::Ack { up_to: 41 });
+    s.poll();
+    assert_eq!(
+        s.on_decode("A", None),
+        ScanOutcome::Stored {
+            seq: 42,
+            online: true
+        }
+    );
+    // Paired for good: after a reboot it scans offline at once.
+    let (mut s, report) = Scanner::boot(presentation("hh-09"), s.release()).unwrap();
+    assert!(!report.blank);
+    b.advance(2_000);
+    assert_eq!(
+        s.on_decode("B", None),
+        ScanOutcome::Stored {
+            seq: 43,
+            online: false
+        }
+    );
+}
+
+/// A scanner that has met its gateway once, rebooted and not connected now.
+fn paired_offline(b: &mut Bench, device: &'static str) -> Scanner<'static, TestBoard<Trigger>> {
+    let (mut s, _) =
+        Scanner::boot(presentation(device), b.parts(blank(), Trigger::default())).unwrap();
+    s.poll();
+    b.send(Frame::Ack { up_to: 0 });
+    s.poll();
+    let (s, _) = Scanner::boot(presentation(device), s.release()).unwrap();
+    b.received();
+    s
+}
+
+#[test]
 fn offline_scans_get_their_own_tone_and_go_up_when_the_gateway_answers() {
     let mut b = Bench::new();
-    let (mut s, _) =
-        Scanner::boot(presentation("hh-02"), b.parts(blank(), Trigger::default())).unwrap();
+    let mut s = paired_offline(&mut b, "hh-02");
     s.poll();
     for i in 0..3 {
         b.advance(2_000);
@@ -386,6 +430,8 @@ fn misreads_full_flash_and_gateway_refusals_give_the_error_tone() {
         b.parts(RamFlash::new(vec![0xFF; 2 * 4096]), Trigger::default()),
     )
     .unwrap();
+    b.send(Frame::Ack { up_to: 0 });
+    s.poll();
     assert_eq!(s.on_decode("bad\u{7}code", None), ScanOutcome::Unreadable);
     assert_eq!(s.on_decode(&"9".repeat(300), None), ScanOutcome::TooLong);
     assert_eq!(b.red.pulses(), 2);
@@ -457,7 +503,8 @@ fn a_handheld_takes_one_scan_per_trigger_pull() {
     let (mut s, _) = Scanner::boot(cfg, b.parts(blank(), trigger.clone())).unwrap();
     // No pull: a stray decode is not a scan.
     assert_eq!(s.on_decode("A", None), ScanOutcome::Ignored);
-    s.poll(); // pulled
+    b.send(Frame::Ack { up_to: 0 });
+    s.poll(); // pulled; the gateway's answer pairs it
     assert!(matches!(
         s.on_decode("A", None),
         ScanOutcome::Stored { seq: 1, .. }
@@ -482,6 +529,8 @@ fn idle_waits_longer_when_nothing_is_pending() {
     let b = Bench::new();
     let (mut s, _) =
         Scanner::boot(presentation("hh-08"), b.parts(blank(), Trigger::default())).unwrap();
+    b.send(Frame::Ack { up_to: 0 });
+    s.poll();
     let mut delay = CheckedDelay::new(&[DelayT::delay_ms(10), DelayT::delay_ms(1)]);
     s.idle(&mut delay);
     s.on_decode("X", None);

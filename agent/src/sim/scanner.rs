@@ -306,9 +306,16 @@ impl Operator {
             };
             // Powered: scan, let the firmware work, until stopped or the battery is pulled.
             while !stop.load(Ordering::Relaxed) {
+                let acked_before = scanner.stats().acked;
                 scanner.poll();
                 let now = Instant::now();
-                if self.next < self.plan.len() && now >= next_scan {
+                // With no pause between scans the operator goes as fast as the link takes
+                // them (a bench load), rather than filling the flash.
+                let keeping_up = !self.cfg.scan_interval.is_zero()
+                    || u64::from(scanner.stats().pending) < 2 * u64::from(self.cfg.window);
+                let mut scanned = false;
+                if self.next < self.plan.len() && now >= next_scan && keeping_up {
+                    scanned = true;
                     let scan = self.plan[self.next].clone();
                     if scanner.stats().step != scan.step {
                         scanner.set_step(scan.step);
@@ -362,7 +369,11 @@ impl Operator {
                     self.radio.set_out_of_range(false);
                 }
                 self.publish(&scanner);
-                std::thread::sleep(Duration::from_millis(1));
+                // A real MCU would sleep until the UART interrupt; poll again soon while
+                // the link is moving, less often when it is not.
+                if !scanned && scanner.stats().acked == acked_before {
+                    wait_readable(&master, 1);
+                }
             }
             self.publish(&scanner);
             if stop.load(Ordering::Relaxed) {
@@ -394,6 +405,22 @@ impl Operator {
                 s.assigned_step = fw.gateway_step;
             }
         });
+    }
+}
+
+/// Waits until the gateway has sent something or `ms` pass, like an MCU sleeping until its
+/// UART interrupt.
+fn wait_readable(port: &TTYPort, ms: i32) {
+    use nix::poll::{poll, PollFd, PollFlags};
+    use std::os::fd::AsRawFd;
+    let mut fds = [PollFd::new(port.as_raw_fd(), PollFlags::POLLIN)];
+    let readable = poll(&mut fds, ms).is_ok()
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+    // No agent on the other end yet: the master reports a hang-up at once; do not spin.
+    if !readable {
+        std::thread::sleep(Duration::from_millis(ms as u64));
     }
 }
 
