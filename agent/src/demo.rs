@@ -138,6 +138,8 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
     // Halfway, the broker goes away for a few seconds: capture goes on, the backlog waits.
     let mut outage: Option<Instant> = None;
     let mut outage_done = false;
+    // Two thirds in, the pick scanner's battery is pulled: its flash keeps what is unacked.
+    let mut battery_pulled = false;
     let deadline = started + Duration::from_secs(30) + opts.scan_interval * (expected as u32);
     loop {
         if hand_next < hand_plan.len() && last_hand.elapsed() >= opts.scan_interval * 2 {
@@ -172,6 +174,15 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
                     }
                 );
             }
+        }
+        let pick_stats = scanners[0].0.stats();
+        if !battery_pulled && pick_stats.scanned as usize >= pick_plan.len() * 2 / 3 {
+            battery_pulled = true;
+            scanners[0].0.pull_battery();
+            println!(
+                "  ⚡ pick-a battery pulled ({} scans in its flash not yet acked) — it reboots, says Hello, carries on",
+                pick_stats.pending
+            );
         }
         if let Some(b) = broker.as_mut() {
             if outage.is_none() && !outage_done && seen.len() >= expected / 3 {

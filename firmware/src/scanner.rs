@@ -233,7 +233,9 @@ impl<'a, B: Board> Scanner<'a, B> {
             let scan = NewScan {
                 step: self.step,
                 code,
-                symbology,
+                // An identifier longer than AIM's `]Xn` is the engine's oddity, not a reason
+                // to lose the scan.
+                symbology: symbology.filter(|s| s.len() <= ring::MAX_SYMBOLOGY_LEN),
                 captured,
             };
             match self.ring.append(&scan, &mut self.buf) {
@@ -361,9 +363,9 @@ impl<'a, B: Board> Scanner<'a, B> {
             },
             TriggerMode::Presentation { repeat_guard_ms } => {
                 let h = fnv32(code.as_bytes());
-                let repeat = self
-                    .last_decode
-                    .is_some_and(|(last, at)| last == h && now - at < u64::from(repeat_guard_ms));
+                let repeat = self.last_decode.is_some_and(|(last, at)| {
+                    last == h && now.saturating_sub(at) < u64::from(repeat_guard_ms)
+                });
                 self.last_decode = Some((h, now));
                 !repeat
             }

@@ -537,3 +537,35 @@ fn idle_waits_longer_when_nothing_is_pending() {
     s.idle(&mut delay);
     delay.done();
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Whatever arrives on the line and whatever the decode engine produces, the scanner
+    /// neither panics nor loses what it stored.
+    #[test]
+    fn arbitrary_line_bytes_and_decodes_never_panic(
+        noise in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), 1..20),
+        codes in proptest::collection::vec(".{0,300}", 1..20),
+        syms in proptest::collection::vec(proptest::option::of(".{0,8}"), 1..20),
+    ) {
+        let b = Bench::new();
+        let (mut s, _) =
+            Scanner::boot(presentation("fuzz"), b.parts(blank(), Trigger::default())).unwrap();
+        b.send(Frame::Ack { up_to: 0 });
+        s.poll();
+        let mut stored = 0;
+        for (i, junk) in noise.iter().enumerate() {
+            b.to_scanner.0.borrow_mut().extend(junk);
+            b.advance(1_500);
+            s.poll();
+            let code = &codes[i % codes.len()];
+            let sym = syms[i % syms.len()].as_deref();
+            if let ScanOutcome::Stored { .. } = s.on_decode(code, sym) {
+                stored += 1;
+            }
+        }
+        proptest::prop_assert_eq!(s.stats().stored, stored);
+        proptest::prop_assert!(s.stats().pending <= stored);
+    }
+}

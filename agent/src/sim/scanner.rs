@@ -117,6 +117,7 @@ pub struct FramedScanner {
     pub stats: Arc<Mutex<ScannerStats>>,
     flash: SimFlash,
     stop: Arc<AtomicBool>,
+    pull: Arc<AtomicBool>,
     join: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -125,22 +126,30 @@ impl FramedScanner {
     pub fn start(master: TTYPort, mut cfg: FramedConfig, plan: Vec<PlannedScan>) -> FramedScanner {
         let stats: Arc<Mutex<ScannerStats>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
+        let pull = Arc::new(AtomicBool::new(false));
         let flash = cfg.flash.take().unwrap_or_else(|| SimFlash::blank(256));
-        let (s, st, f) = (stats.clone(), stop.clone(), flash.clone());
+        let (s, st, f, p) = (stats.clone(), stop.clone(), flash.clone(), pull.clone());
         let join = std::thread::Builder::new()
             .name(format!("sim-{}", cfg.device))
-            .spawn(move || Operator::new(cfg, plan, f, s).run(master, &st))
+            .spawn(move || Operator::new(cfg, plan, f, s).run(master, &st, &p))
             .expect("spawning a simulated scanner");
         FramedScanner {
             stats,
             flash,
             stop,
+            pull,
             join: Some(join),
         }
     }
 
     pub fn stats(&self) -> ScannerStats {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Pulls the battery now: the firmware's RAM is gone, its flash stays; it boots again a
+    /// moment later.
+    pub fn pull_battery(&self) {
+        self.pull.store(true, Ordering::Relaxed);
     }
 
     /// The scanner's flash chip, to plug the same scanner in again later.
@@ -272,7 +281,7 @@ impl Operator {
         })
     }
 
-    fn run(mut self, master: TTYPort, stop: &AtomicBool) {
+    fn run(mut self, master: TTYPort, stop: &AtomicBool, pull: &AtomicBool) {
         let device = self.cfg.device.clone();
         let first_step = self
             .plan
@@ -350,6 +359,9 @@ impl Operator {
                     } else {
                         break;
                     }
+                }
+                if pull.swap(false, Ordering::Relaxed) {
+                    break;
                 }
                 if self.flash.chip().is_dead() {
                     self.stat(|s| s.cuts_mid_write += 1);
