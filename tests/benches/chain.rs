@@ -47,6 +47,7 @@ fn one_run(label: &str, i: usize, scanners: usize, per_scanner: usize, store: &s
             window: 64,
             retransmit_after: Duration::from_secs(5),
             scan_interval: Duration::ZERO,
+            wait_online: true,
             ..FramedConfig::new(&format!("bench-{k}"), k as u64 + 1)
         };
         sims.push(FramedScanner::start(pty.master, cfg, plan));

@@ -93,6 +93,9 @@ pub struct FramedConfig {
     /// The scanner's flash chip; `None` = a new 256 KiB blank one.
     pub flash: Option<SimFlash>,
     pub faults: Faults,
+    /// The operator starts only once the scanner shows it is connected (a bench load: no
+    /// error tones while a new scanner pairs).
+    pub wait_online: bool,
 }
 
 impl FramedConfig {
@@ -109,6 +112,7 @@ impl FramedConfig {
             resume_after: 0,
             flash: None,
             faults: Faults::default(),
+            wait_online: false,
         }
     }
 }
@@ -320,8 +324,10 @@ impl Operator {
                 let now = Instant::now();
                 // With no pause between scans the operator goes as fast as the link takes
                 // them (a bench load), rather than filling the flash.
-                let keeping_up = !self.cfg.scan_interval.is_zero()
-                    || u64::from(scanner.stats().pending) < 2 * u64::from(self.cfg.window);
+                let fw = scanner.stats();
+                let keeping_up = (!self.cfg.scan_interval.is_zero()
+                    || u64::from(fw.pending) < 2 * u64::from(self.cfg.window))
+                    && (!self.cfg.wait_online || fw.online);
                 let mut scanned = false;
                 if self.next < self.plan.len() && now >= next_scan && keeping_up {
                     scanned = true;

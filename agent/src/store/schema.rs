@@ -73,14 +73,16 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
              it was written by a newer release; upgrade darkleg or point data_dir elsewhere"
         ));
     }
+    // All pending steps in one transaction: a reader (`darkleg status`) sees the old schema
+    // or the newest, never one half-way.
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction().map_err(|e| e.to_string())?;
         tx.execute_batch(sql)
             .and_then(|_| tx.pragma_update(None, "user_version", i as i64 + 1))
-            .and_then(|_| tx.commit())
             .map_err(|e| format!("migration to schema v{} failed: {e}", i + 1))?;
     }
-    Ok(())
+    tx.commit()
+        .map_err(|e| format!("committing the schema migration: {e}"))
 }
 
 #[cfg(test)]
