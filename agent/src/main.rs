@@ -15,6 +15,9 @@ USAGE:
                                         backlog, last sync, per-scanner counters
     darkleg demo [--parcels N] [--scan-interval-ms MS] [--offline]
                                         a small warehouse on this machine
+    darkleg inspect-barcode CODE...     what each code is (GS1, SSCC, GTIN, Digital Link, carrier
+                                        tracking number) and whether its check digits hold;
+                                        one JSON object per line. GS separators as \x1d
     darkleg simulate --config FILE [--scanners K] [--parcels M] [--scan-interval-ms MS]
                      [--power-cut-every-ms MS] [--link-drop-every-ms MS] [--garbage P]
                      [--timeout-secs S] [--report FILE]
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
             .and_then(|p| cmd_status(PathBuf::from(p), args.iter().any(|a| a == "--json"))),
         Some("demo") => cmd_demo(&args[1..]),
         Some("simulate") => cmd_simulate(&args[1..]),
+        Some("inspect-barcode") => cmd_inspect(&args[1..]),
         Some("--version") | Some("-V") => {
             println!("darkleg {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -234,4 +238,32 @@ fn cmd_simulate(args: &[String]) -> Result<(), String> {
             .and_then(|i| args.get(i + 1))
             .map(PathBuf::from),
     })
+}
+
+fn cmd_inspect(codes: &[String]) -> Result<(), String> {
+    use darkleg_protocol::barcode::{self, json::inspection_json, Kind};
+    if codes.is_empty() {
+        return Err("inspect-barcode needs at least one CODE".into());
+    }
+    for code in codes {
+        // A shell cannot easily pass GS (0x1D): accept it written as \x1d.
+        let raw = code.replace("\\x1d", "\u{1d}").replace("\\x1D", "\u{1d}");
+        let mut found = barcode::inspect(&raw);
+        // Typed tracking numbers come with spaces and in any case; scanners send neither.
+        let normalized: String = raw
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_uppercase();
+        if found.kind == Kind::Unknown {
+            let again = barcode::inspect(&normalized);
+            if again.kind != Kind::Unknown {
+                println!("{}", inspection_json(code, &again));
+                continue;
+            }
+        }
+        found.data = found.data.trim();
+        println!("{}", inspection_json(code, &found));
+    }
+    Ok(())
 }

@@ -8,6 +8,8 @@
 //! - [`frame`]: the framed serial protocol between smart scanners and a gateway
 //!   (postcard payload, CRC-32, COBS framing, a version byte).
 //! - [`ascii`]: lines from plain serial scanners (`]C1…\r\n`).
+//! - [`barcode`]: what a code is — GS1 element strings, Digital Link, carrier tracking
+//!   numbers — and whether its check digits hold.
 //! - [`time`]: RFC 3339 rendering of Unix milliseconds without a calendar crate.
 //! - [`upstream`] (with `alloc`): the `darkleg.scan.v1` JSON payload.
 #![cfg_attr(not(test), no_std)]
@@ -17,6 +19,7 @@
 extern crate alloc;
 
 pub mod ascii;
+pub mod barcode;
 mod cobs;
 pub mod crc32;
 pub mod event;
