@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod derive;
 pub mod sim;
 pub mod simulate;
 pub mod sinks;

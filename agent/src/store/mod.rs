@@ -3,6 +3,7 @@
 //! Writes go through one writer thread ([`writer`]) with group commit; reads (sinks, status)
 //! use their own connections, which WAL lets run beside the writer.
 
+pub mod derived;
 mod devices;
 mod ops;
 mod schema;
@@ -92,20 +93,31 @@ impl StoreHandle {
             .map_err(|e| StoreError::new("configuring SQLite", e))?;
         schema::migrate(&mut conn)
             .map_err(|e| StoreError::new(format!("migrating {}", path.display()), e))?;
-        let upstreams: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
-        register_upstreams(&mut conn, &upstreams)
+        let upstreams: Vec<String> = config
+            .upstreams
+            .iter()
+            .filter(|u| u.merchant.is_none())
+            .map(|u| u.name.clone())
+            .collect();
+        let merchant_upstreams: Vec<(String, String)> = config
+            .upstreams
+            .iter()
+            .filter_map(|u| Some((u.name.clone(), u.merchant.clone()?)))
+            .collect();
+        register_upstreams(&mut conn, &upstreams, &merchant_upstreams)
             .map_err(|e| StoreError::new("registering upstreams", e))?;
         // Ports are re-discovered at start; a crash must not leave them shown as connected.
         conn.execute("UPDATE ports SET connected = 0", [])
             .map_err(|e| StoreError::new("resetting port state", e))?;
         let max_row: i64 = conn
-            .query_row("SELECT IFNULL(MAX(row), 0) FROM events", [], |r| r.get(0))
+            .query_row("SELECT last FROM row_seq WHERE id = 1", [], |r| r.get(0))
             .map_err(|e| StoreError::new("reading outbox head", e))?;
         let (committed_tx, committed) = watch::channel(max_row);
         let (tx, rx) = mpsc::channel(16_384);
         let w = writer::Writer {
             conn,
             upstreams,
+            merchant_upstreams,
             max_batch: config.store.max_batch,
             committed: committed_tx,
             _lock: lock,
@@ -205,19 +217,40 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
 /// Records configured upstreams. One seen for the first time gets an outbox holding every
 /// event the gateway still has, so scans captured before it was configured (or while no
 /// upstream was) reach it too; receivers deduplicate by event id.
-fn register_upstreams(conn: &mut Connection, upstreams: &[String]) -> rusqlite::Result<()> {
+fn register_upstreams(
+    conn: &mut Connection,
+    upstreams: &[String],
+    merchant_upstreams: &[(String, String)],
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     for u in upstreams {
         if tx.execute("INSERT OR IGNORE INTO upstreams(name) VALUES (?1)", [u])? == 1 {
             let n = tx.execute(
-                "INSERT INTO outbox(upstream, row) SELECT ?1, row FROM events",
+                "INSERT INTO outbox(upstream, row) SELECT ?1, row FROM events
+                 UNION ALL SELECT ?1, row FROM messages",
                 [u],
             )?;
             if n > 0 {
-                tracing::info!(upstream = %u, events = n, "new upstream: queued every stored event for it");
+                tracing::info!(upstream = %u, rows = n, "new upstream: queued every stored event and message for it");
             }
         }
     }
+    for (u, merchant) in merchant_upstreams {
+        if tx.execute("INSERT OR IGNORE INTO upstreams(name) VALUES (?1)", [u])? == 1 {
+            let n = tx.execute(
+                "INSERT INTO outbox(upstream, row) SELECT ?1, row FROM messages WHERE merchant = ?2",
+                [u, merchant],
+            )?;
+            if n > 0 {
+                tracing::info!(upstream = %u, merchant = %merchant, messages = n, "new merchant upstream: queued its stored messages");
+            }
+        }
+    }
+    let upstreams: Vec<String> = upstreams
+        .iter()
+        .cloned()
+        .chain(merchant_upstreams.iter().map(|(u, _)| u.clone()))
+        .collect();
     let mut stale = tx.prepare(
         "SELECT name, (SELECT COUNT(*) FROM outbox o WHERE o.upstream = u.name) FROM upstreams u",
     )?;
@@ -237,10 +270,29 @@ pub struct Reader {
     conn: Connection,
 }
 
-/// One event owed to an upstream.
+/// One row owed to an upstream: a scan, or a derived message (milestone, alert).
 pub struct Pending {
     pub row: i64,
-    pub event: ScanEvent,
+    pub item: Item,
+}
+
+pub enum Item {
+    Event(ScanEvent),
+    /// `topic` goes after the upstream's prefix.
+    Message {
+        topic: String,
+        payload: String,
+    },
+}
+
+impl Pending {
+    /// The scan, if this row is one.
+    pub fn event(&self) -> Option<&ScanEvent> {
+        match &self.item {
+            Item::Event(e) => Some(e),
+            Item::Message { .. } => None,
+        }
+    }
 }
 
 impl Reader {
@@ -264,10 +316,17 @@ impl Reader {
     ) -> Result<Vec<Pending>, StoreError> {
         let run = || -> rusqlite::Result<Vec<Pending>> {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT e.row, e.event_id, e.device, e.seq, e.step, e.code, e.symbology, e.station,
-                        e.operator, e.captured_at, e.received_at
-                 FROM outbox o JOIN events e ON e.row = o.row
-                 WHERE o.upstream = ?1 AND o.row > ?2 ORDER BY o.row LIMIT ?3",
+                "SELECT * FROM (
+                   SELECT e.row, e.event_id, e.device, e.seq, e.step, e.code, e.symbology, e.station,
+                          e.operator, e.captured_at, e.received_at, NULL AS topic, NULL AS payload
+                   FROM outbox o JOIN events e ON e.row = o.row
+                   WHERE o.upstream = ?1 AND o.row > ?2 ORDER BY o.row LIMIT ?3)
+                 UNION ALL
+                 SELECT * FROM (
+                   SELECT m.row, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, m.topic, m.payload
+                   FROM outbox o JOIN messages m ON m.row = o.row
+                   WHERE o.upstream = ?1 AND o.row > ?2 ORDER BY o.row LIMIT ?3)
+                 ORDER BY 1 LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![upstream, after_row, limit as i64], |r| {
                 // Rows this agent wrote; a value that does not parse means a damaged file,
@@ -279,11 +338,21 @@ impl Reader {
                         what.into(),
                     )
                 };
+                let row = r.get(0)?;
+                if let Some(topic) = r.get::<_, Option<String>>(11)? {
+                    return Ok(Pending {
+                        row,
+                        item: Item::Message {
+                            topic,
+                            payload: r.get(12)?,
+                        },
+                    });
+                }
                 let id: Vec<u8> = r.get(1)?;
                 let step: String = r.get(4)?;
                 Ok(Pending {
-                    row: r.get(0)?,
-                    event: ScanEvent {
+                    row,
+                    item: Item::Event(ScanEvent {
                         event_id: EventId(
                             id.try_into()
                                 .map_err(|_| bad(1, "event_id is not 16 bytes"))?,
@@ -297,7 +366,7 @@ impl Reader {
                         operator: r.get(8)?,
                         captured_at_ms: r.get::<_, i64>(9)? as u64,
                         received_at_ms: r.get::<_, i64>(10)? as u64,
-                    },
+                    }),
                 })
             })?;
             rows.collect()

@@ -121,6 +121,12 @@ pub(super) fn ascii(
     ))
 }
 
+/// The next outbox row: events and derived messages share one counter that never goes back.
+pub(super) fn next_row(sp: &Connection) -> rusqlite::Result<i64> {
+    sp.prepare_cached("UPDATE row_seq SET last = last + 1 WHERE id = 1 RETURNING last")?
+        .query_row([], |r| r.get(0))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn insert_event(
     sp: &Connection,
@@ -136,8 +142,15 @@ fn insert_event(
     received_at_ms: u64,
 ) -> rusqlite::Result<bool> {
     let id = EventId::new(device, seq);
-    let inserted = sp.prepare_cached("INSERT INTO events(event_id, device, seq, step, code, symbology, station, operator, captured_at, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(event_id) DO NOTHING")?.execute(
+    let exists = sp
+        .prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?
+        .exists([&id.0[..]])?;
+    if exists {
+        return Ok(false);
+    }
+    let row = next_row(sp)?;
+    let inserted = sp.prepare_cached("INSERT INTO events(row, event_id, device, seq, step, code, symbology, station, operator, captured_at, received_at)
+         VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")?.execute(
         params![
             &id.0[..],
             device,
@@ -148,11 +161,11 @@ fn insert_event(
             station,
             operator,
             captured_at_ms as i64,
-            received_at_ms as i64
+            received_at_ms as i64,
+            row
         ],
     )? == 1;
     if inserted {
-        let row = sp.last_insert_rowid();
         let mut stmt = sp.prepare_cached("INSERT INTO outbox(upstream, row) VALUES (?1, ?2)")?;
         for u in upstreams {
             stmt.execute(params![u, row])?;
@@ -214,4 +227,15 @@ pub(super) fn prune(sp: &mut rusqlite::Savepoint<'_>, before_ms: u64) -> rusqlit
              LIMIT 20000)",
     )?
     .execute([before_ms as i64])
+    .and_then(|n| {
+        // Derived messages every upstream has: same retention.
+        sp.prepare_cached(
+            "DELETE FROM messages WHERE row IN (
+                 SELECT row FROM messages m WHERE created_at < ?1
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.row = m.row)
+                 LIMIT 20000)",
+        )?
+        .execute([before_ms as i64])?;
+        Ok(n)
+    })
 }

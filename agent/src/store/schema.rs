@@ -1,5 +1,5 @@
-//! Versioned schema migrations, tracked in `PRAGMA user_version`. Each step runs in its own
-//! transaction, so a crash mid-migration leaves the previous version intact.
+//! Versioned schema migrations, tracked in `PRAGMA user_version`. All pending steps run in
+//! one transaction, so a crash mid-migration leaves the previous version intact.
 
 use rusqlite::Connection;
 
@@ -57,6 +57,63 @@ const MIGRATIONS: &[&str] = &[
     // v2: framed scans the gateway consumed but refused (bad code), per device.
     r#"
     ALTER TABLE devices ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // v3: derived messages (milestones, alerts) share the outbox with events, so both draw
+    // rows from one counter that never goes back (pruning the newest rows must not let a
+    // row number be reused under a sink's cursor). Plus what derivation keeps.
+    r#"
+    CREATE TABLE row_seq (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
+    INSERT INTO row_seq(id, last) SELECT 1, IFNULL(MAX(row), 0) FROM events;
+    CREATE TABLE messages (
+        row        INTEGER PRIMARY KEY,            -- from row_seq, like events.row
+        kind       TEXT NOT NULL,                  -- 'milestone' | 'alert'
+        merchant   TEXT,                           -- NULL: no merchant claims the parcel
+        topic      TEXT NOT NULL,                  -- after the upstream's topic_prefix
+        payload    TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE facts (
+        event_row      INTEGER NOT NULL,
+        kind           TEXT NOT NULL,              -- picked | packed | handed_over | handover_no_parcel | return_received
+        parcel         TEXT,
+        order_no       TEXT,
+        item           TEXT,
+        carrier        TEXT,
+        tracking       TEXT,
+        tracking_valid INTEGER,                    -- NULL: no check digit / unrecognised
+        at             INTEGER NOT NULL,           -- capture time, Unix ms
+        station        TEXT
+    );
+    CREATE INDEX facts_parcel ON facts(parcel);
+    CREATE INDEX facts_order ON facts(order_no);
+    CREATE TABLE parcels (
+        parcel           TEXT PRIMARY KEY,
+        order_no         TEXT,
+        merchant         TEXT,
+        picked_at        INTEGER,
+        packed_at        INTEGER,
+        pack_station     TEXT,
+        handed_over_at   INTEGER,
+        carrier          TEXT,
+        tracking         TEXT,
+        tracking_valid   INTEGER,
+        handover_station TEXT,
+        carriers         TEXT NOT NULL DEFAULT '',  -- comma-separated
+        returned_at      INTEGER
+    );
+    CREATE INDEX parcels_order ON parcels(order_no);
+    CREATE TABLE alerts (
+        parcel      TEXT NOT NULL,
+        rule        TEXT NOT NULL,
+        opened_at   INTEGER NOT NULL,
+        resolved_at INTEGER,
+        detail      TEXT NOT NULL,
+        PRIMARY KEY (parcel, rule, opened_at)
+    );
+    CREATE INDEX alerts_open ON alerts(parcel) WHERE resolved_at IS NULL;
+    CREATE TABLE derive_context (device TEXT PRIMARY KEY, order_no TEXT, parcel TEXT, at INTEGER NOT NULL);
+    CREATE TABLE derive_watermark (id INTEGER PRIMARY KEY CHECK (id = 1), last_row INTEGER NOT NULL);
+    INSERT INTO derive_watermark(id, last_row) VALUES (1, 0);
     "#,
 ];
 

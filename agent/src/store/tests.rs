@@ -132,18 +132,18 @@ fn framed_scans_are_taken_in_sequence_only() {
     let d = st.devices.iter().find(|d| d.device == "d1").unwrap();
     assert_eq!((d.last_seq, d.events, d.duplicates), (11, 3, 1));
     let rows = r.pending("a", 0, 100).unwrap();
-    let seqs: Vec<u64> = rows.iter().map(|p| p.event.seq).collect();
+    let seqs: Vec<u64> = rows.iter().map(|p| p.event().unwrap().seq).collect();
     assert_eq!(
         seqs,
         vec![1, 2, 11],
         "outbox order is per-device sequence order"
     );
     assert_eq!(
-        rows[0].event.event_id,
+        rows[0].event().unwrap().event_id,
         darkleg_protocol::EventId::new("d1", 1)
     );
-    assert_eq!(rows[0].event.code, "d1-code-1");
-    assert_eq!(rows[0].event.captured_at_ms, 1001);
+    assert_eq!(rows[0].event().unwrap().code, "d1-code-1");
+    assert_eq!(rows[0].event().unwrap().captured_at_ms, 1001);
 }
 
 #[test]
@@ -161,7 +161,7 @@ fn ascii_scans_are_numbered_by_the_gateway_across_restarts() {
         .pending("b", 0, 10)
         .unwrap()
         .into_iter()
-        .map(|p| p.event.code)
+        .map(|p| p.event().unwrap().code.clone())
         .collect();
     assert_eq!(codes, ["A", "B", "C"]);
 }
@@ -253,7 +253,7 @@ fn scans_made_before_any_upstream_reach_the_first_one_configured() {
         .pending("central", 0, 10)
         .unwrap()
         .into_iter()
-        .map(|p| p.event.code)
+        .map(|p| p.event().unwrap().code.clone())
         .collect();
     assert_eq!(codes, ["early", "later"]);
 }
@@ -341,7 +341,8 @@ fn a_full_outbox_refuses_new_scans_and_keeps_every_stored_one() {
     assert!(rows
         .iter()
         .enumerate()
-        .all(|(i, p)| p.event.seq == i as u64 + 1 && p.event.code == big(i as u64 + 1).code));
+        .all(|(i, p)| p.event().unwrap().seq == i as u64 + 1
+            && p.event().unwrap().code == big(i as u64 + 1).code));
     drop(r);
 
     // Room returns: the retransmitted scan is taken under its own number.

@@ -3,6 +3,7 @@
 //! savepoint, commits once — one fsync for every scanner that scanned meanwhile — and only
 //! then answers. That answer is what a framed scanner's Ack waits for.
 
+use super::derived::Routes;
 use super::devices::{Devices, Update};
 use super::ops;
 use super::StoreError;
@@ -110,6 +111,11 @@ pub enum WriteOp {
     },
     /// Drop delivered events received before this instant.
     Prune { before_ms: u64 },
+    /// A batch of derivation results (facts, parcel states, alerts, messages), all or none.
+    Derived {
+        batch: Box<super::derived::Derived>,
+        reply: Reply<u64>,
+    },
 }
 
 enum Answer {
@@ -119,7 +125,10 @@ enum Answer {
 
 pub(super) struct Writer {
     pub conn: Connection,
+    /// General upstreams: every event and every derived message.
     pub upstreams: Vec<String>,
+    /// A merchant's own upstreams (upstream, merchant): that merchant's messages only.
+    pub merchant_upstreams: Vec<(String, String)>,
     pub max_batch: usize,
     pub committed: watch::Sender<i64>,
     /// Held for as long as the writer runs.
@@ -167,7 +176,11 @@ impl Writer {
                     StoreError::new("batch", "rolled back by an earlier failure in it"),
                 )
             } else {
-                apply_savepointed(&mut tx, &mut self.devices, &self.upstreams, op)
+                let routes = Routes {
+                    all: &self.upstreams,
+                    merchant: &self.merchant_upstreams,
+                };
+                apply_savepointed(&mut tx, &mut self.devices, &routes, op)
             };
             answers.extend(answer);
         }
@@ -175,7 +188,7 @@ impl Writer {
             .devices
             .flush(&tx)
             .and_then(|_| {
-                tx.query_row("SELECT IFNULL(MAX(row), 0) FROM events", [], |r| {
+                tx.query_row("SELECT last FROM row_seq WHERE id = 1", [], |r| {
                     r.get::<_, i64>(0)
                 })
             })
@@ -236,9 +249,10 @@ impl Answer {
 fn apply_savepointed(
     tx: &mut Transaction<'_>,
     devices: &mut Devices,
-    upstreams: &[String],
+    routes: &Routes<'_>,
     op: WriteOp,
 ) -> Option<Answer> {
+    let upstreams = routes.all;
     let mut sp = match tx.savepoint() {
         Ok(sp) => sp,
         Err(e) => return fail(op, StoreError::new("savepoint", e)),
@@ -309,6 +323,10 @@ fn apply_savepointed(
             log_failure(finish(sp, r, "prune"));
             None
         }
+        WriteOp::Derived { batch, reply } => {
+            let r = super::derived::apply(&sp, routes, &batch).map(|()| 0);
+            Some(Answer::U64(reply, finish(sp, r, "derived parcel state")))
+        }
     }
 }
 
@@ -348,9 +366,9 @@ fn log_failure<T>(r: Result<T, StoreError>) {
 
 fn fail(op: WriteOp, err: StoreError) -> Option<Answer> {
     match op {
-        WriteOp::Hello { reply, .. } | WriteOp::Ascii { reply, .. } => {
-            Some(Answer::U64(reply, Err(err)))
-        }
+        WriteOp::Hello { reply, .. }
+        | WriteOp::Ascii { reply, .. }
+        | WriteOp::Derived { reply, .. } => Some(Answer::U64(reply, Err(err))),
         WriteOp::Framed { reply, .. } => Some(Answer::Framed(reply, Err(err))),
         _ => {
             tracing::error!("{err}");

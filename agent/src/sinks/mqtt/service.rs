@@ -7,6 +7,7 @@ use super::backoff::Backoff;
 use super::dispatcher::Dispatcher;
 use super::options::mqtt_options;
 use crate::config::{Gateway, Upstream};
+use crate::store::Item;
 use crate::store::{Reader, StoreHandle, WriteOp};
 use darkleg_protocol::upstream::scan_json;
 use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, QoS};
@@ -148,8 +149,16 @@ impl Session<'_> {
                 };
                 more = rows.len() == room;
                 for p in rows {
-                    let payload = scan_json(&p.event, &self.gateway.site, &self.gateway.id);
-                    if let Err(e) = client.try_publish(&topic, QoS::AtLeastOnce, false, payload) {
+                    let (to, payload) = match p.item {
+                        Item::Event(ev) => (
+                            topic.clone(),
+                            scan_json(&ev, &self.gateway.site, &self.gateway.id),
+                        ),
+                        Item::Message { topic: t, payload } => {
+                            (format!("{}/{t}", self.upstream.topic_prefix), payload)
+                        }
+                    };
+                    if let Err(e) = client.try_publish(to, QoS::AtLeastOnce, false, payload) {
                         return Ended::Lost(format!("handing a publish to the client: {e}"));
                     }
                     d.handed(p.row);

@@ -2,6 +2,9 @@
 //! warehouse config should stop the agent at start, not silently drop a scanner) and
 //! validated with errors that name the file, line and key, plus a hint.
 
+mod dark_leg;
+
+pub use dark_leg::{AlertRules, Cutoff, Merchant, ParcelRules, Pattern};
 use darkleg_protocol::Step;
 use serde::Deserialize;
 use std::fmt;
@@ -15,6 +18,9 @@ pub struct Config {
     pub store: StoreConfig,
     pub scanners: Vec<Scanner>,
     pub upstreams: Vec<Upstream>,
+    pub parcels: ParcelRules,
+    pub merchants: Vec<Merchant>,
+    pub alerts: AlertRules,
 }
 
 #[derive(Debug, Clone)]
@@ -22,6 +28,8 @@ pub struct Gateway {
     pub site: String,
     pub id: String,
     pub data_dir: PathBuf,
+    /// The site's time zone: carrier cut-offs are local times.
+    pub timezone: jiff::tz::TimeZone,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -81,6 +89,8 @@ pub struct Upstream {
     pub keep_alive: Duration,
     /// Publishes handed to the MQTT client and not yet PUBACKed.
     pub window: usize,
+    /// A merchant's own upstream: only that merchant's milestones and alerts, no raw scans.
+    pub merchant: Option<String>,
 }
 
 impl Upstream {
@@ -169,6 +179,10 @@ struct RawConfig {
     scanner: Vec<RawScanner>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+    parcels: Option<dark_leg::RawParcels>,
+    #[serde(default)]
+    merchant: Vec<dark_leg::RawMerchant>,
+    alerts: Option<dark_leg::RawAlerts>,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +191,7 @@ struct RawGateway {
     site: Spanned<String>,
     id: Spanned<String>,
     data_dir: Spanned<String>,
+    timezone: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +225,7 @@ struct RawUpstream {
     ca_file: Option<String>,
     keep_alive_secs: Option<Spanned<i64>>,
     window: Option<Spanned<i64>>,
+    merchant: Option<Spanned<String>>,
 }
 
 struct Validator<'a> {
@@ -283,7 +299,9 @@ impl Validator<'_> {
                 }
                 PathBuf::from(d)
             },
+            timezone: self.timezone(raw.gateway.timezone.as_ref())?,
         };
+        let merchants = self.merchants(raw.merchant)?;
         let store = match raw.store {
             None => StoreConfig {
                 synchronous: Synchronous::Full,
@@ -410,6 +428,18 @@ impl Validator<'_> {
                 password_env: u.password_env,
                 keep_alive: Duration::from_secs(keep_alive),
                 window,
+                merchant: match &u.merchant {
+                    Some(m) if merchants.iter().any(|x| &x.id == m.get_ref()) => Some(m.get_ref().clone()),
+                    Some(m) => {
+                        return Err(self.err(
+                            m,
+                            key("merchant"),
+                            format!("{:?} is not a [[merchant]] id", m.get_ref()),
+                            "name one of the [[merchant]] tables, or leave it out for an upstream that gets everything",
+                        ))
+                    }
+                    None => None,
+                },
             });
         }
         Ok(Config {
@@ -417,6 +447,9 @@ impl Validator<'_> {
             store,
             scanners,
             upstreams,
+            parcels: self.parcels(raw.parcels)?,
+            merchants,
+            alerts: self.alerts(raw.alerts)?,
         })
     }
 }

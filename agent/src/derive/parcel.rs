@@ -1,0 +1,310 @@
+//! A parcel's milestones as a pure function of its facts: the earliest pick of its order,
+//! its earliest pack, its handover, its return. Taking the earliest by capture time is what
+//! makes the answer the same whatever order the facts arrived in (a scanner offline for an
+//! hour, another gateway's events relayed late).
+
+use super::facts::{Fact, FactKind};
+use crate::config::Merchant;
+use darkleg_protocol::barcode::Carrier;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    pub at_ms: u64,
+    pub carrier: Option<Carrier>,
+    pub tracking: String,
+    /// The tracking number's check digits: `None` where the format has none or it was not
+    /// recognised at all (see `carrier`).
+    pub valid: Option<bool>,
+    pub station: Option<String>,
+}
+
+impl Handover {
+    /// A label a merchant can trust: a recognised carrier and no failed check digit.
+    pub fn trusted(&self) -> bool {
+        self.carrier.is_some() && self.valid != Some(false)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParcelState {
+    pub parcel: String,
+    pub order: Option<String>,
+    pub merchant: Option<String>,
+    pub picked_at: Option<u64>,
+    pub packed_at: Option<u64>,
+    pub pack_station: Option<String>,
+    pub handover: Option<Handover>,
+    /// Every carrier the parcel was handed to (more than one is an alert).
+    pub carriers: BTreeSet<&'static str>,
+    pub returned_at: Option<u64>,
+}
+
+/// Milestone names in `darkleg.milestone.v1`.
+pub const MILESTONES: [&str; 4] = ["picked", "packed", "handed_over", "return_received"];
+
+impl ParcelState {
+    pub fn milestone_at(&self, name: &str) -> Option<u64> {
+        match name {
+            "picked" => self.picked_at,
+            "packed" => self.packed_at,
+            "handed_over" => self.handover.as_ref().map(|h| h.at_ms),
+            "return_received" => self.returned_at,
+            _ => None,
+        }
+    }
+}
+
+/// Derives the state of `parcel` from the facts naming it and the pick facts of its order.
+pub fn derive(
+    parcel: &str,
+    facts: &[Fact],
+    order_picks: &[Fact],
+    merchants: &[Merchant],
+) -> ParcelState {
+    let mut s = ParcelState {
+        parcel: parcel.to_string(),
+        ..ParcelState::default()
+    };
+    // Earliest first, ties by event: the same facts in any order give the same state.
+    let mut sorted: Vec<&Fact> = facts.iter().collect();
+    sorted.sort_by_key(|f| (f.at_ms, f.event_row));
+    let mut handovers: Vec<Handover> = Vec::new();
+    for f in sorted {
+        match &f.kind {
+            FactKind::Packed { order, .. } => {
+                if s.packed_at.is_none() {
+                    s.packed_at = Some(f.at_ms);
+                    s.pack_station = f.station.clone();
+                }
+                if s.order.is_none() {
+                    s.order = order.clone();
+                }
+            }
+            FactKind::HandedOver {
+                carrier,
+                tracking,
+                valid,
+                ..
+            } => {
+                if let Some(c) = carrier {
+                    s.carriers.insert(c.as_str());
+                }
+                handovers.push(Handover {
+                    at_ms: f.at_ms,
+                    carrier: *carrier,
+                    tracking: tracking.clone(),
+                    valid: *valid,
+                    station: f.station.clone(),
+                });
+            }
+            FactKind::ReturnReceived { .. } => {
+                s.returned_at.get_or_insert(f.at_ms);
+            }
+            FactKind::Picked { .. } | FactKind::HandoverWithoutParcel { .. } => {}
+        }
+    }
+    // A rescanned good label wins over an earlier bad one: that is how the alert resolves.
+    s.handover = handovers
+        .iter()
+        .find(|h| h.trusted())
+        .or(handovers.first())
+        .cloned();
+    if let Some(order) = &s.order {
+        s.picked_at = order_picks
+            .iter()
+            .filter(|f| matches!(&f.kind, FactKind::Picked { order: o, .. } if o == order))
+            .map(|f| f.at_ms)
+            .min();
+    }
+    s.merchant = merchant_of(parcel, s.order.as_deref(), merchants).map(str::to_string);
+    s
+}
+
+/// Which merchant a parcel belongs to: by order prefix, SSCC company prefix or client code.
+pub fn merchant_of<'m>(
+    parcel: &str,
+    order: Option<&str>,
+    merchants: &'m [Merchant],
+) -> Option<&'m str> {
+    let sscc = parcel.len() == 18 && parcel.bytes().all(|b| b.is_ascii_digit());
+    merchants
+        .iter()
+        .find(|m| {
+            order.is_some_and(|o| m.order_prefixes.iter().any(|p| o.starts_with(p.as_str())))
+                // An SSCC: extension digit, then the GS1 company prefix.
+                || (sscc && m.gs1_prefixes.iter().any(|p| parcel[1..].starts_with(p.as_str())))
+                || m.client_codes.iter().any(|c| parcel.starts_with(c.as_str()))
+        })
+        .map(|m| m.id.as_str())
+}
+
+/// MQTT topics are `/`-separated and `+`/`#` are wildcards: keep ids out of that grammar.
+pub fn topic_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if matches!(c, '/' | '+' | '#') || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// The merchant topic segment; parcels no merchant claims go under `_unassigned`.
+pub fn merchant_segment(state: &ParcelState) -> String {
+    topic_safe(state.merchant.as_deref().unwrap_or("_unassigned"))
+}
+
+/// `darkleg.milestone.v1` for one milestone of a parcel.
+pub fn milestone_json(
+    s: &ParcelState,
+    milestone: &str,
+    site: &str,
+    gateway: &str,
+) -> Option<Value> {
+    let at = s.milestone_at(milestone)?;
+    let h = s.handover.as_ref();
+    let id = darkleg_protocol::EventId::new(&format!("{}/{milestone}", s.parcel), at);
+    Some(json!({
+        "schema": "darkleg.milestone.v1",
+        "message_id": id.to_string(),
+        "parcel": s.parcel,
+        "order": s.order,
+        "merchant": s.merchant,
+        "milestone": milestone,
+        "at": darkleg_protocol::time::Rfc3339(at).to_string(),
+        "site": site,
+        "gateway": gateway,
+        "carrier": h.and_then(|h| h.carrier.map(Carrier::as_str)),
+        "tracking_number": h.map(|h| h.tracking.as_str()),
+        "tracking_valid": h.map(|h| h.valid),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn f(row: i64, at: u64, kind: FactKind) -> Fact {
+        Fact {
+            event_row: row,
+            at_ms: at,
+            station: None,
+            kind,
+        }
+    }
+
+    fn facts() -> (Vec<Fact>, Vec<Fact>) {
+        let parcel = vec![
+            f(
+                4,
+                400,
+                FactKind::Packed {
+                    parcel: "P".into(),
+                    order: Some("ACME-1".into()),
+                },
+            ),
+            f(
+                9,
+                900,
+                FactKind::Packed {
+                    parcel: "P".into(),
+                    order: Some("ACME-1".into()),
+                },
+            ),
+            f(
+                6,
+                600,
+                FactKind::HandedOver {
+                    parcel: "P".into(),
+                    carrier: None,
+                    tracking: "BAD".into(),
+                    valid: None,
+                },
+            ),
+            f(
+                7,
+                700,
+                FactKind::HandedOver {
+                    parcel: "P".into(),
+                    carrier: Some(Carrier::Dhl),
+                    tracking: "3318810025".into(),
+                    valid: Some(true),
+                },
+            ),
+        ];
+        let picks = vec![
+            f(
+                2,
+                200,
+                FactKind::Picked {
+                    order: "ACME-1".into(),
+                    item: "A".into(),
+                },
+            ),
+            f(
+                1,
+                100,
+                FactKind::Picked {
+                    order: "ACME-1".into(),
+                    item: "B".into(),
+                },
+            ),
+            f(
+                3,
+                50,
+                FactKind::Picked {
+                    order: "OTHER".into(),
+                    item: "C".into(),
+                },
+            ),
+        ];
+        (parcel, picks)
+    }
+
+    fn merchants() -> Vec<Merchant> {
+        vec![Merchant {
+            id: "acme".into(),
+            order_prefixes: vec!["ACME-".into()],
+            gs1_prefixes: vec!["8712345".into()],
+            client_codes: vec![],
+            carrier: None,
+        }]
+    }
+
+    #[test]
+    fn earliest_events_and_a_good_label_over_a_bad_one() {
+        let (p, o) = facts();
+        let s = derive("P", &p, &o, &merchants());
+        assert_eq!(s.order.as_deref(), Some("ACME-1"));
+        assert_eq!(s.merchant.as_deref(), Some("acme"));
+        assert_eq!((s.picked_at, s.packed_at), (Some(100), Some(400)));
+        let h = s.handover.unwrap();
+        assert_eq!((h.at_ms, h.tracking.as_str()), (700, "3318810025"));
+        assert_eq!(
+            merchant_of("087123450000000017", None, &merchants()),
+            Some("acme")
+        );
+        assert_eq!(merchant_of("099999990000000017", None, &merchants()), None);
+    }
+
+    proptest! {
+        /// Late and out-of-order facts give the same milestones.
+        #[test]
+        fn shuffled_facts_give_the_same_state(seed in any::<u64>()) {
+            let (mut p, mut o) = facts();
+            let want = derive("P", &p, &o, &merchants());
+            let mut rng = seed | 1;
+            for i in (1..p.len()).rev() {
+                rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+                p.swap(i, rng as usize % (i + 1));
+            }
+            o.reverse();
+            prop_assert_eq!(derive("P", &p, &o, &merchants()), want);
+        }
+    }
+}
