@@ -86,6 +86,13 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             shutdown.clone(),
         )));
     }
+    let deriver = {
+        let (config, store, stop) = (config.clone(), store.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("derive".into())
+            .spawn(move || derive::task::run(config, store, stop))
+            .map_err(|e| format!("starting derivation: {e}"))?
+    };
     let heartbeat = tokio::spawn(heartbeat(store.path.clone()));
     let pruner = {
         let store = store.clone();
@@ -116,6 +123,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     for s in sinks {
         let _ = s.await;
     }
+    let _ = tokio::task::spawn_blocking(move || deriver.join()).await;
     // The writer stops once every sender (port threads included) is gone, after
     // committing what it was given.
     drop(store);

@@ -156,7 +156,7 @@ pub fn alert_json(
         "alert_id": id.to_string(),
         "rule": rule.as_str(),
         "state": if open { "open" } else { "resolved" },
-        "parcel": state.parcel,
+        "parcel": state.parcel_id(),
         "order": state.order,
         "merchant": state.merchant,
         "site": site,

@@ -13,3 +13,7 @@
 pub mod alerts;
 pub mod facts;
 pub mod parcel;
+pub mod task;
+
+#[cfg(test)]
+mod tests;

@@ -122,6 +122,59 @@ pub fn derive(
     s
 }
 
+/// Orders are tracked before any parcel exists for them (picked, not yet packed) under
+/// this key in the parcel table.
+pub const ORDER_KEY: &str = "order:";
+
+/// The state of an order awaiting packing: picked when its first item was, packed when its
+/// first parcel was. `packs` are the pack facts naming the order.
+pub fn derive_order(
+    order: &str,
+    picks: &[Fact],
+    packs: &[Fact],
+    merchants: &[Merchant],
+) -> ParcelState {
+    ParcelState {
+        parcel: format!("{ORDER_KEY}{order}"),
+        order: Some(order.to_string()),
+        // By the order number, or else by a parcel packed for it (an SSCC's company prefix).
+        merchant: merchant_of("", Some(order), merchants)
+            .or_else(|| {
+                packs.iter().find_map(|f| match &f.kind {
+                    FactKind::Packed { parcel, .. } => merchant_of(parcel, None, merchants),
+                    _ => None,
+                })
+            })
+            .map(str::to_string),
+        picked_at: picks.iter().map(|f| f.at_ms).min(),
+        packed_at: packs.iter().map(|f| f.at_ms).min(),
+        ..ParcelState::default()
+    }
+}
+
+impl ParcelState {
+    /// The parcel id, or `None` for an order tracked before its parcel exists.
+    pub fn parcel_id(&self) -> Option<&str> {
+        (!self.parcel.starts_with(ORDER_KEY)).then_some(self.parcel.as_str())
+    }
+
+    /// Where its messages go under the upstream prefix.
+    pub fn topic(&self) -> String {
+        match self.parcel_id() {
+            Some(p) => format!(
+                "merchants/{}/parcels/{}",
+                merchant_segment(self),
+                topic_safe(p)
+            ),
+            None => format!(
+                "merchants/{}/orders/{}",
+                merchant_segment(self),
+                topic_safe(self.order.as_deref().unwrap_or(""))
+            ),
+        }
+    }
+}
+
 /// Which merchant a parcel belongs to: by order prefix, SSCC company prefix or client code.
 pub fn merchant_of<'m>(
     parcel: &str,
@@ -171,7 +224,7 @@ pub fn milestone_json(
     Some(json!({
         "schema": "darkleg.milestone.v1",
         "message_id": id.to_string(),
-        "parcel": s.parcel,
+        "parcel": s.parcel_id(),
         "order": s.order,
         "merchant": s.merchant,
         "milestone": milestone,

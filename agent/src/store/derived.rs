@@ -313,6 +313,10 @@ impl Reader {
         self.facts_where("order_no = ?1 AND kind = 'picked'", order)
     }
 
+    pub fn packs_of_order(&self, order: &str) -> Result<Vec<Fact>, StoreError> {
+        self.facts_where("order_no = ?1 AND kind = 'packed'", order)
+    }
+
     pub fn parcels_of_order(&self, order: &str) -> Result<Vec<String>, StoreError> {
         let run = || -> rusqlite::Result<Vec<String>> {
             let mut stmt = self.conn.prepare_cached(

@@ -62,6 +62,15 @@ const MIGRATIONS: &[&str] = &[
     // rows from one counter that never goes back (pruning the newest rows must not let a
     // row number be reused under a sink's cursor). Plus what derivation keeps.
     r#"
+    CREATE TABLE outbox_v3 (
+        upstream TEXT NOT NULL,
+        row      INTEGER NOT NULL,                 -- events.row or messages.row
+        PRIMARY KEY (upstream, row)
+    ) WITHOUT ROWID;
+    INSERT INTO outbox_v3 SELECT upstream, row FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v3 RENAME TO outbox;
+    CREATE INDEX outbox_row ON outbox(row);
     CREATE TABLE row_seq (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
     INSERT INTO row_seq(id, last) SELECT 1, IFNULL(MAX(row), 0) FROM events;
     CREATE TABLE messages (

@@ -1,0 +1,317 @@
+//! Derivation on a real store: the same scans in any interleaving of devices give the same
+//! parcels and the same final milestones; merchants get only their own messages; alert
+//! timers follow a controllable clock and resolve with the missing scan.
+
+use super::task::Deriver;
+use crate::config::Config;
+use crate::sim::workload::{dhl_waybill, gs1_check_digit};
+use crate::store::{FramedScan, Item, StoreHandle};
+use darkleg_protocol::Step;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const T0: u64 = 1_795_300_000_000; // 2026-11-21T22:26:40Z
+
+struct Fixture {
+    dir: PathBuf,
+    config: Arc<Config>,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        let dir =
+            std::env::temp_dir().join(format!("darkleg-derive-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = format!(
+            r#"
+[gateway]
+site = "ams1"
+id = "gw-01"
+data_dir = "{}"
+timezone = "Europe/Amsterdam"
+
+[[merchant]]
+id = "acme"
+order_prefixes = ["ACME-"]
+
+[[merchant]]
+id = "globex"
+gs1_prefixes = ["8799999"]
+
+[alerts]
+pick_to_pack_minutes = 60
+
+[[upstream]]
+name = "central"
+url = "mqtt://127.0.0.1:1"
+
+[[upstream]]
+name = "acme-up"
+url = "mqtt://127.0.0.1:1"
+merchant = "acme"
+"#,
+            dir.display()
+        );
+        Fixture {
+            config: Arc::new(Config::parse(&text, "t.toml").unwrap()),
+            dir,
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sscc(prefix: &str, n: u64) -> String {
+    let body = format!("0{prefix}{:0w$}", n, w = 16 - prefix.len());
+    format!("{body}{}", gs1_check_digit(&body))
+}
+
+/// (device, step, code, symbology, captured_at) for `n` parcels, per device in capture order.
+fn workload(n: u64) -> BTreeMap<&'static str, Vec<(Step, String, &'static str, u64)>> {
+    let mut w: BTreeMap<&str, Vec<_>> = BTreeMap::new();
+    for i in 0..n {
+        let t = T0 + i * 60_000;
+        // Even parcels are acme's (by order number), odd ones globex's (by SSCC prefix).
+        let (order, label) = if i % 2 == 0 {
+            (format!("ACME-{i}"), sscc("8712345", i))
+        } else {
+            (format!("G{i}"), sscc("8799999", i))
+        };
+        let picks = w.entry("picker").or_default();
+        picks.push((Step::Pick, format!("400{order}"), "]C1", t));
+        picks.push((
+            Step::Pick,
+            format!("01{}", "09506000134352"),
+            "]C1",
+            t + 1_000,
+        ));
+        let packs = w.entry("packer").or_default();
+        packs.push((Step::Pack, format!("400{order}"), "]C1", t + 20_000));
+        packs.push((Step::Pack, format!("00{label}"), "]C1", t + 21_000));
+        let dock = w.entry("dock").or_default();
+        dock.push((Step::Handover, format!("00{label}"), "]C1", t + 40_000));
+        dock.push((Step::Handover, dhl_waybill(i), "]C0", t + 41_000));
+    }
+    w
+}
+
+fn put(store: &StoreHandle, device: &str, seq: u64, s: &(Step, String, &str, u64)) {
+    let scan = FramedScan {
+        seq,
+        step: s.0,
+        code: s.1.clone(),
+        symbology: Some(s.2.to_string()),
+        operator: None,
+        captured_at_ms: s.3,
+        station: Some(format!("{device}-station")),
+        received_at_ms: s.3 + 5,
+        refused: false,
+    };
+    store
+        .framed_blocking(device.into(), "p".into(), scan)
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+}
+
+/// Stores the workload with devices interleaved by `seed`, deriving every few events.
+/// Parcel states, the last milestone message per subject, (topic, merchant) on acme's upstream.
+type Outcome = (Vec<String>, BTreeMap<String, String>, Vec<(String, String)>);
+
+fn run(name: &str, seed: u64) -> Outcome {
+    let f = Fixture::new(name);
+    let (store, join) = StoreHandle::open(&f.config).unwrap();
+    let mut d = Deriver::new(f.config.clone(), store.clone()).unwrap();
+    let w = workload(6);
+    let mut next: BTreeMap<&str, usize> = w.keys().map(|k| (*k, 0)).collect();
+    let mut rng = seed | 1;
+    let mut put_count = 0;
+    loop {
+        let open: Vec<&str> = next
+            .iter()
+            .filter(|(k, i)| **i < w[*k].len())
+            .map(|(k, _)| *k)
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let dev = open[rng as usize % open.len()];
+        let i = next[dev];
+        put(&store, dev, i as u64 + 1, &w[dev][i]);
+        *next.get_mut(dev).unwrap() += 1;
+        put_count += 1;
+        if put_count % (1 + rng as usize % 5) == 0 {
+            d.step(T0).unwrap();
+        }
+    }
+    while d.step(T0).unwrap() > 0 {}
+    let mut parcels: Vec<String> = d
+        .reader()
+        .all_parcels()
+        .unwrap()
+        .into_iter()
+        .map(|p| format!("{p:?}"))
+        .collect();
+    parcels.sort();
+    // The last message per (parcel or order, milestone): what a subscriber ends up believing.
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut merchant_up = Vec::new();
+    for up in ["central", "acme-up"] {
+        for p in d.reader().pending(up, 0, 100_000).unwrap() {
+            if let Item::Message { topic, payload } = p.item {
+                let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+                if up == "central" && v["schema"] == "darkleg.milestone.v1" {
+                    let subject = match v["parcel"].as_str() {
+                        Some(p) => p.to_string(),
+                        None => format!("order {}", v["order"]),
+                    };
+                    let key = format!("{subject} {}", v["milestone"]);
+                    let mut v = v.clone();
+                    v.as_object_mut().unwrap().remove("message_id");
+                    last.insert(key, v.to_string());
+                }
+                if up == "acme-up" {
+                    merchant_up.push((topic, v["merchant"].as_str().unwrap_or("").to_string()));
+                }
+            }
+        }
+    }
+    drop(d);
+    drop(store);
+    join.join().unwrap();
+    (parcels, last, merchant_up)
+}
+
+#[test]
+fn any_interleaving_of_devices_gives_the_same_milestones() {
+    let (parcels, last, acme) = run("base", 1);
+    // Six parcels, and their six orders (tracked from the first pick).
+    assert_eq!(parcels.len(), 12);
+    assert_eq!(parcels.iter().filter(|p| p.contains("\"order:")).count(), 6);
+    // Picked, packed, handed over per parcel (no returns), picked per order.
+    assert_eq!(last.len(), 6 * 3 + 6, "{last:#?}");
+    let first = last
+        .values()
+        .find(|v| v.contains("\"handed_over\""))
+        .unwrap();
+    assert!(first.contains("\"carrier\":\"dhl\""), "{first}");
+    assert!(first.contains("\"tracking_valid\":true"), "{first}");
+    // The merchant's own upstream carries only its parcels.
+    assert!(!acme.is_empty());
+    assert!(
+        acme.iter()
+            .all(|(t, m)| t.starts_with("merchants/acme/") && m == "acme"),
+        "{acme:?}"
+    );
+    for seed in [7, 42, 1234, 99_999] {
+        let (p2, l2, _) = run(&format!("s{seed}"), seed);
+        assert_eq!(p2, parcels, "parcel states differ for seed {seed}");
+        assert_eq!(l2, last, "final milestones differ for seed {seed}");
+    }
+}
+
+#[test]
+fn alert_timers_follow_the_clock_and_resolve_with_the_scan() {
+    let f = Fixture::new("alerts");
+    let (store, join) = StoreHandle::open(&f.config).unwrap();
+    let mut d = Deriver::new(f.config.clone(), store.clone()).unwrap();
+    let w = workload(1);
+    put(&store, "picker", 1, &w["picker"][0]);
+    put(&store, "picker", 2, &w["picker"][1]);
+    // Packed under its order: the parcel exists, picked at T0.
+    put(&store, "packer", 1, &w["packer"][0]);
+    d.step(T0).unwrap();
+    let alerts = |d: &Deriver| d.reader().all_open_alerts().unwrap();
+    assert!(
+        alerts(&d).is_empty(),
+        "no parcel yet: the pack label was not scanned"
+    );
+    put(&store, "packer", 2, &w["packer"][1]);
+    d.step(T0 + 30_000).unwrap();
+    // No cut-off configured: packed parcels wait without alert; a handover w/o label check:
+    put(&store, "dock", 1, &w["dock"][0]);
+    put(
+        &store,
+        "dock",
+        2,
+        &(Step::Handover, "NOT-A-LABEL".into(), "]C0", T0 + 50_000),
+    );
+    d.step(T0 + 60_000).unwrap();
+    let open = alerts(&d);
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].1, "invalid_tracking");
+    // The good label rescanned: resolved.
+    put(&store, "dock", 3, &w["dock"][0]);
+    put(&store, "dock", 4, &w["dock"][1]);
+    d.step(T0 + 70_000).unwrap();
+    assert!(alerts(&d).is_empty());
+
+    // A second parcel: picked, then nobody packs it.
+    let order = "ACME-77";
+    put(
+        &store,
+        "picker",
+        3,
+        &(Step::Pick, format!("400{order}"), "]C1", T0),
+    );
+    put(
+        &store,
+        "picker",
+        4,
+        &(Step::Pick, "0109506000134352".into(), "]C1", T0 + 1_000),
+    );
+    d.step(T0).unwrap();
+    d.sweep(T0 + 3_500_000).unwrap();
+    assert!(alerts(&d).is_empty(), "within the hour");
+    d.sweep(T0 + 3_600_000 + 10_000).unwrap();
+    let open = alerts(&d);
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(
+        (open[0].0.as_str(), open[0].1.as_str()),
+        ("order:ACME-77", "picked_not_packed")
+    );
+    // Packed at last (late): resolved by the scan, not by the clock.
+    put(
+        &store,
+        "packer",
+        3,
+        &(Step::Pack, format!("400{order}"), "]C1", T0 + 3_700_000),
+    );
+    put(
+        &store,
+        "packer",
+        4,
+        &(
+            Step::Pack,
+            format!("00{}", sscc("8712345", 77)),
+            "]C1",
+            T0 + 3_701_000,
+        ),
+    );
+    d.step(T0 + 3_702_000).unwrap();
+    assert!(alerts(&d).is_empty(), "{:?}", alerts(&d));
+    // The alert's whole life went upstream, to the merchant too.
+    let msgs: Vec<String> = d
+        .reader()
+        .pending("acme-up", 0, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| match p.item {
+            Item::Message { payload, .. } if payload.contains("picked_not_packed") => Some(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    assert!(msgs[0].contains("\"state\":\"open\"") && msgs[1].contains("\"state\":\"resolved\""));
+    drop(d);
+    drop(store);
+    join.join().unwrap();
+}
