@@ -15,6 +15,9 @@ USAGE:
                                         backlog, last sync, per-scanner counters
     darkleg demo [--parcels N] [--scan-interval-ms MS] [--offline]
                                         a small warehouse on this machine
+    darkleg report --config FILE [--json]
+                                        per carrier and station: parcels, valid tracking rate,
+                                        pack → handover dwell p50/p95, on time before cut-off
     darkleg inspect-barcode CODE...     what each code is (GS1, SSCC, GTIN, Digital Link, carrier
                                         tracking number) and whether its check digits hold;
                                         one JSON object per line. GS separators as \x1d
@@ -40,6 +43,20 @@ fn main() -> ExitCode {
         Some("demo") => cmd_demo(&args[1..]),
         Some("simulate") => cmd_simulate(&args[1..]),
         Some("inspect-barcode") => cmd_inspect(&args[1..]),
+        Some("report") => flag_value(&args[1..], "--config").and_then(|p| {
+            let c = Config::load(&PathBuf::from(p)).map_err(|e| e.to_string())?;
+            if !c.db_path().exists() {
+                return Err(format!(
+                    "no database at {} (hint: has `darkleg run` started with this config?)",
+                    c.db_path().display()
+                ));
+            }
+            print!(
+                "{}",
+                darkleg_agent::report::run(&c, args.iter().any(|a| a == "--json"))?
+            );
+            Ok(())
+        }),
         Some("--version") | Some("-V") => {
             println!("darkleg {}", env!("CARGO_PKG_VERSION"));
             Ok(())
