@@ -152,6 +152,23 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
             for a in c.messages().into_iter().skip(shown) {
                 shown += 1;
                 let j = &a.json;
+                if j["schema"] == "darkleg.milestone.v1" {
+                    println!(
+                        "  ★ {:<12} parcel {} (order {}, merchant {}){}",
+                        j["milestone"].as_str().unwrap_or("?"),
+                        j["parcel"].as_str().unwrap_or("-"),
+                        j["order"].as_str().unwrap_or("-"),
+                        j["merchant"].as_str().unwrap_or("-"),
+                        match (j["carrier"].as_str(), j["tracking_number"].as_str()) {
+                            (Some(c), Some(t)) => format!(" → {c} {t}"),
+                            _ => String::new(),
+                        }
+                    );
+                    continue;
+                }
+                if j["schema"] != "darkleg.scan.v1" {
+                    continue;
+                }
                 let id = j["event_id"].as_str().unwrap_or("").to_string();
                 let dup = !seen.insert(id.clone());
                 let captured = j["captured_at"].as_str().unwrap_or("");

@@ -94,7 +94,7 @@ fn delivers_over_tls_to_a_broker_signed_by_the_configured_ca() {
     // The subscriber uses the broker's plain listener; the agent only its TLS one.
     let broker =
         Mosquitto::start_with(&dir.0.join("broker"), &tls_listener).expect("mosquitto with TLS");
-    let collector = Collector::start(broker.port, "darkleg/v1/#", "e2e-tls");
+    let collector = Collector::start(broker.port, "darkleg/v1/+/+/events", "e2e-tls");
     assert!(collector.wait_subscribed(Duration::from_secs(10)));
 
     let pty = scanner::Pty::open().unwrap();
