@@ -10,6 +10,7 @@
 pub mod config;
 pub mod demo;
 pub mod derive;
+pub mod epcis;
 pub mod report;
 pub mod sim;
 pub mod simulate;
