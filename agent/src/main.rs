@@ -15,6 +15,9 @@ USAGE:
                                         backlog, last sync, per-scanner counters
     darkleg demo [--parcels N] [--scan-interval-ms MS] [--offline]
                                         a small warehouse on this machine
+    darkleg export --epcis --config FILE [--since T] [--until T] [--output PATH]
+                                        GS1 EPCIS 2.0 JSON-LD document of the stored scans
+                                        (T: RFC 3339, e.g. 2026-11-22T00:00:00Z)
     darkleg report --config FILE [--json]
                                         per carrier and station: parcels, valid tracking rate,
                                         pack → handover dwell p50/p95, on time before cut-off
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Some("demo") => cmd_demo(&args[1..]),
         Some("simulate") => cmd_simulate(&args[1..]),
         Some("inspect-barcode") => cmd_inspect(&args[1..]),
+        Some("export") => cmd_export(&args[1..]),
         Some("report") => flag_value(&args[1..], "--config").and_then(|p| {
             let c = Config::load(&PathBuf::from(p)).map_err(|e| e.to_string())?;
             if !c.db_path().exists() {
@@ -281,6 +285,45 @@ fn cmd_inspect(codes: &[String]) -> Result<(), String> {
         }
         found.data = found.data.trim();
         println!("{}", inspection_json(code, &found));
+    }
+    Ok(())
+}
+
+fn cmd_export(args: &[String]) -> Result<(), String> {
+    if !args.iter().any(|a| a == "--epcis") {
+        return Err("export needs a format: --epcis (GS1 EPCIS 2.0 JSON-LD)".into());
+    }
+    let c =
+        Config::load(&PathBuf::from(flag_value(args, "--config")?)).map_err(|e| e.to_string())?;
+    if !c.db_path().exists() {
+        return Err(format!(
+            "no database at {} (hint: has `darkleg run` started with this config?)",
+            c.db_path().display()
+        ));
+    }
+    let time = |flag: &str| -> Result<Option<u64>, String> {
+        let Some(i) = args.iter().position(|a| a == flag) else {
+            return Ok(None);
+        };
+        let v = args
+            .get(i + 1)
+            .ok_or_else(|| format!("{flag} needs a time"))?;
+        v.parse::<jiff::Timestamp>()
+            .map(|t| Some(t.as_millisecond().max(0) as u64))
+            .map_err(|e| format!("{flag} {v:?}: {e} (hint: RFC 3339, e.g. 2026-11-22T00:00:00Z)"))
+    };
+    let opts = darkleg_agent::epcis::export::ExportOptions {
+        since_ms: time("--since")?,
+        until_ms: time("--until")?,
+        output: args
+            .iter()
+            .position(|a| a == "--output")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from),
+    };
+    let n = darkleg_agent::epcis::export::export(&c, &opts)?;
+    if let Some(p) = &opts.output {
+        eprintln!("{n} events written to {}", p.display());
     }
     Ok(())
 }

@@ -423,3 +423,37 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
+
+/// Validates an EPCIS document against GS1's official EPCIS 2.0 JSON Schema (in
+/// `../shared/epcis`, beside the checkout) with Python's `jsonschema`, formats checked.
+/// Returns the number of events.
+pub fn validate_epcis(doc: &Path) -> usize {
+    let schema =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/epcis/EPCIS-JSON-Schema.json");
+    assert!(
+        schema.exists(),
+        "{} missing: the shared GS1 material must sit beside the checkout",
+        schema.display()
+    );
+    let script = "import json, sys, jsonschema\n\
+schema = json.load(open(sys.argv[1]))\n\
+doc = json.load(open(sys.argv[2]))\n\
+jsonschema.Draft7Validator(schema, format_checker=jsonschema.FormatChecker()).validate(doc)\n\
+print(len(doc['epcisBody']['eventList']))\n";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&schema)
+        .arg(doc)
+        .output()
+        .expect("python3 (with jsonschema; .ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "EPCIS document does not validate against the GS1 schema:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("event count")
+}

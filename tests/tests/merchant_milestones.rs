@@ -205,3 +205,119 @@ merchant = "acme"
         "all tracking numbers valid: {report}"
     );
 }
+
+/// Needs parcels in the store: runs its own small site (no broker needed for export).
+#[test]
+fn epcis_export_validates_against_the_gs1_schema_and_carries_every_scan() {
+    let mut rig = Rig::new(
+        "epcis",
+        &[PortKind::FramedAt("pack"), PortKind::FramedAt("handover")],
+    );
+    let mut text = std::fs::read_to_string(&rig.config).unwrap();
+    text.push_str(
+        "\n[epcis]\nbiz_location = \"urn:epc:id:sgln:8712345.00000.0\"\norder_gln = \"8712345000004\"\n[epcis.read_points]\n",
+    );
+    std::fs::write(&rig.config, text).unwrap();
+    let _agent = rig.start_agent();
+    rig.wait_ports_open();
+    let ps = parcels();
+    let mut packs = Vec::new();
+    let mut dock = Vec::new();
+    for (_, order, label, waybill) in &ps {
+        packs.push(scan(Step::Pack, format!("400{order}"), "]C1"));
+        packs.push(scan(Step::Pack, format!("00{label}"), "]C1"));
+        dock.push(scan(Step::Handover, format!("00{label}"), "]C1"));
+        dock.push(scan(Step::Handover, waybill.clone(), "]C0"));
+    }
+    let total = packs.len() + dock.len();
+    let mut plans = Plans::new();
+    let mut ptys = rig.take_ptys().into_iter();
+    let a = start_framed(
+        ptys.next().unwrap(),
+        FramedConfig::new("packer", 1),
+        packs,
+        &mut plans,
+    );
+    let b = start_framed(
+        ptys.next().unwrap(),
+        FramedConfig::new("dock", 2),
+        dock,
+        &mut plans,
+    );
+    assert!(wait_until(Duration::from_secs(60), || a.0.done(a.1) && b.0.done(b.1)));
+    // Derivation runs behind ingest: wait for the last handover to be known.
+    assert!(wait_until(Duration::from_secs(20), || {
+        let out = Command::new(darkleg_bin())
+            .args(["report", "--json", "--config"])
+            .arg(&rig.config)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["rows"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|r| r["carrier"] == "dhl" && r["parcels"] == PARCELS)
+        })
+    }));
+    let doc = rig.dir.0.join("export.jsonld");
+    let out = Command::new(darkleg_bin())
+        .args(["export", "--epcis", "--config"])
+        .arg(&rig.config)
+        .arg("--output")
+        .arg(&doc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(validate_epcis(&doc), total, "one ObjectEvent per scan");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&doc).unwrap()).unwrap();
+    let events = v["epcisBody"]["eventList"].as_array().unwrap();
+    let ids: BTreeSet<&str> = events
+        .iter()
+        .map(|e| e["eventID"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), total, "hash ids are distinct");
+    assert!(ids
+        .iter()
+        .all(|i| i.starts_with("ni:///sha-256;") && i.ends_with("?ver=CBV2.0")));
+    let departing: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["bizStep"] == "departing")
+        .collect();
+    assert_eq!(departing.len(), total / 2);
+    // The handover of the carrier label names the parcel, its order and the waybill.
+    let (_, order, label, waybill) = &ps[0];
+    let e = departing
+        .iter()
+        .find(|e| {
+            e["bizTransactionList"]
+                .to_string()
+                .contains(waybill.as_str())
+        })
+        .expect("waybill as a bill of lading");
+    assert_eq!(e["epcList"][0], format!("https://id.gs1.org/00/{label}"));
+    assert!(
+        e["bizTransactionList"]
+            .to_string()
+            .contains(&format!("urn:epcglobal:cbv:bt:8712345000004:{order}")),
+        "{e}"
+    );
+    assert_eq!(e["disposition"], "in_transit");
+    // A window excludes what lies outside it.
+    let out = Command::new(darkleg_bin())
+        .args([
+            "export",
+            "--epcis",
+            "--since",
+            "2100-01-01T00:00:00Z",
+            "--config",
+        ])
+        .arg(&rig.config)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["epcisBody"]["eventList"].as_array().unwrap().len(), 0);
+}

@@ -68,6 +68,26 @@ impl Default for AlertRules {
     }
 }
 
+/// How scans appear in the GS1 EPCIS export.
+#[derive(Debug, Clone, Default)]
+pub struct EpcisConfig {
+    /// The site as a business location (an SGLN URN or a Digital Link `…/414/{gln}`).
+    pub biz_location: Option<String>,
+    /// Station label → read point URI; other stations get `urn:darkleg:{site}:{gateway}:{station}`.
+    pub read_points: std::collections::BTreeMap<String, String>,
+    /// GLN of the party that issues order numbers, for CBV `urn:epcglobal:cbv:bt:{gln}:{order}`.
+    pub order_gln: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEpcis {
+    biz_location: Option<Spanned<String>>,
+    #[serde(default)]
+    read_points: std::collections::BTreeMap<String, Spanned<String>>,
+    order_gln: Option<Spanned<String>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawParcels {
@@ -223,6 +243,64 @@ impl Validator<'_> {
         Ok(AlertRules {
             pick_to_pack,
             cutoffs,
+        })
+    }
+
+    fn uri(&self, v: &Spanned<String>, key: String) -> Result<String, ConfigError> {
+        let s = v.get_ref();
+        let scheme_ok = s.split_once(':').is_some_and(|(sch, rest)| {
+            !sch.is_empty()
+                && !rest.is_empty()
+                && sch
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        });
+        if !scheme_ok || s.contains(char::is_whitespace) {
+            return Err(self.err(
+                v,
+                key,
+                format!("{s:?} is not a URI"),
+                "e.g. urn:epc:id:sgln:4012345.00001.0 or https://id.gs1.org/414/4012345000016",
+            ));
+        }
+        Ok(s.clone())
+    }
+
+    pub(super) fn epcis(&self, raw: Option<RawEpcis>) -> Result<EpcisConfig, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(EpcisConfig::default());
+        };
+        let mut read_points = std::collections::BTreeMap::new();
+        for (station, uri) in &raw.read_points {
+            read_points.insert(
+                station.clone(),
+                self.uri(uri, format!("epcis.read_points.{station}"))?,
+            );
+        }
+        let order_gln = match &raw.order_gln {
+            Some(g)
+                if g.get_ref().len() == 13
+                    && darkleg_protocol::barcode::gs1::check_digit_ok(g.get_ref()) =>
+            {
+                Some(g.get_ref().clone())
+            }
+            Some(g) => {
+                return Err(self.err(
+                    g,
+                    "epcis.order_gln".into(),
+                    format!("{:?} is not a GLN", g.get_ref()),
+                    "13 digits with a valid GS1 check digit",
+                ))
+            }
+            None => None,
+        };
+        Ok(EpcisConfig {
+            biz_location: match &raw.biz_location {
+                Some(b) => Some(self.uri(b, "epcis.biz_location".into())?),
+                None => None,
+            },
+            read_points,
+            order_gln,
         })
     }
 

@@ -4,7 +4,7 @@
 
 mod dark_leg;
 
-pub use dark_leg::{AlertRules, Cutoff, Merchant, ParcelRules, Pattern};
+pub use dark_leg::{AlertRules, Cutoff, EpcisConfig, Merchant, ParcelRules, Pattern};
 use darkleg_protocol::Step;
 use serde::Deserialize;
 use std::fmt;
@@ -21,6 +21,7 @@ pub struct Config {
     pub parcels: ParcelRules,
     pub merchants: Vec<Merchant>,
     pub alerts: AlertRules,
+    pub epcis: EpcisConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +184,7 @@ struct RawConfig {
     #[serde(default)]
     merchant: Vec<dark_leg::RawMerchant>,
     alerts: Option<dark_leg::RawAlerts>,
+    epcis: Option<dark_leg::RawEpcis>,
 }
 
 #[derive(Deserialize)]
@@ -450,6 +452,7 @@ impl Validator<'_> {
             parcels: self.parcels(raw.parcels)?,
             merchants,
             alerts: self.alerts(raw.alerts)?,
+            epcis: self.epcis(raw.epcis)?,
         })
     }
 }

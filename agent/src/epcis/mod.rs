@@ -3,5 +3,6 @@
 //! hash-based event ID, in one JSON-LD EPCISDocument written as a stream.
 
 pub mod event;
+pub mod export;
 #[cfg(test)]
 mod vectors;

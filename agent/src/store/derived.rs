@@ -429,3 +429,76 @@ impl Reader {
         run().map_err(|e| StoreError::new("reading open alerts", e))
     }
 }
+
+/// A stored event with what derivation learnt of it, for the EPCIS export.
+pub struct ExportRow {
+    pub row: i64,
+    pub device: String,
+    pub step: Step,
+    pub code: String,
+    pub symbology: Option<String>,
+    pub station: Option<String>,
+    pub captured_at_ms: u64,
+    pub fact_kind: Option<String>,
+    pub parcel: Option<String>,
+    pub order: Option<String>,
+    pub carrier: Option<String>,
+    pub tracking: Option<String>,
+}
+
+impl Reader {
+    /// Events captured in `[since, until)`.
+    pub fn export_count(&self, since_ms: u64, until_ms: u64) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE captured_at >= ?1 AND captured_at < ?2",
+                params![since_ms as i64, until_ms as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| StoreError::new("counting events to export", e))
+    }
+
+    /// A page of events captured in `[since, until)` after `after_row`, with their facts.
+    pub fn export_rows(
+        &self,
+        after_row: i64,
+        since_ms: u64,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ExportRow>, StoreError> {
+        let run = || -> rusqlite::Result<Vec<ExportRow>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT e.row, e.device, e.step, e.code, e.symbology, e.station, e.captured_at,
+                        f.kind, f.parcel, COALESCE(f.order_no, p.order_no), f.carrier, f.tracking
+                 FROM events e
+                 LEFT JOIN facts f ON f.event_row = e.row
+                 LEFT JOIN parcels p ON p.parcel = f.parcel
+                 WHERE e.row > ?1 AND e.captured_at >= ?2 AND e.captured_at < ?3
+                 ORDER BY e.row LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                params![after_row, since_ms as i64, until_ms as i64, limit as i64],
+                |r| {
+                    let step: String = r.get(2)?;
+                    Ok(ExportRow {
+                        row: r.get(0)?,
+                        device: r.get(1)?,
+                        step: step.parse().unwrap_or(Step::Exception),
+                        code: r.get(3)?,
+                        symbology: r.get(4)?,
+                        station: r.get(5)?,
+                        captured_at_ms: r.get::<_, i64>(6)? as u64,
+                        fact_kind: r.get(7)?,
+                        parcel: r.get(8)?,
+                        order: r.get(9)?,
+                        carrier: r.get(10)?,
+                        tracking: r.get(11)?,
+                    })
+                },
+            )?;
+            rows.collect()
+        };
+        run().map_err(|e| StoreError::new("reading events to export", e))
+    }
+}
