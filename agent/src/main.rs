@@ -151,7 +151,13 @@ fn cmd_check(path: PathBuf) -> Result<(), String> {
             if u.tls { "mqtts" } else { "mqtt" },
             u.host,
             u.port,
-            u.events_topic(&c.gateway)
+            match &u.merchant {
+                Some(m) => format!(
+                    "{}/merchants/{m}/… (merchant {m}: its milestones and alerts only)",
+                    u.topic_prefix
+                ),
+                None => u.events_topic(&c.gateway),
+            }
         );
         if let Some(var) = &u.password_env {
             let state = if std::env::var_os(var).is_some() {
@@ -161,6 +167,32 @@ fn cmd_check(path: PathBuf) -> Result<(), String> {
             };
             println!("    password from ${var} ({state})");
         }
+    }
+    for m in &c.merchants {
+        println!(
+            "  merchant {}: orders {:?}, GS1 prefixes {:?}, client codes {:?}{}",
+            m.id,
+            m.order_prefixes,
+            m.gs1_prefixes,
+            m.client_codes,
+            m.carrier
+                .map(|c| format!(", usually {}", c.as_str()))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(d) = c.alerts.pick_to_pack {
+        println!(
+            "  alert: picked, not packed within {} min",
+            d.as_secs() / 60
+        );
+    }
+    for cut in &c.alerts.cutoffs {
+        println!(
+            "  alert: {} cut-off {} ({})",
+            cut.carrier.map_or("any carrier", |c| c.as_str()),
+            cut.time,
+            c.gateway.timezone.iana_name().unwrap_or("UTC")
+        );
     }
     if c.upstreams.is_empty() {
         println!("  no upstreams: scans are kept in the outbox until one is configured");
