@@ -297,7 +297,14 @@ pub fn classify<'a>(code: &'a str) -> Candidates<'a> {
         Some(Some(false)) => 2,
         None => 3,
     };
-    found.sort_by_key(rank);
+    // Stable, allocation-free: equal ranks keep the order formats were tried in.
+    for i in 1..found.len() {
+        let mut j = i;
+        while j > 0 && rank(&found[j - 1]) > rank(&found[j]) {
+            found.swap(j - 1, j);
+            j -= 1;
+        }
+    }
     Candidates { items: found }
 }
 
