@@ -37,6 +37,7 @@ pub fn run(config: Arc<Config>, store: StoreHandle, stop: Arc<AtomicBool>) {
     };
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
         let did = match d.step(crate::now_ms()) {
             Ok(n) => n,
             Err(e) => {
@@ -53,6 +54,10 @@ pub fn run(config: Arc<Config>, store: StoreHandle, stop: Arc<AtomicBool>) {
         }
         if did == 0 {
             std::thread::sleep(IDLE_POLL);
+        } else {
+            // Acks to scanners come first: during a burst derivation takes at most about half
+            // of the store writer and a core, and catches up when the burst is over.
+            std::thread::sleep(started.elapsed());
         }
     }
 }

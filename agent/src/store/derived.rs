@@ -46,6 +46,8 @@ pub struct Derived {
 pub struct Routes<'a> {
     pub all: &'a [String],
     pub merchant: &'a [(String, String)],
+    /// The writer's outbox row counter (persisted in `row_seq` at each commit).
+    pub last_row: &'a std::cell::Cell<i64>,
 }
 
 pub(super) fn apply(sp: &Connection, routes: &Routes<'_>, d: &Derived) -> rusqlite::Result<()> {
@@ -118,7 +120,7 @@ pub(super) fn apply(sp: &Connection, routes: &Routes<'_>, d: &Derived) -> rusqli
     }
     let now = crate::now_ms() as i64;
     for m in &d.messages {
-        let row = super::ops::next_row(sp)?;
+        let row = super::ops::next_row(routes);
         sp.prepare_cached(
             "INSERT INTO messages(row, kind, merchant, topic, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?

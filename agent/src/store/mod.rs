@@ -118,6 +118,7 @@ impl StoreHandle {
             conn,
             upstreams,
             merchant_upstreams,
+            last_row: std::cell::Cell::new(max_row),
             max_batch: config.store.max_batch,
             committed: committed_tx,
             _lock: lock,

@@ -2,6 +2,7 @@
 //! decisions use the writer's in-memory [`Devices`], whose update the caller applies only
 //! once the savepoint committed.
 
+use super::derived::Routes;
 use super::devices::{Devices, Update};
 use super::writer::{AsciiScan, FramedOutcome, FramedScan, PortReport};
 use darkleg_protocol::{EventId, Step};
@@ -29,7 +30,7 @@ pub(super) fn hello(
 pub(super) fn framed(
     sp: &Connection,
     devices: &mut Devices,
-    upstreams: &[String],
+    routes: &Routes<'_>,
     device: &str,
     s: &FramedScan,
 ) -> rusqlite::Result<(FramedOutcome, Update)> {
@@ -71,7 +72,7 @@ pub(super) fn framed(
     }
     let inserted = insert_event(
         sp,
-        upstreams,
+        routes,
         device,
         s.seq,
         s.step,
@@ -93,14 +94,14 @@ pub(super) fn framed(
 pub(super) fn ascii(
     sp: &Connection,
     devices: &mut Devices,
-    upstreams: &[String],
+    routes: &Routes<'_>,
     device: &str,
     s: &AsciiScan,
 ) -> rusqlite::Result<(u64, Update)> {
     let seq = devices.get(sp, device)?.last_seq.saturating_add(1);
     insert_event(
         sp,
-        upstreams,
+        routes,
         device,
         seq,
         s.step,
@@ -122,15 +123,18 @@ pub(super) fn ascii(
 }
 
 /// The next outbox row: events and derived messages share one counter that never goes back.
-pub(super) fn next_row(sp: &Connection) -> rusqlite::Result<i64> {
-    sp.prepare_cached("UPDATE row_seq SET last = last + 1 WHERE id = 1 RETURNING last")?
-        .query_row([], |r| r.get(0))
+/// Kept in the writer's memory and written to `row_seq` once per commit; a rolled-back
+/// savepoint leaves a gap, which is harmless.
+pub(super) fn next_row(routes: &Routes<'_>) -> i64 {
+    let r = routes.last_row.get() + 1;
+    routes.last_row.set(r);
+    r
 }
 
 #[allow(clippy::too_many_arguments)]
 fn insert_event(
     sp: &Connection,
-    upstreams: &[String],
+    routes: &Routes<'_>,
     device: &str,
     seq: u64,
     step: Step,
@@ -142,15 +146,9 @@ fn insert_event(
     received_at_ms: u64,
 ) -> rusqlite::Result<bool> {
     let id = EventId::new(device, seq);
-    let exists = sp
-        .prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?
-        .exists([&id.0[..]])?;
-    if exists {
-        return Ok(false);
-    }
-    let row = next_row(sp)?;
+    let row = next_row(routes);
     let inserted = sp.prepare_cached("INSERT INTO events(row, event_id, device, seq, step, code, symbology, station, operator, captured_at, received_at)
-         VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")?.execute(
+         VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(event_id) DO NOTHING")?.execute(
         params![
             &id.0[..],
             device,
@@ -167,7 +165,7 @@ fn insert_event(
     )? == 1;
     if inserted {
         let mut stmt = sp.prepare_cached("INSERT INTO outbox(upstream, row) VALUES (?1, ?2)")?;
-        for u in upstreams {
+        for u in routes.all {
             stmt.execute(params![u, row])?;
         }
     }

@@ -129,6 +129,8 @@ pub(super) struct Writer {
     pub upstreams: Vec<String>,
     /// A merchant's own upstreams (upstream, merchant): that merchant's messages only.
     pub merchant_upstreams: Vec<(String, String)>,
+    /// Last outbox row handed out (see `ops::next_row`).
+    pub last_row: std::cell::Cell<i64>,
     pub max_batch: usize,
     pub committed: watch::Sender<i64>,
     /// Held for as long as the writer runs.
@@ -179,6 +181,7 @@ impl Writer {
                 let routes = Routes {
                     all: &self.upstreams,
                     merchant: &self.merchant_upstreams,
+                    last_row: &self.last_row,
                 };
                 apply_savepointed(&mut tx, &mut self.devices, &routes, op)
             };
@@ -188,9 +191,10 @@ impl Writer {
             .devices
             .flush(&tx)
             .and_then(|_| {
-                tx.query_row("SELECT last FROM row_seq WHERE id = 1", [], |r| {
-                    r.get::<_, i64>(0)
-                })
+                let last = self.last_row.get();
+                tx.prepare_cached("UPDATE row_seq SET last = ?1 WHERE id = 1 AND last < ?1")?
+                    .execute([last])?;
+                Ok(last)
             })
             .and_then(|max_row| tx.commit().map(|_| max_row));
         match committed {
@@ -275,7 +279,7 @@ fn apply_savepointed(
             scan,
             reply,
         } => {
-            let r = ops::framed(&sp, devices, upstreams, &device, &scan);
+            let r = ops::framed(&sp, devices, routes, &device, &scan);
             let r = settle(sp, r, "framed scan", devices, &device, "framed", &port);
             Some(Answer::Framed(reply, r))
         }
@@ -285,7 +289,7 @@ fn apply_savepointed(
             scan,
             reply,
         } => {
-            let r = ops::ascii(&sp, devices, upstreams, &device, &scan);
+            let r = ops::ascii(&sp, devices, routes, &device, &scan);
             let r = settle(sp, r, "ascii scan", devices, &device, "ascii", &port);
             Some(Answer::U64(reply, r))
         }
