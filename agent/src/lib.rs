@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod derive;
 pub mod epcis;
+pub mod observe;
 pub mod report;
 pub mod sim;
 pub mod simulate;
@@ -73,6 +74,19 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         upstreams = config.upstreams.len(),
         "darkleg agent running"
     );
+    let http = match config.http {
+        Some(addr) => {
+            let listener = observe::bind(addr).await?;
+            tracing::info!(%addr, "status page, /metrics and /healthz");
+            Some(tokio::spawn(observe::serve(
+                listener,
+                config.clone(),
+                store.path.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let sources = tokio::spawn(sources::supervise(
         config.clone(),
@@ -121,6 +135,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     stop.store(true, Ordering::Relaxed);
     pruner.abort();
     heartbeat.abort();
+    if let Some(h) = http {
+        h.abort();
+    }
     let _ = sources.await;
     for s in sinks {
         let _ = s.await;

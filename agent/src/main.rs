@@ -9,7 +9,9 @@ const USAGE: &str = "\
 darkleg — closes the dark leg between 'order paid' and the carrier's first scan
 
 USAGE:
-    darkleg run --config FILE           run the gateway agent
+    darkleg run --config FILE [--log-json]
+                                        run the gateway agent (JSON logs: --log-json or
+                                        DARKLEG_LOG_FORMAT=json)
     darkleg check-config FILE           validate a config and print what it means
     darkleg status --config FILE [--json]
                                         backlog, last sync, per-scanner counters
@@ -35,8 +37,20 @@ Logs go to stderr; RUST_LOG=debug for more.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a != "run" && a != "demo") {
+        // A one-shot command piped into `head` should end quietly, as other Unix tools do.
+        // Not for the daemon: a closed socket must be an error it handles, not a signal.
+        // SAFETY: called before any other thread exists; SIG_DFL is async-signal-safe.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
+    }
     let result = match args.first().map(String::as_str) {
-        Some("run") => flag_value(&args[1..], "--config").and_then(|p| cmd_run(PathBuf::from(p))),
+        Some("run") => flag_value(&args[1..], "--config")
+            .and_then(|p| cmd_run(PathBuf::from(p), args.iter().any(|a| a == "--log-json"))),
         Some("check-config") => args
             .get(1)
             .ok_or_else(|| "check-config needs a FILE".to_string())
@@ -89,20 +103,39 @@ fn flag_value(args: &[String], flag: &str) -> Result<String, String> {
         .ok_or_else(|| format!("missing {flag} FILE\n\n{USAGE}"))
 }
 
-fn init_logs() {
+/// Human-readable logs by default (colours on a terminal only); one JSON object per line with
+/// `--log-json` or `DARKLEG_LOG_FORMAT=json`, for a log shipper. Warnings and errors are also
+/// kept for the status page.
+fn init_logs_with(json: bool) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours for a terminal only; a journal or log file gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
+    let json = json || std::env::var("DARKLEG_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let fmt = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed()
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(darkleg_agent::observe::errors::RecentErrors)
         .init();
 }
 
-fn cmd_run(path: PathBuf) -> Result<(), String> {
-    init_logs();
+fn init_logs() {
+    init_logs_with(false);
+}
+
+fn cmd_run(path: PathBuf, log_json: bool) -> Result<(), String> {
+    init_logs_with(log_json);
     let config = Config::load(&path).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async {

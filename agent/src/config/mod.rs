@@ -22,6 +22,8 @@ pub struct Config {
     pub merchants: Vec<Merchant>,
     pub alerts: AlertRules,
     pub epcis: EpcisConfig,
+    /// Where `/metrics`, `/healthz` and the status page are served; `None`: not at all.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +187,13 @@ struct RawConfig {
     merchant: Vec<dark_leg::RawMerchant>,
     alerts: Option<dark_leg::RawAlerts>,
     epcis: Option<dark_leg::RawEpcis>,
+    http: Option<RawHttp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -453,6 +462,17 @@ impl Validator<'_> {
             merchants,
             alerts: self.alerts(raw.alerts)?,
             epcis: self.epcis(raw.epcis)?,
+            http: match &raw.http {
+                None => None,
+                Some(h) => Some(h.listen.get_ref().parse().map_err(|e| {
+                    self.err(
+                        &h.listen,
+                        "http.listen".into(),
+                        format!("{:?}: {e}", h.listen.get_ref()),
+                        "an address and port such as \"127.0.0.1:9187\" (0.0.0.0 to serve the floor network)",
+                    )
+                })?),
+            },
         })
     }
 }

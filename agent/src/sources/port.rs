@@ -183,7 +183,12 @@ fn write_frame(port: &mut impl Write, frame: &Frame<'_>) -> Result<(), String> {
         .map_err(|e| format!("writing to scanner: {e}"))
 }
 
-type FramedReply = (u64, oneshot::Receiver<Result<FramedOutcome, StoreError>>);
+/// A scan handed to the store: its seq, when it arrived, the store's answer.
+type FramedReply = (
+    u64,
+    Instant,
+    oneshot::Receiver<Result<FramedOutcome, StoreError>>,
+);
 
 fn framed_loop<P: Read + Write>(
     ctx: &PortContext,
@@ -288,6 +293,7 @@ fn framed_loop<P: Read + Write>(
                     }
                     pending.push((
                         ev.seq,
+                        Instant::now(),
                         ctx.store
                             .framed_blocking(dev.clone(), ctx.path.clone(), scan),
                     ));
@@ -329,7 +335,9 @@ fn answer(
     }
     let mut acked = None;
     let mut nack = None;
-    for (seq, rx) in pending.drain(..) {
+    let mut arrived = Vec::with_capacity(pending.len());
+    for (seq, at, rx) in pending.drain(..) {
+        arrived.push(at);
         match rx.blocking_recv() {
             Ok(Ok(outcome)) => {
                 acked = Some(outcome.acked());
@@ -356,6 +364,9 @@ fn answer(
     }
     if let Some(up_to) = acked {
         write_frame(port, &Frame::Ack { up_to })?;
+        for at in arrived {
+            crate::observe::latency::ACK_LATENCY.observe(at.elapsed());
+        }
     }
     Ok(())
 }
