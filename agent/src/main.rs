@@ -13,7 +13,7 @@ USAGE:
                                         run the gateway agent (JSON logs: --log-json or
                                         DARKLEG_LOG_FORMAT=json)
     darkleg check-config FILE           validate a config and print what it means
-    darkleg status --config FILE [--json]
+    darkleg status --config FILE [--json | --watch]
                                         backlog, last sync, per-scanner counters
     darkleg demo [--parcels N] [--scan-interval-ms MS] [--offline]
                                         a small warehouse on this machine
@@ -55,8 +55,13 @@ fn main() -> ExitCode {
             .get(1)
             .ok_or_else(|| "check-config needs a FILE".to_string())
             .and_then(|p| cmd_check(PathBuf::from(p))),
-        Some("status") => flag_value(&args[1..], "--config")
-            .and_then(|p| cmd_status(PathBuf::from(p), args.iter().any(|a| a == "--json"))),
+        Some("status") => flag_value(&args[1..], "--config").and_then(|p| {
+            if args.iter().any(|a| a == "--watch") {
+                cmd_status_watch(PathBuf::from(p))
+            } else {
+                cmd_status(PathBuf::from(p), args.iter().any(|a| a == "--json"))
+            }
+        }),
         Some("demo") => cmd_demo(&args[1..]),
         Some("simulate") => cmd_simulate(&args[1..]),
         Some("inspect-barcode") => cmd_inspect(&args[1..]),
@@ -391,4 +396,58 @@ fn cmd_export(args: &[String]) -> Result<(), String> {
         eprintln!("{n} events written to {}", p.display());
     }
     Ok(())
+}
+
+/// `status --watch`: the status every second, with a progress bar per draining backlog.
+fn cmd_status_watch(path: PathBuf) -> Result<(), String> {
+    let c = Config::load(&path).map_err(|e| e.to_string())?;
+    let db = c.db_path();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut peaks: std::collections::HashMap<String, i64> = Default::default();
+    let mut last: std::collections::HashMap<String, (i64, std::time::Instant)> = Default::default();
+    loop {
+        let status = darkleg_agent::store::Reader::open(&db)
+            .and_then(|r| r.status())
+            .map_err(|e| format!("{e} (hint: has `darkleg run` started with this config?)"))?;
+        let mut out = String::new();
+        if tty {
+            out.push_str("\x1b[2J\x1b[H");
+        }
+        out.push_str(&format!(
+            "darkleg status — site {}, gateway {} (every 1 s; Ctrl-C to stop)\n",
+            c.gateway.site, c.gateway.id
+        ));
+        out.push_str(&darkleg_agent::status::render(
+            &status,
+            darkleg_agent::now_ms(),
+        ));
+        for u in &status.upstreams {
+            let peak = peaks.entry(u.name.clone()).or_insert(0);
+            *peak = if u.backlog == 0 {
+                0
+            } else {
+                (*peak).max(u.backlog)
+            };
+            let now = std::time::Instant::now();
+            let (prev, at) = last
+                .insert(u.name.clone(), (u.delivered, now))
+                .unwrap_or((u.delivered, now));
+            let secs = now.duration_since(at).as_secs_f64();
+            let rate = if secs > 0.0 {
+                (u.delivered - prev) as f64 / secs
+            } else {
+                0.0
+            };
+            if *peak > 0 {
+                out.push_str(&format!(
+                    "  {:<16} {}\n",
+                    u.name,
+                    darkleg_agent::status::drain_bar(u.backlog, *peak, rate)
+                ));
+            }
+        }
+        print!("{out}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }

@@ -84,8 +84,37 @@ pub fn render(s: &Status, now_ms: u64) -> String {
     out
 }
 
+/// A drain progress line for one upstream: how much of the highest backlog seen is gone,
+/// and at what rate, e.g. `[##########..........]  50% drained, 2500 left, 1200/s, ~2s`.
+pub fn drain_bar(backlog: i64, peak: i64, per_sec: f64) -> String {
+    const W: i64 = 20;
+    let peak = peak.max(backlog).max(1);
+    let done = (peak - backlog) * W / peak;
+    let pct = (peak - backlog) * 100 / peak;
+    let eta = if per_sec > 0.0 && backlog > 0 {
+        format!(", ~{:.0}s", backlog as f64 / per_sec)
+    } else {
+        String::new()
+    };
+    format!(
+        "[{}{}] {pct:>3}% drained, {backlog} left, {per_sec:.0}/s{eta}",
+        "#".repeat(done as usize),
+        ".".repeat((W - done) as usize)
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn drain_bar_shows_progress_and_eta() {
+        let b = super::drain_bar(2500, 5000, 1250.0);
+        assert_eq!(
+            b,
+            "[##########..........]  50% drained, 2500 left, 1250/s, ~2s"
+        );
+        assert!(super::drain_bar(0, 0, 0.0).starts_with("[####################] 100%"));
+    }
+
     use super::*;
     use crate::store::{DeviceStatus, PortStatus, UpstreamStatus};
 
