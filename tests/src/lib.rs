@@ -457,3 +457,21 @@ print(len(doc['epcisBody']['eventList']))\n";
         .parse()
         .expect("event count")
 }
+
+/// `darkleg.batch.v1` messages unpacked into one arrival per scan (same topic and time).
+pub fn expand_batches(arrivals: &[Arrival]) -> Vec<Arrival> {
+    let mut out = Vec::new();
+    for a in arrivals {
+        match a.json["events"].as_array() {
+            Some(events) if a.json["schema"] == "darkleg.batch.v1" => {
+                out.extend(events.iter().map(|e| Arrival {
+                    topic: a.topic.clone(),
+                    json: e.clone(),
+                    at_ms: a.at_ms,
+                }))
+            }
+            _ => out.push(a.clone()),
+        }
+    }
+    out
+}

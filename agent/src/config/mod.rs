@@ -94,6 +94,8 @@ pub struct Upstream {
     pub window: usize,
     /// A merchant's own upstream: only that merchant's milestones and alerts, no raw scans.
     pub merchant: Option<String>,
+    /// Scans per MQTT message: 1 sends `darkleg.scan.v1`, more sends `darkleg.batch.v1`.
+    pub batch: usize,
 }
 
 impl Upstream {
@@ -237,6 +239,7 @@ struct RawUpstream {
     keep_alive_secs: Option<Spanned<i64>>,
     window: Option<Spanned<i64>>,
     merchant: Option<Spanned<String>>,
+    batch: Option<Spanned<i64>>,
 }
 
 struct Validator<'a> {
@@ -439,6 +442,10 @@ impl Validator<'_> {
                 password_env: u.password_env,
                 keep_alive: Duration::from_secs(keep_alive),
                 window,
+                batch: match &u.batch {
+                    Some(b) => self.range(b, &key("batch"), 1, 1000)? as usize,
+                    None => 1,
+                },
                 merchant: match &u.merchant {
                     Some(m) if merchants.iter().any(|x| &x.id == m.get_ref()) => Some(m.get_ref().clone()),
                     Some(m) => {

@@ -28,6 +28,8 @@ impl Collector {
         let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
         o.set_clean_session(false);
         o.set_keep_alive(Duration::from_secs(5));
+        // darkleg.batch.v1 messages are larger than rumqttc's 10 KiB default.
+        o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut connection) = Client::new(o, 1024);
         let messages: Arc<Mutex<Vec<Arrival>>> = Arc::default();
         let subscribed = Arc::new(AtomicBool::new(false));

@@ -6,6 +6,11 @@ use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use rustls::pki_types::{pem::PemObject, CertificateDer};
 use std::sync::Arc;
 
+/// Largest packet either way. Batches stay under [`MAX_BATCH_BYTES`], which fits the
+/// smallest limit of the clustered and managed brokers darkleg targets (AWS IoT: 128 KiB).
+pub const MAX_PACKET: usize = 256 * 1024;
+pub const MAX_BATCH_BYTES: usize = 120 * 1024;
+
 pub fn mqtt_options(u: &Upstream) -> Result<MqttOptions, String> {
     let mut o = MqttOptions::new(&u.client_id, &u.host, u.port);
     o.set_keep_alive(u.keep_alive);
@@ -13,6 +18,8 @@ pub fn mqtt_options(u: &Upstream) -> Result<MqttOptions, String> {
     // reconnects; our own in-flight publishes are resent from SQLite regardless.
     o.set_clean_session(false);
     o.set_inflight(u.window.min(u16::MAX as usize) as u16);
+    // rumqttc refuses packets over 10 KiB by default; batches are cut at MAX_BATCH_BYTES.
+    o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     if let Some(user) = &u.username {
         let password = match &u.password_env {
             Some(var) => std::env::var(var).map_err(|_| {

@@ -9,7 +9,7 @@ use super::options::mqtt_options;
 use crate::config::{Gateway, Upstream};
 use crate::store::Item;
 use crate::store::{Reader, StoreHandle, WriteOp};
-use darkleg_protocol::upstream::scan_json;
+use darkleg_protocol::upstream::{batch_json, scan_json};
 use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, QoS};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -137,31 +137,30 @@ impl Session<'_> {
         let mut committed = self.store.committed.clone();
         let mut more = true;
         let mut delivered: Vec<i64> = Vec::new();
+        let mut batches: std::collections::HashMap<i64, Vec<i64>> = Default::default();
         // Refill the window in chunks, not one row per PUBACK: one outbox read per quarter
         // window keeps the read cost per event small while the window stays mostly full.
         let refill_at = (self.upstream.window / 4).max(1);
         let ended = loop {
             while more && (d.room() >= refill_at || d.in_flight() == 0) {
                 let room = d.room();
-                let rows = match self.fetch(d.cursor(), room).await {
+                let want = room * self.upstream.batch;
+                let rows = match self.fetch(d.cursor(), want).await {
                     Ok(rows) => rows,
                     Err(e) => return Ended::Lost(e),
                 };
-                more = rows.len() == room;
-                for p in rows {
-                    let (to, payload) = match p.item {
-                        Item::Event(ev) => (
-                            topic.clone(),
-                            scan_json(&ev, &self.gateway.site, &self.gateway.id),
-                        ),
-                        Item::Message { topic: t, payload } => {
-                            (format!("{}/{t}", self.upstream.topic_prefix), payload)
-                        }
-                    };
-                    if let Err(e) = client.try_publish(to, QoS::AtLeastOnce, false, payload) {
+                more = rows.len() == want;
+                for publish in self.publishes(rows, &topic) {
+                    let last = *publish.rows.last().expect("a publish carries rows");
+                    let qos = QoS::AtLeastOnce;
+                    if let Err(e) = client.try_publish(publish.topic, qos, false, publish.payload) {
                         return Ended::Lost(format!("handing a publish to the client: {e}"));
                     }
-                    d.handed(p.row);
+                    // The dispatcher tracks a publish by its last row; a batch's rows wait here.
+                    if publish.rows.len() > 1 {
+                        batches.insert(last, publish.rows);
+                    }
+                    d.handed(last);
                 }
             }
             tokio::select! {
@@ -175,7 +174,10 @@ impl Session<'_> {
                     }
                     Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
                         if let Some(row) = d.on_puback(ack.pkid) {
-                            delivered.push(row);
+                            match batches.remove(&row) {
+                                Some(rows) => delivered.extend(rows),
+                                None => delivered.push(row),
+                            }
                         }
                     }
                     Some(Ok(_)) => {}
@@ -204,6 +206,54 @@ impl Session<'_> {
         ended
     }
 
+    /// Turns outbox rows into publishes: derived messages one each; runs of scans one each
+    /// (`darkleg.scan.v1`) or up to `batch` per message (`darkleg.batch.v1`).
+    fn publishes(&self, rows: Vec<crate::store::Pending>, events_topic: &str) -> Vec<Publish> {
+        let mut out = Vec::new();
+        let mut run: Vec<(i64, darkleg_protocol::ScanEvent)> = Vec::new();
+        let (site, gw) = (&self.gateway.site, &self.gateway.id);
+        let mut bytes = 0usize;
+        let flush = |run: &mut Vec<(i64, darkleg_protocol::ScanEvent)>, out: &mut Vec<Publish>| {
+            if run.is_empty() {
+                return;
+            }
+            let payload = if self.upstream.batch == 1 {
+                scan_json(&run[0].1, site, gw)
+            } else {
+                batch_json(run.iter().map(|(_, e)| e), site, gw)
+            };
+            out.push(Publish {
+                topic: events_topic.to_string(),
+                payload,
+                rows: run.drain(..).map(|(r, _)| r).collect(),
+            });
+        };
+        for p in rows {
+            match p.item {
+                Item::Event(ev) => {
+                    // Keep a batch under the smallest broker packet limit we target.
+                    bytes += ev.code.len() + 320;
+                    run.push((p.row, ev));
+                    if run.len() == self.upstream.batch || bytes >= super::options::MAX_BATCH_BYTES
+                    {
+                        flush(&mut run, &mut out);
+                        bytes = 0;
+                    }
+                }
+                Item::Message { topic, payload } => {
+                    flush(&mut run, &mut out);
+                    out.push(Publish {
+                        topic: format!("{}/{topic}", self.upstream.topic_prefix),
+                        payload,
+                        rows: vec![p.row],
+                    });
+                }
+            }
+        }
+        flush(&mut run, &mut out);
+        out
+    }
+
     async fn fetch(&self, after: i64, limit: usize) -> Result<Vec<crate::store::Pending>, String> {
         let reader = self.reader.clone();
         let name = self.upstream.name.clone();
@@ -229,6 +279,13 @@ impl Session<'_> {
             tracing::warn!(upstream = %self.upstream.name, "store writer gone; delivered rows will be resent");
         }
     }
+}
+
+struct Publish {
+    topic: String,
+    payload: String,
+    /// Outbox rows it carries, in order.
+    rows: Vec<i64>,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
