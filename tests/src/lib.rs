@@ -58,12 +58,14 @@ pub fn darkleg_bin() -> PathBuf {
             .status()
             .expect("running cargo build for the darkleg binary");
         assert!(status.success(), "building darkleg failed");
-        // Tests live in target/<profile>/deps/; the binary one level up.
-        let bin = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .join("darkleg");
+        // Tests live in target/<profile>/deps/, the bench binary in target/<profile>/.
+        let dir = exe.parent().expect("executable dir");
+        let dir = if dir.ends_with("deps") {
+            dir.parent().expect("target dir")
+        } else {
+            dir
+        };
+        let bin = dir.join("darkleg");
         assert!(bin.exists(), "no darkleg binary at {}", bin.display());
         bin
     })

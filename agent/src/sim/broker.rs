@@ -131,6 +131,14 @@ impl Mosquitto {
         }
     }
 
+    /// SIGKILL: no chance to save what it holds in memory.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
