@@ -310,8 +310,9 @@ fn darkleg_drain(n: u64, batch: u64, kill: bool) -> Value {
     broker.stop();
     let http = free_port().unwrap();
     let upstream = format!(
-        "[[upstream]]\nname = \"central\"\nurl = \"{}\"\ntopic_prefix = \"darkleg/v1\"\nwindow = 1024\nbatch = {batch}\n",
-        broker.url()
+        "[[upstream]]\nname = \"central\"\nurl = \"{}\"\ntopic_prefix = \"darkleg/v1\"\nwindow = {window}\nbatch = {batch}\n",
+        broker.url(),
+        window = if batch > 1 { 256 } else { 1024 },
     );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config_text(&dir, "", &upstream, http)).unwrap();

@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Outbox rows read at a time.
+const MAX_ROWS_PER_READ: usize = 8192;
 
 enum Ended {
     Stop,
@@ -144,7 +146,9 @@ impl Session<'_> {
         let ended = loop {
             while more && (d.room() >= refill_at || d.in_flight() == 0) {
                 let room = d.room();
-                let want = room * self.upstream.batch;
+                // Bounded per read: a wide window of large batches must not pull a whole
+                // backlog into memory at once.
+                let want = (room * self.upstream.batch).min(MAX_ROWS_PER_READ);
                 let rows = match self.fetch(d.cursor(), want).await {
                     Ok(rows) => rows,
                     Err(e) => return Ended::Lost(e),
