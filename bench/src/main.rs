@@ -91,10 +91,19 @@ impl Counter {
     }
 }
 
+/// The release agent; under `perf record` when DARKLEG_BENCH_PERF names an output file.
 fn release_agent(config: &Path, log: &Path) -> Child {
     let log = std::fs::File::create(log).unwrap();
-    Command::new(darkleg_bin())
-        .args(["run", "--config"])
+    let mut cmd = match std::env::var("DARKLEG_BENCH_PERF") {
+        Ok(out) => {
+            let mut c = Command::new("perf");
+            c.args(["record", "-F", "499", "-g", "-o", &out, "--"])
+                .arg(darkleg_bin());
+            c
+        }
+        Err(_) => Command::new(darkleg_bin()),
+    };
+    cmd.args(["run", "--config"])
         .arg(config)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -360,8 +369,8 @@ fn darkleg_drain(n: u64, batch: u64, kill: bool) -> Value {
     if kill {
         survived_kill = Some(counter.n().min(n));
     }
-    let _ = agent.kill();
-    let _ = agent.wait();
+    // SIGTERM: a clean stop (and a complete perf file when profiling).
+    darkleg_agent::sim::broker::terminate(&mut agent, Duration::from_secs(20));
     broker.stop();
     let _ = std::fs::remove_dir_all(&dir);
     json!({
@@ -469,6 +478,11 @@ fn main() {
     eprintln!(
         "darkleg-bench: backlog {backlog}, ingest 4 × {per_scanner}; this takes a few minutes"
     );
+    // `--only drain1`: just the one-event-per-message drain (for profiling).
+    if std::env::args().any(|a| a == "drain1") {
+        println!("{}", darkleg_drain(backlog / 5, 1, false));
+        return;
+    }
     eprintln!("  [1/5] durable ingest from 4 firmware scanners");
     let (ingest, ack_p50, ack_p99) = durable_ingest(per_scanner);
     eprintln!("  [2/5] steady 1,000 scans/s");

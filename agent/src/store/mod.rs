@@ -324,9 +324,11 @@ impl Reader {
                    WHERE o.upstream = ?1 AND o.row > ?2 ORDER BY o.row LIMIT ?3)
                  UNION ALL
                  SELECT * FROM (
+                   -- Walk the (small) messages table, not the whole outbox: a backlog of a
+                   -- million scans must not be scanned on every read for the few messages.
                    SELECT m.row, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, m.topic, m.payload
-                   FROM outbox o JOIN messages m ON m.row = o.row
-                   WHERE o.upstream = ?1 AND o.row > ?2 ORDER BY o.row LIMIT ?3)
+                   FROM messages m CROSS JOIN outbox o ON o.upstream = ?1 AND o.row = m.row
+                   WHERE m.row > ?2 ORDER BY m.row LIMIT ?3)
                  ORDER BY 1 LIMIT ?3",
             )?;
             let rows = stmt.query_map(params![upstream, after_row, limit as i64], |r| {
