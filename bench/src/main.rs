@@ -170,9 +170,18 @@ fn config_text(dir: &Path, scanners: &str, upstream: &str, http: u16) -> String 
     )
 }
 
-/// Phase 1: firmware scanners on ptys → release agent, until every scan is acked.
-fn durable_ingest(per_scanner: usize) -> (f64, Option<f64>, Option<f64>) {
-    let mut rig = Rig::with_store("bench-ingest", &[PortKind::Framed; 4], "");
+/// Phase 1: firmware scanners on ptys → release agent, until every scan is acked. With
+/// `upstream_down`, the broker is stopped first, so ingest is measured alone (no publishing,
+/// no subscriber on the same two cores).
+fn durable_ingest(per_scanner: usize, upstream_down: bool) -> (f64, Option<f64>, Option<f64>) {
+    let mut rig = Rig::with_store(
+        &format!("bench-ingest-{upstream_down}"),
+        &[PortKind::Framed; 4],
+        "",
+    );
+    if upstream_down {
+        rig.broker.stop();
+    }
     let http = free_port().unwrap();
     let mut text = std::fs::read_to_string(&rig.config).unwrap();
     text.push_str(&format!("\n[http]\nlisten = \"127.0.0.1:{http}\"\n"));
@@ -478,13 +487,23 @@ fn main() {
     eprintln!(
         "darkleg-bench: backlog {backlog}, ingest 4 × {per_scanner}; this takes a few minutes"
     );
-    // `--only drain1`: just the one-event-per-message drain (for profiling).
+    // `--only ingest` / `--only drain1`: one phase alone (for profiling).
+    if std::env::args().any(|a| a == "ingest") {
+        let (rate, p50, p99) = durable_ingest(per_scanner, true);
+        let (up, _, _) = durable_ingest(per_scanner, false);
+        println!(
+            "{}",
+            json!({"events_per_s": rate, "with_upstream_up_per_s": up, "ack_p50_ms": p50, "ack_p99_ms": p99})
+        );
+        return;
+    }
     if std::env::args().any(|a| a == "drain1") {
         println!("{}", darkleg_drain(backlog / 5, 1, false));
         return;
     }
-    eprintln!("  [1/5] durable ingest from 4 firmware scanners");
-    let (ingest, ack_p50, ack_p99) = durable_ingest(per_scanner);
+    eprintln!("  [1/5] durable ingest from 4 firmware scanners (upstream down, then up)");
+    let (ingest, ack_p50, ack_p99) = durable_ingest(per_scanner, true);
+    let (ingest_up, _, _) = durable_ingest(per_scanner, false);
     eprintln!("  [2/5] steady 1,000 scans/s");
     let steady = steady_latency(10);
     eprintln!("  [3/5] darkleg: {backlog} backlog, SIGKILL in the outage, drain with batch = 100");
@@ -516,6 +535,10 @@ fn main() {
         ingest,
         f(&base["ingest_per_s"]),
         ratio(ingest, f(&base["ingest_per_s"]))
+    );
+    println!(
+        "  {:<44} {:>14.0}",
+        "  … while publishing to a live upstream", ingest_up
     );
     println!(
         "  {:<44} {:>14.0} {:>14.0} {:>8}",
@@ -570,7 +593,7 @@ fn main() {
     );
     let doc = json!({
         "machine": "see BENCHMARKS.md",
-        "durable_ingest": {"events_per_s": ingest, "ack_p50_ms": ack_p50, "ack_p99_ms": ack_p99, "scanners": 4, "per_scanner": per_scanner},
+        "durable_ingest": {"events_per_s": ingest, "with_upstream_up_per_s": ingest_up, "ack_p50_ms": ack_p50, "ack_p99_ms": ack_p99, "scanners": 4, "per_scanner": per_scanner},
         "steady_1000": steady,
         "drain_batched": batched,
         "drain_single": single,
