@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::sim::broker::Mosquitto;
 use crate::sim::collector::Collector;
 use crate::sim::scanner::{write_ascii_scan, FramedConfig, FramedScanner, Pty};
-use crate::sim::workload::parcel_scans;
+use crate::sim::workload::{parcel_scans, PlannedScan};
 use darkleg_protocol::time::parse_rfc3339_ms;
 use darkleg_protocol::Step;
 use std::collections::HashSet;
@@ -67,7 +67,8 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
         "[gateway]\nsite = \"demo1\"\nid = \"gw-01\"\ndata_dir = \"{data}\"\n\n\
          [[scanner]]\nport = \"{pick}\"\nprotocol = \"framed\"\nname = \"pick-a\"\n\n\
          [[scanner]]\nport = \"{pack}\"\nprotocol = \"framed\"\nname = \"pack-1\"\n\n\
-         [[scanner]]\nport = \"{hand}\"\nprotocol = \"ascii\"\nstation = \"handover\"\nname = \"dock-2\"\n\n{upstream}",
+         [[scanner]]\nport = \"{hand}\"\nprotocol = \"ascii\"\nstation = \"handover\"\nname = \"dock-2\"\n\n\
+         [[merchant]]\nid = \"acme\"\norder_prefixes = [\"ACME-\"]\n\n{upstream}",
         data = dir.join("data").display(),
         pick = pick.slave_path,
         pack = pack.slave_path,
@@ -96,9 +97,32 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
         }
     }
 
-    let plan = |step: Step| -> Vec<_> {
+    // A parcel's day: the picker scans its order, then its items; the packer the order, then
+    // the parcel's SSCC label; the dock the label, then the carrier's waybill.
+    let order = |n: u64| PlannedScan {
+        step: Step::Pick,
+        code: format!("400ACME-{n}"),
+        symbology: Some("]C1".into()),
+    };
+    let with_step = |mut s: PlannedScan, step: Step| {
+        s.step = step;
+        s
+    };
+    let plan = |step: Step| -> Vec<PlannedScan> {
         (1..=opts.parcels)
-            .flat_map(|n| parcel_scans(n, step))
+            .flat_map(|n| match step {
+                Step::Pick => std::iter::once(order(n))
+                    .chain(parcel_scans(n, Step::Pick))
+                    .collect::<Vec<_>>(),
+                Step::Pack => std::iter::once(with_step(order(n), Step::Pack))
+                    .chain(parcel_scans(n, Step::Pack))
+                    .collect(),
+                _ => parcel_scans(n, Step::Pack)
+                    .into_iter()
+                    .map(|s| with_step(s, Step::Handover))
+                    .chain(parcel_scans(n, Step::Handover))
+                    .collect(),
+            })
             .collect()
     };
     let (pick_plan, pack_plan, hand_plan) =

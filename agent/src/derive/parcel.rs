@@ -219,7 +219,12 @@ pub fn milestone_json(
     gateway: &str,
 ) -> Option<Value> {
     let at = s.milestone_at(milestone)?;
-    let h = s.handover.as_ref();
+    // Carrier fields belong to the handover (and what follows it): a pick or pack message does
+    // not change — and is not republished — when the carrier becomes known.
+    let h = s
+        .handover
+        .as_ref()
+        .filter(|_| matches!(milestone, "handed_over" | "return_received"));
     let id = darkleg_protocol::EventId::new(&format!("{}/{milestone}", s.parcel), at);
     Some(json!({
         "schema": "darkleg.milestone.v1",
