@@ -155,6 +155,7 @@ impl Deriver {
     /// Parcels whose state the new facts may change: named ones, and those of picked orders.
     fn affected_parcels(&self, facts: &[Fact]) -> Result<BTreeSet<String>, StoreError> {
         let mut out = BTreeSet::new();
+        let mut picked_orders = BTreeSet::new();
         for f in facts {
             match &f.kind {
                 FactKind::Packed { parcel, order } => {
@@ -172,19 +173,16 @@ impl Deriver {
                     out.insert(p.clone());
                 }
                 FactKind::Picked { order, .. } => {
-                    out.insert(format!("{ORDER_KEY}{order}"));
-                    out.extend(self.reader.parcels_of_order(order)?);
-                    // Packed in this same batch.
-                    out.extend(facts.iter().filter_map(|g| match &g.kind {
-                        FactKind::Packed {
-                            parcel,
-                            order: Some(o),
-                        } if o == order => Some(parcel.clone()),
-                        _ => None,
-                    }));
+                    picked_orders.insert(order.as_str());
                 }
                 _ => {}
             }
+        }
+        // A pick changes the order and every parcel packed for it — stored ones, and those
+        // packed in this same batch (already in `out` above). One query per order, not per item.
+        for order in picked_orders {
+            out.insert(format!("{ORDER_KEY}{order}"));
+            out.extend(self.reader.parcels_of_order(order)?);
         }
         Ok(out)
     }
