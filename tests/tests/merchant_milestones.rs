@@ -7,18 +7,13 @@
 use darkleg_agent::sim::collector::Collector;
 use darkleg_protocol::Step;
 use darkleg_tests::scanner::FramedConfig;
-use darkleg_tests::workload::{dhl_waybill, gs1_check_digit, PlannedScan};
+use darkleg_tests::workload::{dhl_waybill, sscc_key, PlannedScan};
 use darkleg_tests::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
 const PARCELS: u64 = 16;
-
-fn sscc(prefix: &str, n: u64) -> String {
-    let body = format!("0{prefix}{:0w$}", n, w = 16 - prefix.len());
-    format!("{body}{}", gs1_check_digit(&body))
-}
 
 fn scan(step: Step, code: String, sym: &str) -> PlannedScan {
     PlannedScan {
@@ -37,14 +32,14 @@ fn parcels() -> Vec<(&'static str, String, String, String)> {
                 (
                     "acme",
                     format!("ACME-{i}"),
-                    sscc("8712345", i),
+                    sscc_key("8712345", i),
                     dhl_waybill(i),
                 )
             } else {
                 (
                     "globex",
                     format!("G-{i}"),
-                    sscc("8799999", i),
+                    sscc_key("8799999", i),
                     dhl_waybill(i),
                 )
             }

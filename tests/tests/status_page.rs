@@ -5,7 +5,7 @@
 use darkleg_agent::sim::broker::free_port;
 use darkleg_protocol::Step;
 use darkleg_tests::scanner::FramedConfig;
-use darkleg_tests::workload::{gs1_check_digit, PlannedScan};
+use darkleg_tests::workload::{sscc_key, PlannedScan};
 use darkleg_tests::*;
 use std::io::{Read, Write};
 use std::process::Command;
@@ -71,8 +71,7 @@ fn a_supervisor_sees_scanners_backlog_and_alerts() {
     rig.broker.stop();
     let _agent = rig.start_agent();
     rig.wait_ports_open();
-    let body = "08712345000000042";
-    let label = format!("{body}{}", gs1_check_digit(body));
+    let label = sscc_key("8712345", 42);
     let packs = vec![scan(Step::Pack, format!("00{label}"), "]C1")];
     // The dock scans the parcel, then a label that is no tracking number: an alert.
     let dock = vec![

@@ -4,7 +4,7 @@
 
 use super::task::Deriver;
 use crate::config::Config;
-use crate::sim::workload::{dhl_waybill, gs1_check_digit};
+use crate::sim::workload::{dhl_waybill, sscc_key};
 use crate::store::{FramedScan, Item, StoreHandle};
 use darkleg_protocol::Step;
 use std::collections::BTreeMap;
@@ -66,11 +66,6 @@ impl Drop for Fixture {
     }
 }
 
-fn sscc(prefix: &str, n: u64) -> String {
-    let body = format!("0{prefix}{:0w$}", n, w = 16 - prefix.len());
-    format!("{body}{}", gs1_check_digit(&body))
-}
-
 /// (device, step, code, symbology, captured_at) for `n` parcels, per device in capture order.
 fn workload(n: u64) -> BTreeMap<&'static str, Vec<(Step, String, &'static str, u64)>> {
     let mut w: BTreeMap<&str, Vec<_>> = BTreeMap::new();
@@ -78,9 +73,9 @@ fn workload(n: u64) -> BTreeMap<&'static str, Vec<(Step, String, &'static str, u
         let t = T0 + i * 60_000;
         // Even parcels are acme's (by order number), odd ones globex's (by SSCC prefix).
         let (order, label) = if i % 2 == 0 {
-            (format!("ACME-{i}"), sscc("8712345", i))
+            (format!("ACME-{i}"), sscc_key("8712345", i))
         } else {
-            (format!("G{i}"), sscc("8799999", i))
+            (format!("G{i}"), sscc_key("8799999", i))
         };
         let picks = w.entry("picker").or_default();
         picks.push((Step::Pick, format!("400{order}"), "]C1", t));
@@ -291,7 +286,7 @@ fn alert_timers_follow_the_clock_and_resolve_with_the_scan() {
         4,
         &(
             Step::Pack,
-            format!("00{}", sscc("8712345", 77)),
+            format!("00{}", sscc_key("8712345", 77)),
             "]C1",
             T0 + 3_701_000,
         ),

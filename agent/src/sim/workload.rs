@@ -16,8 +16,14 @@ pub fn gs1_check_digit(digits: &str) -> u8 {
 
 /// An SSCC (AI 00) for parcel `n`: extension 0, company prefix 8712345, serial n.
 pub fn sscc(n: u64) -> String {
-    let body = format!("08712345{:09}", n % 1_000_000_000);
-    format!("00{body}{}", gs1_check_digit(&body))
+    format!("00{}", sscc_key("8712345", n % 1_000_000_000))
+}
+
+/// The 18 SSCC digits (no AI) for serial `n` under a GS1 company prefix: extension 0, the
+/// prefix, the serial padded to fill 17 digits, the check digit.
+pub fn sscc_key(company_prefix: &str, n: u64) -> String {
+    let body = format!("0{company_prefix}{:0w$}", n, w = 16 - company_prefix.len());
+    format!("{body}{}", gs1_check_digit(&body))
 }
 
 /// A GTIN-14 (AI 01) for item `n`.
