@@ -3,15 +3,9 @@
 
 use darkleg_protocol::Step;
 
-/// GS1 mod-10 check digit over `digits` (weights 3,1,3,… from the right).
+/// GS1 mod-10 check digit over `digits` (the protocol's own rule; digits only).
 pub fn gs1_check_digit(digits: &str) -> u8 {
-    let sum: u32 = digits
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| (b - b'0') as u32 * if i % 2 == 0 { 3 } else { 1 })
-        .sum();
-    ((10 - sum % 10) % 10) as u8
+    darkleg_protocol::barcode::gs1::check_digit(digits).expect("workload codes are digits")
 }
 
 /// An SSCC (AI 00) for parcel `n`: extension 0, company prefix 8712345, serial n.
