@@ -113,12 +113,7 @@ fn release_agent(config: &Path, log: &Path) -> Child {
 }
 
 fn http_ok(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.starts_with("HTTP/1.1 200").then_some(out)
+    http_get(port, path).filter(|r| r.starts_with("HTTP/1.1 200"))
 }
 
 /// (utime + stime seconds, peak RSS MiB) of a process.

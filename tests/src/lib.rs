@@ -477,3 +477,14 @@ pub fn expand_batches(arrivals: &[Arrival]) -> Vec<Arrival> {
     }
     out
 }
+
+/// A plain `GET path` to the agent's local HTTP server: the whole response (status line,
+/// headers, body), or `None` if nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}

@@ -7,7 +7,6 @@ use darkleg_protocol::Step;
 use darkleg_tests::scanner::FramedConfig;
 use darkleg_tests::workload::{sscc_key, PlannedScan};
 use darkleg_tests::*;
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
@@ -42,11 +41,7 @@ fn dump_dom(url: &str) -> String {
 }
 
 fn get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    http_get(port, path).expect("the agent's HTTP server answers")
 }
 
 fn scan(step: Step, code: String, sym: &str) -> PlannedScan {
