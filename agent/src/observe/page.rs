@@ -32,6 +32,38 @@ fn ago(now: u64, t: Option<i64>) -> String {
     }
 }
 
+/// One metric's `# HELP` and `# TYPE` lines.
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(
+        out,
+        "# HELP darkleg_{name} {help}\n# TYPE darkleg_{name} {kind}"
+    );
+}
+
+/// A metric with one value.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    head(out, name, kind, help);
+    let _ = writeln!(out, "darkleg_{name} {value}");
+}
+
+/// A metric with one value per upstream.
+fn per_upstream<V: std::fmt::Display>(
+    out: &mut String,
+    s: &Snapshot,
+    (name, kind, help): (&str, &str, &str),
+    value: impl Fn(&crate::store::UpstreamStatus) -> V,
+) {
+    head(out, name, kind, help);
+    for u in &s.status.upstreams {
+        let _ = writeln!(
+            out,
+            "darkleg_{name}{{upstream=\"{}\"}} {}",
+            label(&u.name),
+            value(u)
+        );
+    }
+}
+
 /// `/metrics`.
 pub fn metrics(s: &Snapshot) -> String {
     let st = &s.status;
@@ -39,45 +71,72 @@ pub fn metrics(s: &Snapshot) -> String {
     let captured: i64 = st.devices.iter().map(|d| d.events).sum();
     let rejected: i64 = st.ports.iter().map(|p| p.rejected).sum::<i64>()
         + st.devices.iter().map(|d| d.refused).sum::<i64>();
-    let _ = writeln!(out, "# HELP darkleg_events_captured_total Scans stored, all devices.\n# TYPE darkleg_events_captured_total counter\ndarkleg_events_captured_total {captured}");
-    let _ = writeln!(out, "# HELP darkleg_events_rejected_total Line noise, bad frames and refused codes.\n# TYPE darkleg_events_rejected_total counter\ndarkleg_events_rejected_total {rejected}");
-    let _ = writeln!(out, "# HELP darkleg_events_synced_total Rows PUBACKed by each upstream.\n# TYPE darkleg_events_synced_total counter");
-    for u in &st.upstreams {
-        let _ = writeln!(
-            out,
-            "darkleg_events_synced_total{{upstream=\"{}\"}} {}",
-            label(&u.name),
-            u.delivered
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP darkleg_backlog Rows waiting for each upstream.\n# TYPE darkleg_backlog gauge"
+    single(
+        &mut out,
+        "events_captured_total",
+        "counter",
+        "Scans stored, all devices.",
+        captured,
     );
-    for u in &st.upstreams {
-        let _ = writeln!(
-            out,
-            "darkleg_backlog{{upstream=\"{}\"}} {}",
-            label(&u.name),
-            u.backlog
-        );
-    }
-    let _ = writeln!(out, "# HELP darkleg_backlog_age_seconds Age of the oldest row waiting for each upstream.\n# TYPE darkleg_backlog_age_seconds gauge");
-    for u in &st.upstreams {
-        let age = u.oldest_undelivered_ms.map_or(0.0, |t| {
-            s.now_ms.saturating_sub(t.max(0) as u64) as f64 / 1000.0
-        });
-        let _ = writeln!(
-            out,
-            "darkleg_backlog_age_seconds{{upstream=\"{}\"}} {age}",
-            label(&u.name)
-        );
-    }
+    single(
+        &mut out,
+        "events_rejected_total",
+        "counter",
+        "Line noise, bad frames and refused codes.",
+        rejected,
+    );
+    per_upstream(
+        &mut out,
+        s,
+        (
+            "events_synced_total",
+            "counter",
+            "Rows PUBACKed by each upstream.",
+        ),
+        |u| u.delivered,
+    );
+    per_upstream(
+        &mut out,
+        s,
+        ("backlog", "gauge", "Rows waiting for each upstream."),
+        |u| u.backlog,
+    );
+    per_upstream(
+        &mut out,
+        s,
+        (
+            "backlog_age_seconds",
+            "gauge",
+            "Age of the oldest row waiting for each upstream.",
+        ),
+        |u| {
+            u.oldest_undelivered_ms.map_or(0.0, |t| {
+                s.now_ms.saturating_sub(t.max(0) as u64) as f64 / 1000.0
+            })
+        },
+    );
     let online = st.ports.iter().filter(|p| p.connected).count();
-    let _ = writeln!(out, "# HELP darkleg_scanners_online Scanner ports open now.\n# TYPE darkleg_scanners_online gauge\ndarkleg_scanners_online {online}");
-    let _ = writeln!(out, "# HELP darkleg_alerts_open Dark-leg alerts open now.\n# TYPE darkleg_alerts_open gauge\ndarkleg_alerts_open {}", s.alerts.len());
+    single(
+        &mut out,
+        "scanners_online",
+        "gauge",
+        "Scanner ports open now.",
+        online,
+    );
+    single(
+        &mut out,
+        "alerts_open",
+        "gauge",
+        "Dark-leg alerts open now.",
+        s.alerts.len(),
+    );
     let (counts, sum) = latency::ACK_LATENCY.read();
-    let _ = writeln!(out, "# HELP darkleg_ack_latency_seconds Framed scan received to durable ack written.\n# TYPE darkleg_ack_latency_seconds histogram");
+    head(
+        &mut out,
+        "ack_latency_seconds",
+        "histogram",
+        "Framed scan received to durable ack written.",
+    );
     for (i, b) in latency::BOUNDS.iter().enumerate() {
         let _ = writeln!(
             out,
@@ -196,4 +255,60 @@ td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}.ok{{colo
     }
     h.push_str("</body></html>\n");
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{PortStatus, Status, UpstreamStatus};
+
+    #[test]
+    fn metrics_exposition() {
+        let up = |name: &str, backlog, delivered, oldest| UpstreamStatus {
+            name: name.into(),
+            backlog,
+            delivered,
+            last_sync_at_ms: None,
+            oldest_undelivered_ms: oldest,
+        };
+        let s = Snapshot {
+            status: Status {
+                events: 7,
+                upstreams: vec![up("central", 3, 4, Some(9_000)), up("a\"b", 0, 1, None)],
+                ports: vec![PortStatus {
+                    port: "/dev/ttyUSB0".into(),
+                    protocol: "framed".into(),
+                    connected: true,
+                    frames: 9,
+                    rejected: 2,
+                    last_reject: None,
+                    last_seen_ms: None,
+                }],
+                devices: vec![],
+            },
+            alerts: vec![],
+            peak_backlog: Default::default(),
+            now_ms: 10_500,
+        };
+        let m = metrics(&s);
+        let head = &m[..m.find("# HELP darkleg_ack_latency").unwrap()];
+        assert_eq!(
+            head,
+            "# HELP darkleg_events_captured_total Scans stored, all devices.\n\
+# TYPE darkleg_events_captured_total counter\ndarkleg_events_captured_total 0\n\
+# HELP darkleg_events_rejected_total Line noise, bad frames and refused codes.\n\
+# TYPE darkleg_events_rejected_total counter\ndarkleg_events_rejected_total 2\n\
+# HELP darkleg_events_synced_total Rows PUBACKed by each upstream.\n\
+# TYPE darkleg_events_synced_total counter\n\
+darkleg_events_synced_total{upstream=\"central\"} 4\ndarkleg_events_synced_total{upstream=\"a\\\"b\"} 1\n\
+# HELP darkleg_backlog Rows waiting for each upstream.\n# TYPE darkleg_backlog gauge\n\
+darkleg_backlog{upstream=\"central\"} 3\ndarkleg_backlog{upstream=\"a\\\"b\"} 0\n\
+# HELP darkleg_backlog_age_seconds Age of the oldest row waiting for each upstream.\n\
+# TYPE darkleg_backlog_age_seconds gauge\n\
+darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_seconds{upstream=\"a\\\"b\"} 0\n\
+# HELP darkleg_scanners_online Scanner ports open now.\n# TYPE darkleg_scanners_online gauge\ndarkleg_scanners_online 1\n\
+# HELP darkleg_alerts_open Dark-leg alerts open now.\n# TYPE darkleg_alerts_open gauge\ndarkleg_alerts_open 0\n"
+        );
+        assert!(m.contains("darkleg_ack_latency_seconds_bucket{le=\"+Inf\"}"));
+    }
 }
