@@ -512,42 +512,39 @@ fn main() {
     let base = baseline(backlog, 100_000);
 
     let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    let ratio = |a: f64, b: f64| {
-        if b > 0.0 {
+    // A darkleg-vs-baseline row with its ratio.
+    let compare = |what: &str, a: f64, b: f64| {
+        let ratio = if b > 0.0 {
             format!("{:.2}×", a / b)
         } else {
             "-".into()
-        }
+        };
+        println!("  {what:<44} {a:>14.0} {b:>14.0} {ratio:>8}");
     };
     println!("darkleg vs local Mosquitto bridge — same machine, same run");
     println!(
         "  {:<44} {:>14} {:>14} {:>8}",
         "", "darkleg", "baseline", "ratio"
     );
-    println!(
-        "  {:<44} {:>14.0} {:>14.0} {:>8}",
+    let base_drain = f(&base["drain_per_s"]);
+    compare(
         "intake, events/s (darkleg: durable, FULL)",
         ingest,
         f(&base["ingest_per_s"]),
-        ratio(ingest, f(&base["ingest_per_s"]))
     );
     println!(
         "  {:<44} {:>14.0}",
         "  … while publishing to a live upstream", ingest_up
     );
-    println!(
-        "  {:<44} {:>14.0} {:>14.0} {:>8}",
+    compare(
         "drain, events/s (darkleg batch = 100)",
         f(&batched["drain_per_s"]),
-        f(&base["drain_per_s"]),
-        ratio(f(&batched["drain_per_s"]), f(&base["drain_per_s"]))
+        base_drain,
     );
-    println!(
-        "  {:<44} {:>14.0} {:>14.0} {:>8}",
+    compare(
         "drain, events/s (one event per message)",
         f(&single["drain_per_s"]),
-        f(&base["drain_per_s"]),
-        ratio(f(&single["drain_per_s"]), f(&base["drain_per_s"]))
+        base_drain,
     );
     println!(
         "  {:<44} {:>14} {:>14}",
