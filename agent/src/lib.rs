@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod derive;
 pub mod epcis;
+pub mod mqtt;
 pub mod observe;
 pub mod report;
 pub mod sim;

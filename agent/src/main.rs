@@ -184,11 +184,9 @@ fn cmd_check(path: PathBuf) -> Result<(), String> {
     }
     for u in &c.upstreams {
         println!(
-            "  upstream {}: {}://{}:{} → {}",
+            "  upstream {}: {} → {}",
             u.name,
-            if u.tls { "mqtts" } else { "mqtt" },
-            u.host,
-            u.port,
+            u.link.url(),
             match &u.merchant {
                 Some(m) => format!(
                     "{}/merchants/{m}/… (merchant {m}: its milestones and alerts only)",
@@ -197,14 +195,7 @@ fn cmd_check(path: PathBuf) -> Result<(), String> {
                 None => u.events_topic(&c.gateway),
             }
         );
-        if let Some(var) = &u.password_env {
-            let state = if std::env::var_os(var).is_some() {
-                "set"
-            } else {
-                "NOT set in this shell"
-            };
-            println!("    password from ${var} ({state})");
-        }
+        describe_link(&u.link);
     }
     for m in &c.merchants {
         println!(
@@ -449,5 +440,22 @@ fn cmd_status_watch(path: PathBuf) -> Result<(), String> {
         print!("{out}");
         let _ = std::io::Write::flush(&mut std::io::stdout());
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Where a connection's secrets come from, and whether they are there — never their values.
+fn describe_link(link: &darkleg_agent::config::BrokerLink) {
+    if let Some(secret) = &link.password {
+        let state = match secret.reveal() {
+            Ok(_) => "readable".to_string(),
+            Err(e) => format!("NOT usable: {e}"),
+        };
+        println!("    password {secret} ({state})");
+    }
+    if let Some(ca) = &link.ca_file {
+        println!("    trusts CA {}", ca.display());
+    }
+    if let Some(cert) = &link.client_cert {
+        println!("    client certificate {} (mTLS)", cert.display());
     }
 }

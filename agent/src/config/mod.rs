@@ -2,8 +2,11 @@
 //! warehouse config should stop the agent at start, not silently drop a scanner) and
 //! validated with errors that name the file, line and key, plus a hint.
 
+mod broker;
 mod dark_leg;
+mod upstream;
 
+pub use broker::{BrokerLink, Secret};
 pub use dark_leg::{AlertRules, Cutoff, EpcisConfig, Merchant, ParcelRules, Pattern};
 use darkleg_protocol::Step;
 use serde::Deserialize;
@@ -11,6 +14,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
+pub use upstream::Upstream;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -75,34 +79,6 @@ pub struct Scanner {
     pub step: Option<Step>,
     /// Label carried in each event's `station` field.
     pub station_name: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-    pub ca_file: Option<PathBuf>,
-    pub topic_prefix: String,
-    pub client_id: String,
-    pub username: Option<String>,
-    /// Name of the environment variable holding the password; never the password itself.
-    pub password_env: Option<String>,
-    pub keep_alive: Duration,
-    /// Publishes handed to the MQTT client and not yet PUBACKed.
-    pub window: usize,
-    /// A merchant's own upstream: only that merchant's milestones and alerts, no raw scans.
-    pub merchant: Option<String>,
-    /// Scans per MQTT message: 1 sends `darkleg.scan.v1`, more sends `darkleg.batch.v1`.
-    pub batch: usize,
-}
-
-impl Upstream {
-    /// Where scan events go: `{prefix}/{site}/{gateway}/events`.
-    pub fn events_topic(&self, gw: &Gateway) -> String {
-        format!("{}/{}/{}/events", self.topic_prefix, gw.site, gw.id)
-    }
 }
 
 impl Config {
@@ -183,7 +159,7 @@ struct RawConfig {
     #[serde(default)]
     scanner: Vec<RawScanner>,
     #[serde(default)]
-    upstream: Vec<RawUpstream>,
+    upstream: Vec<upstream::RawUpstream>,
     parcels: Option<dark_leg::RawParcels>,
     #[serde(default)]
     merchant: Vec<dark_leg::RawMerchant>,
@@ -224,22 +200,6 @@ struct RawScanner {
     protocol: ScannerProtocol,
     station: Option<Spanned<String>>,
     name: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    name: Spanned<String>,
-    url: Spanned<String>,
-    topic_prefix: Option<Spanned<String>>,
-    client_id: Option<Spanned<String>>,
-    username: Option<String>,
-    password_env: Option<String>,
-    ca_file: Option<String>,
-    keep_alive_secs: Option<Spanned<i64>>,
-    window: Option<Spanned<i64>>,
-    merchant: Option<Spanned<String>>,
-    batch: Option<Spanned<i64>>,
 }
 
 struct Validator<'a> {
@@ -384,82 +344,7 @@ impl Validator<'_> {
                 station_name: s.name.or_else(|| step.map(|st| st.as_str().to_string())),
             });
         }
-        let mut upstreams: Vec<Upstream> = Vec::new();
-        for (i, u) in raw.upstream.into_iter().enumerate() {
-            let key = |k: &str| format!("upstream[{i}].{k}");
-            let name = self.name(&u.name, &key("name"))?;
-            if upstreams.iter().any(|x| x.name == name) {
-                return Err(self.err(
-                    &u.name,
-                    key("name"),
-                    format!("{name:?} is used twice"),
-                    "each upstream needs its own name: delivery is tracked per name",
-                ));
-            }
-            let (tls, host, port) = parse_mqtt_url(u.url.get_ref()).map_err(|m| {
-                self.err(&u.url, key("url"), m, "mqtt://host:1883 or mqtts://host:8883; credentials go in username and password_env, not the URL")
-            })?;
-            let topic_prefix = match &u.topic_prefix {
-                Some(p) => {
-                    let s = p.get_ref();
-                    if s.is_empty()
-                        || s.contains(['#', '+'])
-                        || s.starts_with('/')
-                        || s.ends_with('/')
-                    {
-                        return Err(self.err(
-                            p,
-                            key("topic_prefix"),
-                            format!("{s:?} is not a usable topic prefix"),
-                            "no wildcards (#, +), no leading or trailing '/'",
-                        ));
-                    }
-                    s.clone()
-                }
-                None => "darkleg/v1".to_string(),
-            };
-            let client_id = match &u.client_id {
-                Some(c) => self.name(c, &key("client_id"))?,
-                None => format!("darkleg-{}-{}-{}", gateway.site, gateway.id, name),
-            };
-            let keep_alive = match &u.keep_alive_secs {
-                Some(k) => self.range(k, &key("keep_alive_secs"), 5, 3600)? as u64,
-                None => 30,
-            };
-            let window = match &u.window {
-                Some(w) => self.range(w, &key("window"), 1, 65_000)? as usize,
-                None => 256,
-            };
-            upstreams.push(Upstream {
-                name,
-                host,
-                port,
-                tls,
-                ca_file: u.ca_file.map(PathBuf::from),
-                topic_prefix,
-                client_id,
-                username: u.username,
-                password_env: u.password_env,
-                keep_alive: Duration::from_secs(keep_alive),
-                window,
-                batch: match &u.batch {
-                    Some(b) => self.range(b, &key("batch"), 1, 1000)? as usize,
-                    None => 1,
-                },
-                merchant: match &u.merchant {
-                    Some(m) if merchants.iter().any(|x| &x.id == m.get_ref()) => Some(m.get_ref().clone()),
-                    Some(m) => {
-                        return Err(self.err(
-                            m,
-                            key("merchant"),
-                            format!("{:?} is not a [[merchant]] id", m.get_ref()),
-                            "name one of the [[merchant]] tables, or leave it out for an upstream that gets everything",
-                        ))
-                    }
-                    None => None,
-                },
-            });
-        }
+        let upstreams = self.upstreams(raw.upstream, &gateway, &merchants)?;
         Ok(Config {
             gateway,
             store,
@@ -482,37 +367,6 @@ impl Validator<'_> {
             },
         })
     }
-}
-
-/// `mqtt://host[:port]` or `mqtts://host[:port]`; returns (tls, host, port).
-fn parse_mqtt_url(url: &str) -> Result<(bool, String, u16), String> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
-        (false, r)
-    } else if let Some(r) = url.strip_prefix("mqtts://") {
-        (true, r)
-    } else {
-        return Err(format!("{url:?} is not an mqtt:// or mqtts:// URL"));
-    };
-    let rest = rest.trim_end_matches('/');
-    if rest.contains('@') {
-        return Err("credentials in the URL are not accepted".into());
-    }
-    if rest.contains('/') {
-        return Err(format!("{url:?} has a path; put topics in topic_prefix"));
-    }
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            let port = p
-                .parse::<u16>()
-                .map_err(|_| format!("port {p:?} is not a number 1-65535"))?;
-            (h.trim_start_matches('[').trim_end_matches(']'), port)
-        }
-        _ => (rest, if tls { 8883 } else { 1883 }),
-    };
-    if host.is_empty() || port == 0 {
-        return Err(format!("{url:?} has no host or a zero port"));
-    }
-    Ok((tls, host.to_string(), port))
 }
 
 #[cfg(test)]
@@ -540,6 +394,30 @@ url = "mqtts://broker.example:8883"
 "#;
 
     #[test]
+    fn broker_links_reject_ambiguous_or_half_configured_secrets() {
+        let with = |extra: &str| error_of(&format!("{GOOD}{extra}\n"));
+        let e = with("username = \"u\"\npassword_env = \"A\"\npassword_file = \"/p\"");
+        assert!(e.contains("both set"), "{e}");
+        let e = with("password_file = \"/p\"");
+        assert!(e.contains("without a username"), "{e}");
+        let e = with("client_cert = \"/c.pem\"");
+        assert!(e.contains("go together"), "{e}");
+        let e = error_of(
+            &(GOOD.replace("mqtts://broker.example:8883", "mqtt://broker.example")
+                + "ca_file = \"/ca.pem\"\n"),
+        );
+        assert!(e.contains("plain mqtt://"), "{e}");
+        let c = Config::parse(
+            &format!("{GOOD}username = \"u\"\npassword_file = \"/run/secrets/pw\"\nclient_cert = \"/c.pem\"\nclient_key = \"/k.pem\"\n"),
+            "t.toml",
+        )
+        .unwrap();
+        let l = &c.upstreams[0].link;
+        assert_eq!(l.password, Some(Secret::File("/run/secrets/pw".into())));
+        assert!(l.client_cert.is_some() && l.client_key.is_some());
+    }
+
+    #[test]
     fn parses_the_documented_shape_with_defaults() {
         let c = Config::parse(GOOD, "t.toml").unwrap();
         assert_eq!(c.scanners.len(), 2);
@@ -547,10 +425,13 @@ url = "mqtts://broker.example:8883"
         assert_eq!(c.scanners[0].baud, 115_200);
         assert_eq!(c.scanners[1].protocol, ScannerProtocol::Framed);
         let u = &c.upstreams[0];
-        assert!(u.tls);
-        assert_eq!((u.host.as_str(), u.port), ("broker.example", 8883));
+        assert!(u.link.tls);
+        assert_eq!(
+            (u.link.host.as_str(), u.link.port),
+            ("broker.example", 8883)
+        );
         assert_eq!(u.events_topic(&c.gateway), "darkleg/v1/ams1/gw-01/events");
-        assert_eq!(u.client_id, "darkleg-ams1-gw-01-central");
+        assert_eq!(u.link.client_id, "darkleg-ams1-gw-01-central");
         assert_eq!(c.store.synchronous, Synchronous::Full);
     }
 
@@ -587,21 +468,6 @@ url = "mqtts://broker.example:8883"
         assert!(e.contains("buad"), "{e}");
         let e = error_of(&GOOD.replace("protocol = \"framed\"", "protocol = \"serial\""));
         assert!(e.starts_with("t.toml:14"), "{e}");
-    }
-
-    #[test]
-    fn mqtt_urls() {
-        assert_eq!(
-            parse_mqtt_url("mqtt://127.0.0.1"),
-            Ok((false, "127.0.0.1".into(), 1883))
-        );
-        assert_eq!(
-            parse_mqtt_url("mqtt://[::1]:1884"),
-            Ok((false, "::1".into(), 1884))
-        );
-        assert!(parse_mqtt_url("mqtt://user:pw@host").is_err());
-        assert!(parse_mqtt_url("mqtt://host:99999").is_err());
-        assert!(parse_mqtt_url("mqtt://host/topic").is_err());
     }
 }
 

@@ -40,6 +40,7 @@ pub async fn run(
     };
     let seed = crate::now_ms()
         ^ upstream
+            .link
             .client_id
             .bytes()
             .fold(0u64, |h, b| h.rotate_left(5) ^ b as u64);
@@ -64,7 +65,7 @@ pub async fn run(
                 // A broker down for hours should not write a warning every 30 s: log the
                 // first failure, then the 2nd, 4th, 8th… (debug in between).
                 if n.is_power_of_two() {
-                    tracing::warn!(upstream = %upstream.name, host = %upstream.host, port = upstream.port,
+                    tracing::warn!(upstream = %upstream.name, broker = %upstream.link.url(),
                         failures = n, "upstream unavailable: {why}; capture continues, the outbox keeps the backlog");
                 } else {
                     tracing::debug!(upstream = %upstream.name, failures = n, "upstream unavailable: {why}");

@@ -1,0 +1,221 @@
+//! How the gateway reaches an MQTT broker — shared by `[[upstream]]` (where the outbox goes)
+//! and `[[relay]]` (where other gateways' events come from): address, TLS (custom CA, client
+//! certificate for mTLS), credentials. Secrets are named, never written in the config: the
+//! password comes from an environment variable or a file, and is read only when connecting.
+
+use super::{ConfigError, Validator};
+use std::path::PathBuf;
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Clone)]
+pub struct BrokerLink {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// Trust these CAs instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate (chain) and key presented to the broker (mTLS).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub keep_alive: Duration,
+}
+
+impl BrokerLink {
+    /// `mqtts://host:port` — for logs and `check-config`; carries no secret.
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}:{}",
+            if self.tls { "mqtts" } else { "mqtt" },
+            self.host,
+            self.port
+        )
+    }
+}
+
+/// Where a password lives. `Debug` and `Display` name the source, never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    Env(String),
+    File(PathBuf),
+}
+
+impl Secret {
+    /// The secret itself, read now (a rotated file is picked up on the next connect).
+    pub fn reveal(&self) -> Result<String, String> {
+        match self {
+            Secret::Env(var) => std::env::var(var)
+                .map_err(|_| format!("environment variable {var} (password_env) is not set")),
+            Secret::File(path) => std::fs::read_to_string(path)
+                // One trailing newline is how editors and `echo` leave files; it is not part
+                // of the password.
+                .map(|s| s.strip_suffix('\n').unwrap_or(&s).to_string())
+                .map_err(|e| format!("password_file {}: {e}", path.display())),
+        }
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Env(var) => write!(f, "from ${var}"),
+            Secret::File(p) => write!(f, "from file {}", p.display()),
+        }
+    }
+}
+
+/// The connection keys as written in one table (`upstream[2]`, `relay[0]`).
+pub(super) struct RawLink<'a> {
+    pub url: &'a Spanned<String>,
+    pub client_id: Option<&'a Spanned<String>>,
+    pub username: Option<&'a String>,
+    pub password_env: Option<&'a String>,
+    pub password_file: Option<&'a String>,
+    pub ca_file: Option<&'a String>,
+    pub client_cert: Option<&'a String>,
+    pub client_key: Option<&'a String>,
+    pub keep_alive_secs: Option<&'a Spanned<i64>>,
+}
+
+impl Validator<'_> {
+    pub(super) fn link(
+        &self,
+        raw: RawLink<'_>,
+        table: &str,
+        default_client_id: String,
+    ) -> Result<BrokerLink, ConfigError> {
+        let key = |k: &str| format!("{table}.{k}");
+        let (tls, host, port) = parse_mqtt_url(raw.url.get_ref()).map_err(|m| {
+            self.err(raw.url, key("url"), m, "mqtt://host:1883 or mqtts://host:8883; credentials go in username and password_env/password_file, not the URL")
+        })?;
+        let client_id = match raw.client_id {
+            Some(c) => self.name(c, &key("client_id"))?,
+            None => default_client_id,
+        };
+        let keep_alive = match raw.keep_alive_secs {
+            Some(k) => self.range(k, &key("keep_alive_secs"), 5, 3600)? as u64,
+            None => 30,
+        };
+        let password = match (raw.password_env, raw.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    raw.url,
+                    key("password_file"),
+                    "password_env and password_file are both set".into(),
+                    "keep one: where the password comes from must be unambiguous",
+                ))
+            }
+            (Some(v), None) => Some(Secret::Env(v.clone())),
+            (None, Some(p)) => Some(Secret::File(PathBuf::from(p))),
+            (None, None) => None,
+        };
+        if password.is_some() && raw.username.is_none() {
+            return Err(self.err(
+                raw.url,
+                key("username"),
+                "a password is configured without a username".into(),
+                "MQTT sends a password only with a username: add username = \"…\"",
+            ));
+        }
+        if raw.client_cert.is_some() != raw.client_key.is_some() {
+            return Err(self.err(
+                raw.url,
+                key(if raw.client_cert.is_some() {
+                    "client_key"
+                } else {
+                    "client_cert"
+                }),
+                "client_cert and client_key go together".into(),
+                "mTLS needs both the certificate (PEM) and its private key (PEM)",
+            ));
+        }
+        if !tls && (raw.ca_file.is_some() || raw.client_cert.is_some()) {
+            return Err(self.err(
+                raw.url,
+                key("url"),
+                "TLS files are set on a plain mqtt:// URL".into(),
+                "use mqtts:// to connect with TLS, or drop ca_file/client_cert/client_key",
+            ));
+        }
+        Ok(BrokerLink {
+            host,
+            port,
+            tls,
+            ca_file: raw.ca_file.map(PathBuf::from),
+            client_cert: raw.client_cert.map(PathBuf::from),
+            client_key: raw.client_key.map(PathBuf::from),
+            client_id,
+            username: raw.username.cloned(),
+            password,
+            keep_alive: Duration::from_secs(keep_alive),
+        })
+    }
+}
+
+/// `mqtt://host[:port]` or `mqtts://host[:port]`; returns (tls, host, port).
+fn parse_mqtt_url(url: &str) -> Result<(bool, String, u16), String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else {
+        return Err(format!("{url:?} is not an mqtt:// or mqtts:// URL"));
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('@') {
+        return Err("credentials in the URL are not accepted".into());
+    }
+    if rest.contains('/') {
+        return Err(format!("{url:?} has a path; put topics in topic_prefix"));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| format!("port {p:?} is not a number 1-65535"))?;
+            (h.trim_start_matches('[').trim_end_matches(']'), port)
+        }
+        _ => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() || port == 0 {
+        return Err(format!("{url:?} has no host or a zero port"));
+    }
+    Ok((tls, host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_mqtt_url, Secret};
+
+    #[test]
+    fn mqtt_urls() {
+        assert_eq!(
+            parse_mqtt_url("mqtt://127.0.0.1"),
+            Ok((false, "127.0.0.1".into(), 1883))
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://[::1]:1884"),
+            Ok((false, "::1".into(), 1884))
+        );
+        assert!(parse_mqtt_url("mqtt://user:pw@host").is_err());
+        assert!(parse_mqtt_url("mqtt://host:99999").is_err());
+        assert!(parse_mqtt_url("mqtt://host/topic").is_err());
+    }
+
+    #[test]
+    fn a_secret_shows_where_it_lives_never_what_it_is() {
+        let dir = std::env::temp_dir().join(format!("darkleg-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("pw");
+        std::fs::write(&f, "s3cret-value\n").unwrap();
+        let s = Secret::File(f.clone());
+        assert_eq!(s.reveal().unwrap(), "s3cret-value");
+        assert!(!format!("{s} {s:?}").contains("s3cret"));
+        let missing = Secret::Env("DARKLEG_TEST_SURELY_UNSET_VAR".into());
+        assert!(missing.reveal().unwrap_err().contains("is not set"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,83 @@
+//! A broker connection as rumqttc options: address, persistent session, credentials read at
+//! connect time, TLS with the system's roots or a given CA, and a client certificate (mTLS).
+//! Used by the upstream sinks and by the relay source alike.
+
+use crate::config::BrokerLink;
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use std::sync::Arc;
+
+/// Largest packet either way (rumqttc refuses more than 10 KiB by default).
+pub const MAX_PACKET: usize = 256 * 1024;
+
+/// `what` names the config table in errors (`upstream central`, `relay site`).
+pub fn options(link: &BrokerLink, what: &str) -> Result<MqttOptions, String> {
+    let mut o = MqttOptions::new(&link.client_id, &link.host, link.port);
+    o.set_keep_alive(link.keep_alive);
+    // A persistent session keeps the broker's side (subscriptions, QoS state) across our
+    // reconnects; our own in-flight publishes are resent from SQLite regardless.
+    o.set_clean_session(false);
+    o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    if let Some(user) = &link.username {
+        let password = match &link.password {
+            Some(secret) => secret.reveal().map_err(|e| format!("{what}: {e}"))?,
+            None => String::new(),
+        };
+        o.set_credentials(user, password);
+    }
+    if link.tls {
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(link, what)?),
+        )));
+    }
+    Ok(o)
+}
+
+fn tls_config(link: &BrokerLink, what: &str) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &link.ca_file {
+        Some(path) => {
+            let bad =
+                |e: &dyn std::fmt::Display| format!("{what}: ca_file {}: {e}", path.display());
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "{what}: no trusted CA certificates (hint: install ca-certificates or set ca_file)"
+        ));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    match (&link.client_cert, &link.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("{what}: client_cert {}: {e}", cert.display()))?;
+            if chain.is_empty() {
+                return Err(format!(
+                    "{what}: client_cert {}: no certificate in it",
+                    cert.display()
+                ));
+            }
+            // The key's content never goes into an error message, only its path.
+            let key_der = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("{what}: client_key {}: {e}", key.display()))?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                format!("{what}: client_cert/client_key do not form a usable pair: {e}")
+            })
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
