@@ -14,6 +14,7 @@ pub mod epcis;
 pub mod mqtt;
 pub mod observe;
 pub mod report;
+pub mod routing;
 pub mod sim;
 pub mod simulate;
 pub mod sinks;
@@ -94,10 +95,18 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         store.clone(),
         stop.clone(),
     ));
-    let mut sinks = Vec::new();
+    let mut links = Vec::new();
     for u in &config.upstreams {
-        sinks.push(tokio::spawn(sinks::mqtt::run(
+        links.push(tokio::spawn(sinks::mqtt::run(
             u.clone(),
+            config.gateway.clone(),
+            store.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for r in &config.relays {
+        links.push(tokio::spawn(sources::relay::run(
+            r.clone(),
             config.gateway.clone(),
             store.clone(),
             shutdown.clone(),
@@ -140,7 +149,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         h.abort();
     }
     let _ = sources.await;
-    for s in sinks {
+    for s in links {
         let _ = s.await;
     }
     let _ = tokio::task::spawn_blocking(move || deriver.join()).await;

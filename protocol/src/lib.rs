@@ -11,7 +11,8 @@
 //! - [`barcode`]: what a code is — GS1 element strings, Digital Link, carrier tracking
 //!   numbers — and whether its check digits hold.
 //! - [`time`]: RFC 3339 rendering of Unix milliseconds without a calendar crate.
-//! - [`upstream`] (with `alloc`): the `darkleg.scan.v1` JSON payload.
+//! - [`upstream`] (with `alloc`): the `darkleg.scan.v1` JSON payload; [`relay`] reads it
+//!   back, bounded and checked, for a gateway relaying other gateways' events.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,8 @@ mod cobs;
 pub mod crc32;
 pub mod event;
 pub mod frame;
+#[cfg(feature = "alloc")]
+pub mod relay;
 pub mod time;
 #[cfg(feature = "alloc")]
 pub mod upstream;

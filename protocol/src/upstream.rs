@@ -1,5 +1,6 @@
 //! The upstream JSON payloads: `darkleg.scan.v1`, one scan per MQTT message, and
-//! `darkleg.batch.v1`, several per message for upstreams configured with `batch`.
+//! `darkleg.batch.v1`, several per message for upstreams configured with `batch`. What a
+//! relaying gateway reads back from them is in [`crate::relay`].
 //!
 //! Field names are a contract with merchants and integrators (documented in README);
 //! add fields, never rename or drop them, and bump the schema name when meaning changes.
@@ -25,6 +26,17 @@ struct ScanPayload<'a> {
     operator: Option<&'a str>,
     captured_at: String,
     received_at: String,
+    hops: &'a [String],
+}
+
+/// Where a scan comes from: the site and gateway that captured it, and every gateway that
+/// stored it on the way (`site/gateway`, the capturing one first, the publishing one last).
+/// A relay appends itself; seeing itself already there means a loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub site: &'a str,
+    pub gateway: &'a str,
+    pub hops: &'a [String],
 }
 
 /// Several scans in one MQTT message: `{"schema":"darkleg.batch.v1","events":[…]}`, each
@@ -32,37 +44,42 @@ struct ScanPayload<'a> {
 /// a broker moves far more events per second this way (one message, one PUBACK).
 pub const BATCH_SCHEMA: &str = "darkleg.batch.v1";
 
+/// A hop as written in `hops`.
+pub fn hop(site: &str, gateway: &str) -> String {
+    let mut h = String::with_capacity(site.len() + gateway.len() + 1);
+    h.push_str(site);
+    h.push('/');
+    h.push_str(gateway);
+    h
+}
+
 /// Renders one scan as the upstream JSON object.
-pub fn scan_json(event: &ScanEvent, site: &str, gateway: &str) -> String {
+pub fn scan_json(event: &ScanEvent, origin: Origin<'_>) -> String {
     // Serialising plain strings and integers into a String cannot fail.
-    serde_json::to_string(&payload(event, site, gateway)).unwrap_or_default()
+    serde_json::to_string(&payload(event, origin)).unwrap_or_default()
 }
 
 /// Renders scans as one `darkleg.batch.v1` object.
-pub fn batch_json<'a>(
-    events: impl IntoIterator<Item = &'a ScanEvent>,
-    site: &str,
-    gateway: &str,
-) -> String {
+pub fn batch_json<'a>(events: impl IntoIterator<Item = (&'a ScanEvent, Origin<'a>)>) -> String {
     let mut out = String::from("{\"schema\":\"");
     out.push_str(BATCH_SCHEMA);
     out.push_str("\",\"events\":[");
-    for (i, e) in events.into_iter().enumerate() {
+    for (i, (e, origin)) in events.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&scan_json(e, site, gateway));
+        out.push_str(&scan_json(e, origin));
     }
     out.push_str("]}");
     out
 }
 
-fn payload<'a>(event: &'a ScanEvent, site: &'a str, gateway: &'a str) -> ScanPayload<'a> {
+fn payload<'a>(event: &'a ScanEvent, origin: Origin<'a>) -> ScanPayload<'a> {
     ScanPayload {
         schema: SCAN_SCHEMA,
         event_id: event.event_id.to_string(),
-        site,
-        gateway,
+        site: origin.site,
+        gateway: origin.gateway,
         device: &event.device,
         seq: event.seq,
         step: event.step.as_str(),
@@ -72,6 +89,7 @@ fn payload<'a>(event: &'a ScanEvent, site: &'a str, gateway: &'a str) -> ScanPay
         operator: event.operator.as_deref(),
         captured_at: Rfc3339(event.captured_at_ms).to_string(),
         received_at: Rfc3339(event.received_at_ms).to_string(),
+        hops: origin.hops,
     }
 }
 
@@ -94,7 +112,13 @@ mod tests {
             captured_at_ms: 1_795_300_000_123,
             received_at_ms: 1_795_300_000_456,
         };
-        let v: serde_json::Value = serde_json::from_str(&scan_json(&ev, "ams1", "gw-01")).unwrap();
+        let hops = [hop("ams1", "gw-01")];
+        let origin = Origin {
+            site: "ams1",
+            gateway: "gw-01",
+            hops: &hops,
+        };
+        let v: serde_json::Value = serde_json::from_str(&scan_json(&ev, origin)).unwrap();
         assert_eq!(v["schema"], "darkleg.scan.v1");
         assert_eq!(v["event_id"], EventId::new("sc-1", 7).to_string());
         assert_eq!(v["site"], "ams1");
@@ -106,5 +130,6 @@ mod tests {
         assert_eq!(v["operator"], serde_json::Value::Null);
         assert_eq!(v["captured_at"], "2026-11-21T22:26:40.123Z");
         assert_eq!(v["received_at"], "2026-11-21T22:26:40.456Z");
+        assert_eq!(v["hops"], serde_json::json!(["ams1/gw-01"]));
     }
 }

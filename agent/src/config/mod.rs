@@ -4,11 +4,13 @@
 
 mod broker;
 mod dark_leg;
+mod relay;
 mod upstream;
 
 pub use broker::{BrokerLink, Secret};
 pub use dark_leg::{AlertRules, Cutoff, EpcisConfig, Merchant, ParcelRules, Pattern};
 use darkleg_protocol::Step;
+pub use relay::{Carries, Relay, Route};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,10 @@ pub struct Config {
     pub store: StoreConfig,
     pub scanners: Vec<Scanner>,
     pub upstreams: Vec<Upstream>,
+    /// Other gateways' events come in through these.
+    pub relays: Vec<Relay>,
+    /// Which upstream gets what; see [`crate::routing`].
+    pub routes: Vec<Route>,
     pub parcels: ParcelRules,
     pub merchants: Vec<Merchant>,
     pub alerts: AlertRules,
@@ -81,13 +87,24 @@ pub struct Scanner {
     pub station_name: Option<String>,
 }
 
+/// Largest config file accepted.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
 impl Config {
     pub fn db_path(&self) -> PathBuf {
         self.gateway.data_dir.join("darkleg.db")
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        use std::io::Read;
+        // Read one byte past the limit, so `parse` can say the file is too big without
+        // reading all of it (a device node or a log file passed by mistake).
+        let mut text = String::new();
+        let read = std::fs::File::open(path).and_then(|f| {
+            f.take(MAX_CONFIG_BYTES as u64 + 1)
+                .read_to_string(&mut text)
+        });
+        read.map_err(|e| ConfigError {
             file: path.display().to_string(),
             line: None,
             key: String::new(),
@@ -98,6 +115,19 @@ impl Config {
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        // A gateway config is a few KiB; megabytes mean the wrong file (or a hostile one).
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: None,
+                key: String::new(),
+                message: format!(
+                    "is {} bytes; a config is at most {MAX_CONFIG_BYTES}",
+                    text.len()
+                ),
+                hint: "pass the path of a darkleg TOML config, e.g. configs/gateway.toml",
+            });
+        }
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
             ConfigError {
@@ -160,6 +190,10 @@ struct RawConfig {
     scanner: Vec<RawScanner>,
     #[serde(default)]
     upstream: Vec<upstream::RawUpstream>,
+    #[serde(default)]
+    relay: Vec<relay::RawRelay>,
+    #[serde(default)]
+    route: Vec<relay::RawRoute>,
     parcels: Option<dark_leg::RawParcels>,
     #[serde(default)]
     merchant: Vec<dark_leg::RawMerchant>,
@@ -345,11 +379,15 @@ impl Validator<'_> {
             });
         }
         let upstreams = self.upstreams(raw.upstream, &gateway, &merchants)?;
+        let relays = self.relays(raw.relay, &gateway)?;
+        let routes = self.routes(raw.route, &upstreams, &merchants)?;
         Ok(Config {
             gateway,
             store,
             scanners,
             upstreams,
+            relays,
+            routes,
             parcels: self.parcels(raw.parcels)?,
             merchants,
             alerts: self.alerts(raw.alerts)?,

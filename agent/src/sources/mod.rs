@@ -1,5 +1,6 @@
-//! Sources: serial scanners in, [`WriteOp`](crate::store::WriteOp)s to the store out.
-//! Sources never talk to sinks.
+//! Sources: serial scanners and relayed gateways in, [`WriteOp`](crate::store::WriteOp)s to
+//! the store out. Sources never talk to sinks. [`relay`] takes other gateways' events from a
+//! site broker.
 //!
 //! The supervisor re-expands every scanner's port pattern each second and runs one
 //! blocking thread per present port, so a scanner unplugged and plugged back in (or a new
@@ -7,6 +8,7 @@
 
 pub mod glob;
 mod port;
+pub mod relay;
 
 use crate::config::Config;
 use crate::store::StoreHandle;

@@ -42,10 +42,9 @@ pub struct Derived {
     pub messages: Vec<Message>,
 }
 
-/// Which upstreams get derived messages: every general one, and a merchant's own.
+/// What the writer needs to put a new row in the outbox: who gets it, and its number.
 pub struct Routes<'a> {
-    pub all: &'a [String],
-    pub merchant: &'a [(String, String)],
+    pub router: &'a crate::routing::Router,
     /// The writer's outbox row counter (persisted in `row_seq` at each commit).
     pub last_row: &'a std::cell::Cell<i64>,
 }
@@ -119,6 +118,7 @@ pub(super) fn apply(sp: &Connection, routes: &Routes<'_>, d: &Derived) -> rusqli
         };
     }
     let now = crate::now_ms() as i64;
+    let mut to = Vec::new();
     for m in &d.messages {
         let row = super::ops::next_row(routes);
         sp.prepare_cached(
@@ -126,13 +126,11 @@ pub(super) fn apply(sp: &Connection, routes: &Routes<'_>, d: &Derived) -> rusqli
         )?
         .execute(params![row, m.kind, m.merchant, m.topic, m.payload, now])?;
         let mut outbox = sp.prepare_cached("INSERT INTO outbox(upstream, row) VALUES (?1, ?2)")?;
-        for u in routes.all {
+        routes
+            .router
+            .for_message(m.kind, m.merchant.as_deref(), &mut to);
+        for u in &to {
             outbox.execute(params![u, row])?;
-        }
-        for (u, merchant) in routes.merchant {
-            if m.merchant.as_deref() == Some(merchant.as_str()) {
-                outbox.execute(params![u, row])?;
-            }
         }
     }
     Ok(())

@@ -93,18 +93,8 @@ impl StoreHandle {
             .map_err(|e| StoreError::new("configuring SQLite", e))?;
         schema::migrate(&mut conn)
             .map_err(|e| StoreError::new(format!("migrating {}", path.display()), e))?;
-        let upstreams: Vec<String> = config
-            .upstreams
-            .iter()
-            .filter(|u| u.merchant.is_none())
-            .map(|u| u.name.clone())
-            .collect();
-        let merchant_upstreams: Vec<(String, String)> = config
-            .upstreams
-            .iter()
-            .filter_map(|u| Some((u.name.clone(), u.merchant.clone()?)))
-            .collect();
-        register_upstreams(&mut conn, &upstreams, &merchant_upstreams)
+        let router = crate::routing::Router::new(config);
+        register_upstreams(&mut conn, &router)
             .map_err(|e| StoreError::new("registering upstreams", e))?;
         // Ports are re-discovered at start; a crash must not leave them shown as connected.
         conn.execute("UPDATE ports SET connected = 0", [])
@@ -116,8 +106,7 @@ impl StoreHandle {
         let (tx, rx) = mpsc::channel(16_384);
         let w = writer::Writer {
             conn,
-            upstreams,
-            merchant_upstreams,
+            router,
             last_row: std::cell::Cell::new(max_row),
             max_batch: config.store.max_batch,
             committed: committed_tx,
@@ -162,6 +151,20 @@ impl StoreHandle {
         let (reply, rx) = oneshot::channel();
         if let Err(e) = self.send_blocking(op(reply)) {
             // The op (and its reply channel) is gone with the writer: answer here instead.
+            let (reply, rx) = oneshot::channel();
+            let _ = reply.send(Err(e));
+            return rx;
+        }
+        rx
+    }
+
+    /// [`Self::request_blocking`] from async code: waits for room in the writer's queue.
+    pub async fn request<T>(
+        &self,
+        op: impl FnOnce(writer::Reply<T>) -> WriteOp,
+    ) -> oneshot::Receiver<Result<T, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.send(op(reply)).await {
             let (reply, rx) = oneshot::channel();
             let _ = reply.send(Err(e));
             return rx;
@@ -215,50 +218,52 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
     Ok(f)
 }
 
-/// Records configured upstreams. One seen for the first time gets an outbox holding every
-/// event the gateway still has, so scans captured before it was configured (or while no
-/// upstream was) reach it too; receivers deduplicate by event id.
+/// Records configured upstreams. One seen for the first time is owed what the gateway
+/// still holds that its routes give it — every stored scan when it takes all scans (scans
+/// captured before it was configured reach it too; receivers deduplicate by event id), and
+/// the stored milestones and alerts its routes match. An upstream whose routes filter scans
+/// starts with the scans captured from now on.
 fn register_upstreams(
     conn: &mut Connection,
-    upstreams: &[String],
-    merchant_upstreams: &[(String, String)],
+    router: &crate::routing::Router,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    for u in upstreams {
-        if tx.execute("INSERT OR IGNORE INTO upstreams(name) VALUES (?1)", [u])? == 1 {
-            let n = tx.execute(
-                "INSERT INTO outbox(upstream, row) SELECT ?1, row FROM events
-                 UNION ALL SELECT ?1, row FROM messages",
+    let mut messages: Option<Vec<(i64, String, Option<String>)>> = None;
+    for u in router.upstreams() {
+        if tx.execute("INSERT OR IGNORE INTO upstreams(name) VALUES (?1)", [u])? == 0 {
+            continue;
+        }
+        let mut n = 0;
+        if router.takes_every_scan(u) {
+            n += tx.execute(
+                "INSERT INTO outbox(upstream, row) SELECT ?1, row FROM events",
                 [u],
             )?;
-            if n > 0 {
-                tracing::info!(upstream = %u, rows = n, "new upstream: queued every stored event and message for it");
+        }
+        if messages.is_none() {
+            let mut stmt = tx.prepare("SELECT row, kind, merchant FROM messages ORDER BY row")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            messages = Some(rows.collect::<rusqlite::Result<_>>()?);
+        }
+        let mut to = Vec::new();
+        let mut insert = tx.prepare("INSERT INTO outbox(upstream, row) VALUES (?1, ?2)")?;
+        for (row, kind, merchant) in messages.iter().flatten() {
+            router.for_message(kind, merchant.as_deref(), &mut to);
+            if to.contains(&u.as_str()) {
+                n += insert.execute(params![u, row])?;
             }
         }
-    }
-    for (u, merchant) in merchant_upstreams {
-        if tx.execute("INSERT OR IGNORE INTO upstreams(name) VALUES (?1)", [u])? == 1 {
-            let n = tx.execute(
-                "INSERT INTO outbox(upstream, row) SELECT ?1, row FROM messages WHERE merchant = ?2",
-                [u, merchant],
-            )?;
-            if n > 0 {
-                tracing::info!(upstream = %u, merchant = %merchant, messages = n, "new merchant upstream: queued its stored messages");
-            }
+        if n > 0 {
+            tracing::info!(upstream = %u, rows = n, "new upstream: queued the stored scans and messages its routes give it");
         }
     }
-    let upstreams: Vec<String> = upstreams
-        .iter()
-        .cloned()
-        .chain(merchant_upstreams.iter().map(|(u, _)| u.clone()))
-        .collect();
     let mut stale = tx.prepare(
         "SELECT name, (SELECT COUNT(*) FROM outbox o WHERE o.upstream = u.name) FROM upstreams u",
     )?;
     let rows = stale.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     for row in rows {
         let (name, backlog) = row?;
-        if !upstreams.contains(&name) && backlog > 0 {
+        if !router.upstreams().contains(&name) && backlog > 0 {
             tracing::warn!(upstream = %name, backlog, "upstream is no longer configured; its undelivered events are kept");
         }
     }
@@ -278,19 +283,25 @@ pub struct Pending {
 }
 
 pub enum Item {
-    Event(ScanEvent),
+    /// A scan, with where it came from when another gateway relayed it.
+    Event(ScanEvent, Option<Box<Provenance>>),
     /// `topic` goes after the upstream's prefix.
-    Message {
-        topic: String,
-        payload: String,
-    },
+    Message { topic: String, payload: String },
+}
+
+/// A relayed scan's origin: captured at `site`/`gateway`, stored by `hops` (sender last).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    pub site: String,
+    pub gateway: String,
+    pub hops: Vec<String>,
 }
 
 impl Pending {
     /// The scan, if this row is one.
     pub fn event(&self) -> Option<&ScanEvent> {
         match &self.item {
-            Item::Event(e) => Some(e),
+            Item::Event(e, _) => Some(e),
             Item::Message { .. } => None,
         }
     }
@@ -319,14 +330,16 @@ impl Reader {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT * FROM (
                    SELECT e.row, e.event_id, e.device, e.seq, e.step, e.code, e.symbology, e.station,
-                          e.operator, e.captured_at, e.received_at, NULL AS topic, NULL AS payload
+                          e.operator, e.captured_at, e.received_at, NULL AS topic, NULL AS payload,
+                          e.origin_site, e.origin_gateway, e.hops
                    FROM outbox o JOIN events e ON e.row = o.row
                    WHERE o.upstream = ?1 AND o.row > ?2 ORDER BY o.row LIMIT ?3)
                  UNION ALL
                  SELECT * FROM (
                    -- Walk the (small) messages table, not the whole outbox: a backlog of a
                    -- million scans must not be scanned on every read for the few messages.
-                   SELECT m.row, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, m.topic, m.payload
+                   SELECT m.row, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, m.topic, m.payload,
+                          NULL, NULL, NULL
                    FROM messages m CROSS JOIN outbox o ON o.upstream = ?1 AND o.row = m.row
                    WHERE m.row > ?2 ORDER BY m.row LIMIT ?3)
                  ORDER BY 1 LIMIT ?3",
@@ -353,23 +366,35 @@ impl Reader {
                 }
                 let id: Vec<u8> = r.get(1)?;
                 let step: String = r.get(4)?;
+                let origin = match r.get::<_, Option<String>>(13)? {
+                    None => None,
+                    Some(site) => Some(Box::new(Provenance {
+                        site,
+                        gateway: r.get(14)?,
+                        hops: serde_json::from_str(&r.get::<_, String>(15)?)
+                            .map_err(|_| bad(15, "hops is not a JSON list"))?,
+                    })),
+                };
                 Ok(Pending {
                     row,
-                    item: Item::Event(ScanEvent {
-                        event_id: EventId(
-                            id.try_into()
-                                .map_err(|_| bad(1, "event_id is not 16 bytes"))?,
-                        ),
-                        device: r.get(2)?,
-                        seq: r.get::<_, i64>(3)? as u64,
-                        step: step.parse::<Step>().map_err(|_| bad(4, "unknown step"))?,
-                        code: r.get(5)?,
-                        symbology: r.get(6)?,
-                        station: r.get(7)?,
-                        operator: r.get(8)?,
-                        captured_at_ms: r.get::<_, i64>(9)? as u64,
-                        received_at_ms: r.get::<_, i64>(10)? as u64,
-                    }),
+                    item: Item::Event(
+                        ScanEvent {
+                            event_id: EventId(
+                                id.try_into()
+                                    .map_err(|_| bad(1, "event_id is not 16 bytes"))?,
+                            ),
+                            device: r.get(2)?,
+                            seq: r.get::<_, i64>(3)? as u64,
+                            step: step.parse::<Step>().map_err(|_| bad(4, "unknown step"))?,
+                            code: r.get(5)?,
+                            symbology: r.get(6)?,
+                            station: r.get(7)?,
+                            operator: r.get(8)?,
+                            captured_at_ms: r.get::<_, i64>(9)? as u64,
+                            received_at_ms: r.get::<_, i64>(10)? as u64,
+                        },
+                        origin,
+                    ),
                 })
             })?;
             rows.collect()

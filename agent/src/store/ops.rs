@@ -5,6 +5,8 @@
 use super::derived::Routes;
 use super::devices::{Devices, Update};
 use super::writer::{AsciiScan, FramedOutcome, FramedScan, PortReport};
+use crate::routing::ScanFacts;
+use darkleg_protocol::relay::Relayed;
 use darkleg_protocol::{EventId, Step};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -82,6 +84,7 @@ pub(super) fn framed(
         s.operator.as_deref(),
         s.captured_at_ms,
         s.received_at_ms,
+        None,
     )?;
     let update = Update {
         last_seq: s.seq,
@@ -111,6 +114,7 @@ pub(super) fn ascii(
         None,
         s.received_at_ms,
         s.received_at_ms,
+        None,
     )?;
     Ok((
         seq,
@@ -131,6 +135,37 @@ pub(super) fn next_row(routes: &Routes<'_>) -> i64 {
     r
 }
 
+/// Other gateways' scans, as a relay took them: stored under their own event ids (a
+/// duplicate — resent by the sender or arriving by a second path — is counted, not stored).
+/// The sender sequenced them; this gateway does not own their devices.
+pub(super) fn relayed(
+    sp: &Connection,
+    routes: &Routes<'_>,
+    scans: &[Relayed],
+) -> rusqlite::Result<u64> {
+    let mut stored = 0;
+    for r in scans {
+        let e = &r.event;
+        let hops = serde_json::to_string(&r.hops).unwrap_or_default();
+        stored += insert_event(
+            sp,
+            routes,
+            &e.device,
+            e.seq,
+            e.step,
+            &e.code,
+            e.symbology.as_deref(),
+            e.station.as_deref(),
+            e.operator.as_deref(),
+            e.captured_at_ms,
+            e.received_at_ms,
+            Some((&r.site, &r.gateway, &hops)),
+        )? as u64;
+    }
+    Ok(stored)
+}
+
+/// `origin`: (site, gateway, hops JSON) of a relayed scan; `None` for one captured here.
 #[allow(clippy::too_many_arguments)]
 fn insert_event(
     sp: &Connection,
@@ -144,11 +179,12 @@ fn insert_event(
     operator: Option<&str>,
     captured_at_ms: u64,
     received_at_ms: u64,
+    origin: Option<(&str, &str, &str)>,
 ) -> rusqlite::Result<bool> {
     let id = EventId::new(device, seq);
     let row = next_row(routes);
-    let inserted = sp.prepare_cached("INSERT INTO events(row, event_id, device, seq, step, code, symbology, station, operator, captured_at, received_at)
-         VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(event_id) DO NOTHING")?.execute(
+    let inserted = sp.prepare_cached("INSERT INTO events(row, event_id, device, seq, step, code, symbology, station, operator, captured_at, received_at, origin_site, origin_gateway, hops)
+         VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?12, ?13, ?14) ON CONFLICT(event_id) DO NOTHING")?.execute(
         params![
             &id.0[..],
             device,
@@ -160,12 +196,23 @@ fn insert_event(
             operator,
             captured_at_ms as i64,
             received_at_ms as i64,
-            row
+            row,
+            origin.map(|o| o.0),
+            origin.map(|o| o.1),
+            origin.map(|o| o.2),
         ],
     )? == 1;
     if inserted {
+        let scan = ScanFacts {
+            step,
+            site: origin.map_or(routes.router.site.as_str(), |o| o.0),
+            code,
+            symbology,
+        };
+        let mut to = Vec::new();
+        routes.router.for_scan(&scan, &mut to);
         let mut stmt = sp.prepare_cached("INSERT INTO outbox(upstream, row) VALUES (?1, ?2)")?;
-        for u in routes.all {
+        for u in to {
             stmt.execute(params![u, row])?;
         }
     }

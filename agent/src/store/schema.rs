@@ -124,6 +124,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE derive_watermark (id INTEGER PRIMARY KEY CHECK (id = 1), last_row INTEGER NOT NULL);
     INSERT INTO derive_watermark(id, last_row) VALUES (1, 0);
     "#,
+    // v4: relayed events keep where they were captured and the gateways they passed
+    // (NULL: captured here); device clock offsets; what the store had to do to itself.
+    r#"
+    ALTER TABLE events ADD COLUMN origin_site TEXT;
+    ALTER TABLE events ADD COLUMN origin_gateway TEXT;
+    ALTER TABLE events ADD COLUMN hops TEXT;          -- JSON array as received, sender last
+    ALTER TABLE devices ADD COLUMN clock_offset_ms INTEGER; -- gateway clock minus device clock
+    CREATE TABLE incidents (
+        at     INTEGER NOT NULL,
+        kind   TEXT NOT NULL,                        -- damaged_db | clock_jump | store_full
+        detail TEXT NOT NULL
+    );
+    "#,
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

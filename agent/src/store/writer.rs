@@ -111,6 +111,12 @@ pub enum WriteOp {
     },
     /// Drop delivered events received before this instant.
     Prune { before_ms: u64 },
+    /// Scans another gateway relayed; the reply counts those stored (the rest were
+    /// duplicates). All of one message or none.
+    Relayed {
+        scans: Vec<darkleg_protocol::relay::Relayed>,
+        reply: Reply<u64>,
+    },
     /// A batch of derivation results (facts, parcel states, alerts, messages), all or none.
     Derived {
         batch: Box<super::derived::Derived>,
@@ -125,10 +131,8 @@ enum Answer {
 
 pub(super) struct Writer {
     pub conn: Connection,
-    /// General upstreams: every event and every derived message.
-    pub upstreams: Vec<String>,
-    /// A merchant's own upstreams (upstream, merchant): that merchant's messages only.
-    pub merchant_upstreams: Vec<(String, String)>,
+    /// Which upstreams each new row is owed to.
+    pub router: crate::routing::Router,
     /// Last outbox row handed out (see `ops::next_row`).
     pub last_row: std::cell::Cell<i64>,
     pub max_batch: usize,
@@ -179,8 +183,7 @@ impl Writer {
                 )
             } else {
                 let routes = Routes {
-                    all: &self.upstreams,
-                    merchant: &self.merchant_upstreams,
+                    router: &self.router,
                     last_row: &self.last_row,
                 };
                 apply_savepointed(&mut tx, &mut self.devices, &routes, op)
@@ -256,7 +259,7 @@ fn apply_savepointed(
     routes: &Routes<'_>,
     op: WriteOp,
 ) -> Option<Answer> {
-    let upstreams = routes.all;
+    let upstreams = routes.router.upstreams();
     let mut sp = match tx.savepoint() {
         Ok(sp) => sp,
         Err(e) => return fail(op, StoreError::new("savepoint", e)),
@@ -327,6 +330,10 @@ fn apply_savepointed(
             log_failure(finish(sp, r, "prune"));
             None
         }
+        WriteOp::Relayed { scans, reply } => {
+            let r = ops::relayed(&sp, routes, &scans);
+            Some(Answer::U64(reply, finish(sp, r, "relayed scans")))
+        }
         WriteOp::Derived { batch, reply } => {
             let r = super::derived::apply(&sp, routes, &batch).map(|()| 0);
             Some(Answer::U64(reply, finish(sp, r, "derived parcel state")))
@@ -372,6 +379,7 @@ fn fail(op: WriteOp, err: StoreError) -> Option<Answer> {
     match op {
         WriteOp::Hello { reply, .. }
         | WriteOp::Ascii { reply, .. }
+        | WriteOp::Relayed { reply, .. }
         | WriteOp::Derived { reply, .. } => Some(Answer::U64(reply, Err(err))),
         WriteOp::Framed { reply, .. } => Some(Answer::Framed(reply, Err(err))),
         _ => {

@@ -3,13 +3,15 @@
 //! attempt — a fresh `EventLoop` each time, so nothing rumqttc remembered from the last
 //! connection is replayed behind our back; the outbox is the only memory.
 
-use super::backoff::Backoff;
 use super::dispatcher::Dispatcher;
 use super::options::mqtt_options;
 use crate::config::{Gateway, Upstream};
+use crate::mqtt::backoff::Backoff;
 use crate::store::Item;
+use crate::store::Provenance;
 use crate::store::{Reader, StoreHandle, WriteOp};
-use darkleg_protocol::upstream::{batch_json, scan_json};
+use darkleg_protocol::upstream::{batch_json, hop, scan_json, Origin};
+use darkleg_protocol::ScanEvent;
 use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, QoS};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -215,30 +217,57 @@ impl Session<'_> {
     /// (`darkleg.scan.v1`) or up to `batch` per message (`darkleg.batch.v1`).
     fn publishes(&self, rows: Vec<crate::store::Pending>, events_topic: &str) -> Vec<Publish> {
         let mut out = Vec::new();
-        let mut run: Vec<(i64, darkleg_protocol::ScanEvent)> = Vec::new();
+        let mut run: Vec<(i64, ScanEvent, Option<Box<Provenance>>)> = Vec::new();
         let (site, gw) = (&self.gateway.site, &self.gateway.id);
+        let me = hop(site, gw);
+        let here = [me.clone()];
         let mut bytes = 0usize;
-        let flush = |run: &mut Vec<(i64, darkleg_protocol::ScanEvent)>, out: &mut Vec<Publish>| {
+        let flush = |run: &mut Vec<(i64, ScanEvent, Option<Box<Provenance>>)>,
+                     out: &mut Vec<Publish>| {
             if run.is_empty() {
                 return;
             }
+            // A relayed scan goes on with this gateway appended to its trace.
+            let traces: Vec<Option<Vec<String>>> = run
+                .iter()
+                .map(|(_, _, p)| {
+                    p.as_ref()
+                        .map(|p| p.hops.iter().cloned().chain([me.clone()]).collect())
+                })
+                .collect();
+            let origins = run.iter().zip(&traces).map(|((_, e, p), trace)| {
+                let origin = match (p, trace) {
+                    (Some(p), Some(t)) => Origin {
+                        site: &p.site,
+                        gateway: &p.gateway,
+                        hops: t,
+                    },
+                    _ => Origin {
+                        site,
+                        gateway: gw,
+                        hops: &here,
+                    },
+                };
+                (e, origin)
+            });
             let payload = if self.upstream.batch == 1 {
-                scan_json(&run[0].1, site, gw)
+                let (e, origin) = origins.into_iter().next().expect("a run is not empty");
+                scan_json(e, origin)
             } else {
-                batch_json(run.iter().map(|(_, e)| e), site, gw)
+                batch_json(origins)
             };
             out.push(Publish {
                 topic: events_topic.to_string(),
                 payload,
-                rows: run.drain(..).map(|(r, _)| r).collect(),
+                rows: run.drain(..).map(|(r, _, _)| r).collect(),
             });
         };
         for p in rows {
             match p.item {
-                Item::Event(ev) => {
+                Item::Event(ev, origin) => {
                     // Keep a batch under the smallest broker packet limit we target.
-                    bytes += ev.code.len() + 320;
-                    run.push((p.row, ev));
+                    bytes += ev.code.len() + 320 + origin.as_ref().map_or(0, |o| 64 * o.hops.len());
+                    run.push((p.row, ev, origin));
                     if run.len() == self.upstream.batch || bytes >= super::options::MAX_BATCH_BYTES
                     {
                         flush(&mut run, &mut out);

@@ -1,6 +1,9 @@
 //! A broker connection as rumqttc options: address, persistent session, credentials read at
 //! connect time, TLS with the system's roots or a given CA, and a client certificate (mTLS).
-//! Used by the upstream sinks and by the relay source alike.
+//! Used by the upstream sinks and by the relay source alike, with [`backoff`] for reconnects
+//! (rumqttc has none).
+
+pub mod backoff;
 
 use crate::config::BrokerLink;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};

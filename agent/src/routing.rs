@@ -1,0 +1,288 @@
+//! Which upstream gets which outbox row. Decided once, when the row is written (the outbox
+//! holds one entry per upstream owed), so each upstream's backlog is its own: a merchant's
+//! broker that is down only grows its own backlog.
+//!
+//! Defaults keep small sites simple: an upstream no `[[route]]` names gets every scan,
+//! milestone and alert, or — with `merchant = "…"` — that merchant's milestones and alerts.
+//! An upstream a route names gets exactly what its routes match.
+
+use crate::config::{Carries, Config, Merchant, ParcelRules, Route};
+use crate::derive::{facts, parcel};
+use darkleg_protocol::Step;
+
+/// What a route can see of a scan.
+pub struct ScanFacts<'a> {
+    pub step: Step,
+    /// Where it was captured (its origin, for relayed scans).
+    pub site: &'a str,
+    pub code: &'a str,
+    pub symbology: Option<&'a str>,
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    /// This gateway's site: where scans captured here come from.
+    pub site: String,
+    rules: Vec<Rule>,
+    upstreams: Vec<String>,
+    parcels: ParcelRules,
+    merchants: Vec<Merchant>,
+    /// Some rule for scans names a merchant: resolving one costs a barcode parse per scan.
+    scans_need_merchant: bool,
+}
+
+#[derive(Debug)]
+struct Rule {
+    upstream: String,
+    merchant: Option<String>,
+    steps: Option<Vec<Step>>,
+    sites: Option<Vec<String>>,
+    carries: Vec<Carries>,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Router {
+        let mut rules = Vec::new();
+        for r in &config.routes {
+            for to in &r.to {
+                rules.push(Rule::from_route(to, r));
+            }
+        }
+        for u in &config.upstreams {
+            let routed = config.routes.iter().any(|r| r.to.contains(&u.name));
+            if routed && u.merchant.is_none() {
+                continue;
+            }
+            rules.push(Rule {
+                upstream: u.name.clone(),
+                merchant: u.merchant.clone(),
+                steps: None,
+                sites: None,
+                carries: match u.merchant {
+                    // A merchant's own upstream: its parcels' story, never the raw scans.
+                    Some(_) => vec![Carries::Milestones, Carries::Alerts],
+                    None => vec![Carries::Events, Carries::Milestones, Carries::Alerts],
+                },
+            });
+        }
+        Router {
+            site: config.gateway.site.clone(),
+            scans_need_merchant: rules
+                .iter()
+                .any(|r| r.merchant.is_some() && r.carries.contains(&Carries::Events)),
+            upstreams: config.upstreams.iter().map(|u| u.name.clone()).collect(),
+            rules,
+            parcels: config.parcels.clone(),
+            merchants: config.merchants.clone(),
+        }
+    }
+
+    /// Every configured upstream.
+    pub fn upstreams(&self) -> &[String] {
+        &self.upstreams
+    }
+
+    /// Whether `upstream` takes every scan, unfiltered.
+    pub fn takes_every_scan(&self, upstream: &str) -> bool {
+        self.rules.iter().any(|r| {
+            r.upstream == upstream
+                && r.carries.contains(&Carries::Events)
+                && r.merchant.is_none()
+                && r.steps.is_none()
+                && r.sites.is_none()
+        })
+    }
+
+    /// Upstreams owed this scan, each once, in config order.
+    pub fn for_scan<'r>(&'r self, scan: &ScanFacts<'_>, out: &mut Vec<&'r str>) {
+        out.clear();
+        let merchant = if self.scans_need_merchant {
+            self.merchant_of_scan(scan)
+        } else {
+            None
+        };
+        for r in &self.rules {
+            let fits = r.carries.contains(&Carries::Events)
+                && r.steps.as_ref().is_none_or(|s| s.contains(&scan.step))
+                && r.sites
+                    .as_ref()
+                    .is_none_or(|s| s.iter().any(|x| x == scan.site))
+                && r.merchant
+                    .as_ref()
+                    .is_none_or(|m| merchant == Some(m.as_str()));
+            if fits && !out.contains(&r.upstream.as_str()) {
+                out.push(&r.upstream);
+            }
+        }
+    }
+
+    /// Upstreams owed a derived message (`kind`: "milestone" | "alert").
+    pub fn for_message<'r>(&'r self, kind: &str, merchant: Option<&str>, out: &mut Vec<&'r str>) {
+        out.clear();
+        let carries = match kind {
+            "milestone" => Carries::Milestones,
+            "alert" => Carries::Alerts,
+            _ => return,
+        };
+        for r in &self.rules {
+            let fits = r.carries.contains(&carries)
+                && r.merchant
+                    .as_ref()
+                    .is_none_or(|m| merchant == Some(m.as_str()));
+            if fits && !out.contains(&r.upstream.as_str()) {
+                out.push(&r.upstream);
+            }
+        }
+    }
+
+    /// A scan's merchant as far as the code itself tells (an SSCC's company prefix, an order
+    /// number's prefix, a parcel id's client code). A carrier label says nothing about the
+    /// merchant: such scans reach merchant routes only through milestones.
+    fn merchant_of_scan(&self, scan: &ScanFacts<'_>) -> Option<&str> {
+        match facts::meaning(scan.code, scan.symbology, &self.parcels) {
+            facts::Meaning::Parcel { id, order, .. } => {
+                parcel::merchant_of(&id, order.as_deref(), &self.merchants)
+            }
+            facts::Meaning::Order(o) => parcel::merchant_of("", Some(&o), &self.merchants),
+            // Not configured as an order or parcel shape: a merchant's own prefix still says
+            // whose it is.
+            facts::Meaning::Other => {
+                parcel::merchant_of(scan.code, Some(scan.code), &self.merchants)
+            }
+            facts::Meaning::Item(_) | facts::Meaning::Tracking { .. } => None,
+        }
+    }
+}
+
+impl Rule {
+    fn from_route(to: &str, r: &Route) -> Rule {
+        Rule {
+            upstream: to.to_string(),
+            merchant: r.merchant.clone(),
+            steps: r.steps.clone(),
+            sites: r.sites.clone(),
+            carries: r.carries.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(extra: &str) -> Router {
+        let text = format!(
+            r#"
+[gateway]
+site = "3pl"
+id = "relay"
+data_dir = "/tmp/x"
+
+[[merchant]]
+id = "acme"
+order_prefixes = ["ACME-"]
+gs1_prefixes = ["4012345"]
+
+[[merchant]]
+id = "globex"
+order_prefixes = ["GLX-"]
+
+[[upstream]]
+name = "central"
+url = "mqtt://c"
+
+[[upstream]]
+name = "acme"
+url = "mqtt://a"
+merchant = "acme"
+
+[[upstream]]
+name = "globex"
+url = "mqtt://g"
+{extra}"#
+        );
+        Router::new(&Config::parse(&text, "t.toml").unwrap())
+    }
+
+    fn scan<'a>(step: Step, site: &'a str, code: &'a str) -> ScanFacts<'a> {
+        ScanFacts {
+            step,
+            site,
+            code,
+            symbology: None,
+        }
+    }
+
+    fn names<'r>(r: &'r Router, s: &ScanFacts<'_>) -> Vec<&'r str> {
+        let mut out = Vec::new();
+        r.for_scan(s, &mut out);
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn unrouted_upstreams_keep_their_defaults() {
+        let r = router("");
+        assert_eq!(
+            names(&r, &scan(Step::Pick, "a", "ACME-1")),
+            ["central", "globex"]
+        );
+        let mut out = Vec::new();
+        r.for_message("milestone", Some("acme"), &mut out);
+        assert_eq!(out, ["central", "acme", "globex"]);
+        r.for_message("alert", Some("globex"), &mut out);
+        assert_eq!(out, ["central", "globex"]);
+        r.for_message("alert", None, &mut out);
+        assert_eq!(out, ["central", "globex"]);
+    }
+
+    #[test]
+    fn routes_pick_by_merchant_step_and_site() {
+        let r = router(
+            r#"
+[[route]]
+to = ["globex"]
+merchant = "globex"
+steps = ["pack", "handover"]
+sites = ["dock-a"]
+carries = ["events", "milestones"]
+
+[[route]]
+to = ["acme"]
+merchant = "acme"
+carries = ["events"]
+"#,
+        );
+        // globex now gets only what its route matches.
+        assert_eq!(
+            names(&r, &scan(Step::Pack, "dock-a", "GLX-7")),
+            ["central", "globex"]
+        );
+        assert_eq!(names(&r, &scan(Step::Pick, "dock-a", "GLX-7")), ["central"]);
+        assert_eq!(names(&r, &scan(Step::Pack, "dock-b", "GLX-7")), ["central"]);
+        assert_eq!(
+            names(&r, &scan(Step::Pack, "dock-a", "ACME-7")),
+            ["acme", "central"]
+        );
+        // An SSCC under acme's company prefix is acme's.
+        let label = format!("00{}", crate::sim::workload::sscc_key("4012345", 17));
+        let mut s = scan(Step::Handover, "x", &label);
+        s.symbology = Some("]C1");
+        assert_eq!(names(&r, &s), ["acme", "central"]);
+        // A carrier label names no merchant.
+        assert_eq!(
+            names(&r, &scan(Step::Handover, "dock-a", "1Z999AA10123456784")),
+            ["central"]
+        );
+        let mut out = Vec::new();
+        r.for_message("alert", Some("globex"), &mut out);
+        assert_eq!(out, ["central"], "globex's route does not carry alerts");
+        r.for_message("milestone", Some("acme"), &mut out);
+        out.sort();
+        assert_eq!(
+            out,
+            ["acme", "central"],
+            "merchant = keeps milestones beside the route"
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! Relay source: other gateways' events from a site broker into this gateway's outbox.
+//!
+//! Subscribes with QoS 1 on a persistent session and acknowledges a message (PUBACK) only
+//! once its scans are durable here — so a relay that crashes, or whose disk is full, leaves
+//! the message with the broker to be delivered again. Duplicates (the sender's resends, a
+//! second path) are dropped by event id. A payload that is too big, malformed, forged or
+//! looping is rejected and counted, and acknowledged: redelivering it would not fix it.
+//! Never talks to a sink: what it stores reaches upstreams through the outbox.
+
+use crate::config::{Gateway, Relay};
+use crate::mqtt::backoff::Backoff;
+use crate::store::{PortReport, StoreError, StoreHandle, WriteOp};
+use darkleg_protocol::relay::{self, Limits};
+use darkleg_protocol::upstream::hop;
+use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// Messages handed to the store and not yet acknowledged to the broker: enough to fold
+/// many into one commit, few enough that a crash redelivers little.
+const MAX_PENDING: usize = 256;
+
+type Durable = oneshot::Receiver<Result<u64, StoreError>>;
+
+/// Takes `relay`'s subscriptions until `stop` turns true.
+pub async fn run(
+    relay: Relay,
+    gateway: Gateway,
+    store: StoreHandle,
+    mut stop: watch::Receiver<bool>,
+) {
+    let me = hop(&gateway.site, &gateway.id);
+    let mut backoff = Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+        crate::now_ms(),
+    );
+    let mut failures = 0u32;
+    let port = format!("relay:{}", relay.name);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let mut conn = Connection {
+            relay: &relay,
+            store: &store,
+            me: &me,
+            port: &port,
+            report: PortReport::default(),
+            rejected: 0,
+        };
+        match conn.serve(&mut stop, &mut backoff).await {
+            Ok(()) => return,
+            Err(why) => {
+                failures += 1;
+                conn.report.connected = false;
+                conn.flush_report().await;
+                if failures.is_power_of_two() {
+                    tracing::warn!(relay = %relay.name, broker = %relay.link.url(), failures,
+                        "relay source unavailable: {why}; the broker keeps the session's messages");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+struct Connection<'a> {
+    relay: &'a Relay,
+    store: &'a StoreHandle,
+    me: &'a str,
+    port: &'a str,
+    /// Counters since the last report to the store.
+    report: PortReport,
+    /// Rejections on this connection, for the log's sampling.
+    rejected: u64,
+}
+
+impl Connection<'_> {
+    /// Ok: asked to stop. Err: the connection is gone (or the store refused), reconnect.
+    async fn serve(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+        backoff: &mut Backoff,
+    ) -> Result<(), String> {
+        let mut opts =
+            crate::mqtt::options(&self.relay.link, &format!("relay {}", self.relay.name))?;
+        opts.set_manual_acks(true);
+        let (client, mut events) = AsyncClient::new(opts, 64);
+        let mut pending: VecDeque<(Durable, Publish, usize)> = VecDeque::new();
+        let mut report_tick = tokio::time::interval(Duration::from_secs(1));
+        let limits = Limits {
+            max_bytes: self.relay.max_payload_bytes,
+            max_hops: self.relay.max_hops,
+            me: self.me,
+        };
+        loop {
+            tokio::select! {
+                // Only poll the broker while there is room: back-pressure instead of memory.
+                ev = events.poll(), if pending.len() < MAX_PENDING => match ev {
+                    Err(e) => return Err(e.to_string()),
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff.reset();
+                        self.report.connected = true;
+                        self.flush_report().await;
+                        for t in &self.relay.topics {
+                            client.subscribe(t, QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
+                        }
+                        tracing::info!(relay = %self.relay.name, topics = ?self.relay.topics, "relay source connected");
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        match relay::parse(&p.payload, limits) {
+                            Ok(scans) => {
+                                let n = scans.len();
+                                let durable = self.store.request(|reply| WriteOp::Relayed { scans, reply }).await;
+                                pending.push_back((durable, p, n));
+                            }
+                            Err(e) => {
+                                self.reject(&p.topic, &e.to_string());
+                                if pending.is_empty() {
+                                    client.ack(&p).await.map_err(|e| e.to_string())?;
+                                } else {
+                                    // Acks go out in arrival order.
+                                    let (tx, rx) = oneshot::channel();
+                                    let _ = tx.send(Ok(0));
+                                    pending.push_back((rx, p, 0));
+                                }
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                },
+                done = async { (&mut pending.front_mut().expect("guarded").0).await }, if !pending.is_empty() => {
+                    let (_, p, n) = pending.pop_front().expect("guarded");
+                    match done {
+                        Ok(Ok(stored)) => {
+                            self.report.frames += 1;
+                            if (stored as usize) < n {
+                                tracing::debug!(relay = %self.relay.name, duplicates = n - stored as usize, "relayed scans already held");
+                            }
+                            client.ack(&p).await.map_err(|e| e.to_string())?;
+                        }
+                        // Not durable (disk full, store stopping): no PUBACK, and reconnect
+                        // so the broker delivers it (and what followed) again.
+                        Ok(Err(e)) => return Err(format!("storing relayed scans: {e}")),
+                        Err(_) => return Err("store writer stopped".into()),
+                    }
+                }
+                _ = report_tick.tick() => self.flush_report().await,
+                _ = stop.changed() => {
+                    // Whatever is durable can still be acknowledged; the rest is redelivered.
+                    while let Some((durable, p, _)) = pending.pop_front() {
+                        match durable.await {
+                            Ok(Ok(_)) => { let _ = client.try_ack(&p); }
+                            _ => break,
+                        }
+                    }
+                    let _ = client.try_disconnect();
+                    // Let the event loop write the acks and the disconnect.
+                    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                        while events.poll().await.is_ok() {}
+                    }).await;
+                    self.report.connected = false;
+                    self.flush_report().await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn reject(&mut self, topic: &str, why: &str) {
+        self.report.rejected += 1;
+        self.rejected += 1;
+        let mut topic = topic.to_string();
+        topic.truncate(128);
+        let line = format!("{topic}: {why}");
+        // The count is what matters; the journal gets the first few and then every 100th.
+        if self.rejected <= 3 || self.rejected.is_multiple_of(100) {
+            tracing::warn!(relay = %self.relay.name, "relayed message rejected: {line}");
+        }
+        self.report.last_reject = Some(line);
+    }
+
+    async fn flush_report(&mut self) {
+        let report = PortReport {
+            connected: self.report.connected,
+            ..std::mem::take(&mut self.report)
+        };
+        self.report.connected = report.connected;
+        let _ = self
+            .store
+            .send(WriteOp::Port {
+                port: self.port.to_string(),
+                protocol: "relay",
+                report,
+            })
+            .await;
+    }
+}
