@@ -488,3 +488,28 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     s.read_to_string(&mut out).ok()?;
     Some(out)
 }
+
+/// Publishes one message with QoS 1 to the broker on `127.0.0.1:port` and waits for its
+/// PUBACK — a stand-in for another gateway (or a misbehaving client) on a shared broker.
+pub fn publish_once(port: u16, topic: &str, payload: &[u8]) {
+    let mut o = rumqttc::MqttOptions::new(
+        format!("e2e-pub-{}-{}", std::process::id(), darkleg_agent::now_ms()),
+        "127.0.0.1",
+        port,
+    );
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = rumqttc::Client::new(o, 8);
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec())
+        .expect("queueing a publish");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for ev in conn.iter() {
+        assert!(Instant::now() < deadline, "no PUBACK from the broker");
+        match ev {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("publishing to 127.0.0.1:{port}: {e}"),
+        }
+    }
+    let _ = client.disconnect();
+}

@@ -1,0 +1,309 @@
+//! Two hops: a dock gateway (framed scanners on ptys) publishes to the site's Mosquitto; the
+//! 3PL's relay gateway takes those events from it and routes each merchant's scans and
+//! milestones to that merchant's own Mosquitto. One merchant's broker is down for the whole
+//! run and must not delay the other's; when it comes back it gets exactly its own events.
+//! Junk on the site broker (oversized, malformed, forged, looping) is rejected and counted;
+//! a replayed event is not forwarded twice.
+
+use darkleg_agent::sim::broker::Mosquitto;
+use darkleg_agent::sim::collector::{Arrival, Collector};
+use darkleg_protocol::{EventId, Step};
+use darkleg_tests::scanner::FramedConfig;
+use darkleg_tests::workload::{sscc_key, PlannedScan};
+use darkleg_tests::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const ORDERS: u64 = 12;
+
+fn scan(step: Step, code: String) -> PlannedScan {
+    PlannedScan {
+        step,
+        code,
+        symbology: Some("]C1".into()),
+    }
+}
+
+/// Event id → code of every planned scan whose code names `merchant` (order prefix or SSCC
+/// company prefix).
+fn expected(plans: &Plans, merchant: &str) -> BTreeMap<String, String> {
+    let (order, gs1) = match merchant {
+        "acme" => ("400ACME-", "0008712345"),
+        _ => ("400GLX-", "0008799999"),
+    };
+    let mut out = BTreeMap::new();
+    for (device, plan) in plans {
+        for (i, s) in plan.iter().enumerate() {
+            if s.code.starts_with(order) || s.code.starts_with(gs1) {
+                let id = EventId::new(device, i as u64 + 1).to_string();
+                out.insert(id, s.code.clone());
+            }
+        }
+    }
+    out
+}
+
+fn scans(arrivals: &[Arrival]) -> Vec<Arrival> {
+    expand_batches(arrivals)
+        .into_iter()
+        .filter(|a| a.json["schema"] == "darkleg.scan.v1")
+        .collect()
+}
+
+fn ids(arrivals: &[Arrival]) -> BTreeSet<String> {
+    scans(arrivals)
+        .iter()
+        .map(|a| a.json["event_id"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn two_hops_route_each_merchant_its_own_and_a_dead_broker_holds_back_nobody() {
+    // Hop 1: the dock gateway, its site broker (the rig's) and two framed scanners.
+    let mut dock = Rig::new(
+        "relay-dock",
+        &[PortKind::FramedAt("pick"), PortKind::FramedAt("pack")],
+    );
+    // Hop 2: the 3PL gateway and one broker per merchant; globex's is down from the start.
+    let acme_broker = Mosquitto::start(&dock.dir.0.join("acme-broker")).unwrap();
+    let mut globex_broker = Mosquitto::start(&dock.dir.0.join("globex-broker")).unwrap();
+    // globex's subscriber has a persistent session: the broker keeps its subscription.
+    let globex = Collector::start(globex_broker.port, "darkleg/v1/#", "globex-subscriber");
+    assert!(globex.wait_subscribed(Duration::from_secs(10)));
+    globex_broker.stop();
+    let acme = Collector::start(acme_broker.port, "darkleg/v1/#", "acme-subscriber");
+    assert!(acme.wait_subscribed(Duration::from_secs(10)));
+    let relay_dir = dock.dir.0.join("relay");
+    std::fs::create_dir_all(&relay_dir).unwrap();
+    let relay_config = relay_dir.join("gateway.toml");
+    std::fs::write(
+        &relay_config,
+        format!(
+            r#"
+[gateway]
+site = "3pl"
+id = "relay"
+data_dir = "{data}"
+
+[[relay]]
+name = "site"
+url = "{site}"
+topics = ["darkleg/v1/+/+/events"]
+max_payload_kb = 16
+
+[[merchant]]
+id = "acme"
+order_prefixes = ["ACME-"]
+gs1_prefixes = ["8712345"]
+
+[[merchant]]
+id = "globex"
+order_prefixes = ["GLX-"]
+gs1_prefixes = ["8799999"]
+
+[[upstream]]
+name = "acme"
+url = "{acme}"
+keep_alive_secs = 5
+
+[[upstream]]
+name = "globex"
+url = "{globex}"
+keep_alive_secs = 5
+
+[[route]]
+to = ["acme"]
+merchant = "acme"
+carries = ["events", "milestones"]
+
+[[route]]
+to = ["globex"]
+merchant = "globex"
+carries = ["events", "milestones"]
+"#,
+            data = relay_dir.join("data").display(),
+            site = dock.broker.url(),
+            acme = acme_broker.url(),
+            globex = globex_broker.url(),
+        ),
+    )
+    .unwrap();
+    let _relay = Agent::start(&relay_config, &relay_dir.join("agent.log"));
+    let _dock_agent = dock.start_agent();
+    dock.wait_ports_open();
+    assert!(
+        wait_until(Duration::from_secs(20), || status(&relay_config)["ports"]
+            .as_array()
+            .is_some_and(|p| p
+                .iter()
+                .any(|p| p["port"] == "relay:site" && p["connected"] == true))),
+        "relay subscribed to the site broker"
+    );
+
+    // Orders alternate between the merchants: picked (order barcode), packed (order, then
+    // the parcel's SSCC under the merchant's company prefix).
+    let mut picks = Vec::new();
+    let mut packs = Vec::new();
+    for i in 0..ORDERS {
+        let (order, prefix) = if i % 2 == 0 {
+            (format!("ACME-{i}"), "8712345")
+        } else {
+            (format!("GLX-{i}"), "8799999")
+        };
+        picks.push(scan(Step::Pick, format!("400{order}")));
+        packs.push(scan(Step::Pack, format!("400{order}")));
+        packs.push(scan(Step::Pack, format!("00{}", sscc_key(prefix, i))));
+    }
+    let mut plans = Plans::new();
+    let mut scanners = Vec::new();
+    for (pty, (plan, name)) in dock
+        .take_ptys()
+        .into_iter()
+        .zip([(picks, "picker"), (packs, "packer")])
+    {
+        let cfg = FramedConfig {
+            scan_interval: Duration::from_millis(10),
+            ..FramedConfig::new(name, 3)
+        };
+        scanners.push(start_framed(pty, cfg, plan, &mut plans));
+    }
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(60), || scanners
+            .iter()
+            .all(|(s, n)| s.done(*n))),
+        "every scan acked at the dock"
+    );
+    let want_acme = expected(&plans, "acme");
+    let want_globex = expected(&plans, "globex");
+    assert_eq!(want_acme.len() + want_globex.len(), ORDERS as usize * 3);
+
+    // acme gets all of its scans while globex's broker is down.
+    assert!(
+        wait_until(Duration::from_secs(30), || ids(&acme.messages()).len()
+            >= want_acme.len()),
+        "acme got {} of {} scans",
+        ids(&acme.messages()).len(),
+        want_acme.len()
+    );
+    let acme_done = started.elapsed();
+    let got = scans(&acme.messages());
+    assert_eq!(
+        ids(&got),
+        want_acme.keys().cloned().collect(),
+        "acme: exactly its own scans"
+    );
+    for a in &got {
+        let j = &a.json;
+        let id = j["event_id"].as_str().unwrap();
+        assert_eq!(j["code"].as_str(), Some(want_acme[id].as_str()), "{j}");
+        // The original event id, where it was captured, and the way it came.
+        assert_eq!(j["site"], "e2e", "{j}");
+        assert_eq!(j["gateway"], "gw-01", "{j}");
+        assert_eq!(
+            j["hops"],
+            serde_json::json!(["e2e/gw-01", "3pl/relay"]),
+            "{j}"
+        );
+    }
+    // And its parcels' milestones, none of globex's.
+    assert!(
+        wait_until(Duration::from_secs(20), || acme
+            .messages()
+            .iter()
+            .filter(
+                |a| a.json["schema"] == "darkleg.milestone.v1" && a.json["milestone"] == "packed"
+            )
+            .count()
+            >= (ORDERS / 2) as usize),
+        "acme's packed milestones"
+    );
+    assert!(acme
+        .messages()
+        .iter()
+        .filter(|a| a.json["schema"] == "darkleg.milestone.v1")
+        .all(|a| a.json["merchant"] == "acme"));
+    // globex's scans wait in the relay's outbox, for globex only.
+    let st = status(&relay_config);
+    let backlog = |name: &str| {
+        st["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == name)
+            .map(|u| u["backlog"].as_u64().unwrap())
+            .unwrap()
+    };
+    assert!(
+        backlog("globex") >= want_globex.len() as u64,
+        "globex's backlog holds its scans: {st}"
+    );
+    assert_eq!(backlog("acme"), 0, "{st}");
+
+    // Junk on the site broker is rejected and counted; a replayed event is dropped as a
+    // duplicate (not forwarded again).
+    let site = dock.broker.port;
+    let topic = "darkleg/v1/e2e/gw-99/events";
+    let first = got[0].json.clone();
+    publish_once(site, topic, &vec![b'x'; 20 * 1024]);
+    publish_once(site, topic, b"{\"schema\":\"darkleg.scan.v1\",");
+    let mut forged = first.clone();
+    forged["device"] = "someone-else".into();
+    publish_once(site, topic, forged.to_string().as_bytes());
+    let mut looped = first.clone();
+    looped["hops"] = serde_json::json!(["e2e/gw-01", "3pl/relay", "hq/gw-7"]);
+    publish_once(site, topic, looped.to_string().as_bytes());
+    let mut replay = first.clone();
+    replay["hops"] = serde_json::json!(["e2e/gw-01"]);
+    publish_once(site, topic, replay.to_string().as_bytes());
+    let relay_port = |st: &serde_json::Value| {
+        st["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["port"] == "relay:site")
+            .cloned()
+            .unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || relay_port(&status(
+            &relay_config
+        ))["rejected"]
+            == 4),
+        "four rejections counted: {}",
+        relay_port(&status(&relay_config))
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let first_id = first["event_id"].as_str().unwrap();
+    assert_eq!(
+        scans(&acme.messages())
+            .iter()
+            .filter(|a| a.json["event_id"] == first_id)
+            .count(),
+        1,
+        "a replayed event is deduplicated at the relay"
+    );
+
+    // globex's broker comes back: exactly its own scans arrive.
+    globex_broker.restart().unwrap();
+    // The relay's reconnect back-off may have grown to 30 s while the broker was away.
+    assert!(
+        wait_until(Duration::from_secs(60), || ids(&globex.messages()).len()
+            >= want_globex.len()),
+        "globex got {} of {}",
+        ids(&globex.messages()).len(),
+        want_globex.len()
+    );
+    assert_eq!(
+        ids(&globex.messages()),
+        want_globex.keys().cloned().collect(),
+        "globex: exactly its own scans"
+    );
+    println!(
+        "relay: acme {} scans within {:.1} s of the first scan while globex's broker was down; \
+         globex {} after it came back",
+        want_acme.len(),
+        acme_done.as_secs_f64(),
+        want_globex.len()
+    );
+}
