@@ -25,7 +25,20 @@ pub struct Collector {
 impl Collector {
     /// Connects to `127.0.0.1:port`, subscribes to `filter`, and collects in the background.
     pub fn start(port: u16, filter: &str, client_id: &str) -> Collector {
+        Collector::start_as(port, filter, client_id, None)
+    }
+
+    /// [`start`](Self::start) logged in as `(username, password)`.
+    pub fn start_as(
+        port: u16,
+        filter: &str,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+    ) -> Collector {
         let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            o.set_credentials(user, password);
+        }
         o.set_clean_session(false);
         o.set_keep_alive(Duration::from_secs(5));
         // darkleg.batch.v1 messages are larger than rumqttc's 10 KiB default.
