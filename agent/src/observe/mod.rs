@@ -6,6 +6,7 @@
 //! framework: three GET routes on a local address do not earn a dependency tree.
 
 pub mod errors;
+pub mod faults;
 pub mod latency;
 pub mod page;
 

@@ -1,8 +1,9 @@
 //! Rendering: Prometheus text exposition and the status page.
 
-use super::{errors, latency, Snapshot};
+use super::{errors, faults, latency, Snapshot};
 use crate::config::Config;
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -146,6 +147,35 @@ pub fn metrics(s: &Snapshot) -> String {
     }
     let total = counts[latency::BOUNDS.len()];
     let _ = writeln!(out, "darkleg_ack_latency_seconds_bucket{{le=\"+Inf\"}} {total}\ndarkleg_ack_latency_seconds_sum {sum}\ndarkleg_ack_latency_seconds_count {total}");
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+    single(
+        &mut out,
+        "store_full",
+        "gauge",
+        "1 while the outbox is full of undelivered rows and new scans are refused.",
+        faults::STORE_FULL.load(Relaxed) as u8,
+    );
+    single(
+        &mut out,
+        "scans_refused_full_total",
+        "counter",
+        "Scans refused because the outbox was full (scanners keep and retry them).",
+        load(&faults::REFUSED_FULL),
+    );
+    single(
+        &mut out,
+        "evicted_for_room_total",
+        "counter",
+        "Delivered rows removed before their retention was up, to make room.",
+        load(&faults::EVICTED_FOR_ROOM),
+    );
+    single(
+        &mut out,
+        "clock_jumps_total",
+        "counter",
+        "Steps of the gateway's wall clock (NTP step, bad RTC) seen by the agent.",
+        load(&faults::CLOCK_JUMPS),
+    );
     out
 }
 
@@ -168,6 +198,9 @@ td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}.ok{{colo
         events = st.events,
         now = darkleg_protocol::time::Rfc3339(s.now_ms),
     );
+    if faults::STORE_FULL.load(Relaxed) {
+        let _ = write!(h, "<p class=\"bad\" id=\"store-full\">Outbox FULL of undelivered scans: new scans are refused until an upstream drains ({} refused so far).</p>", faults::REFUSED_FULL.load(Relaxed));
+    }
     let online = st.ports.iter().filter(|p| p.connected).count();
     let _ = write!(h, "<h2>Scanners <span id=\"scanners-online\">{online}</span> of {} online</h2><table id=\"scanners\"><tr><th>port</th><th>device</th><th>state</th><th>last scan</th><th>rejected</th></tr>", st.ports.len());
     for p in &st.ports {
@@ -310,5 +343,13 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
 # HELP darkleg_alerts_open Dark-leg alerts open now.\n# TYPE darkleg_alerts_open gauge\ndarkleg_alerts_open 0\n"
         );
         assert!(m.contains("darkleg_ack_latency_seconds_bucket{le=\"+Inf\"}"));
+        for fault in [
+            "store_full ",
+            "scans_refused_full_total ",
+            "evicted_for_room_total ",
+            "clock_jumps_total ",
+        ] {
+            assert!(m.contains(&format!("\ndarkleg_{fault}")), "{fault}");
+        }
     }
 }

@@ -284,3 +284,28 @@ pub(super) fn prune(sp: &mut rusqlite::Savepoint<'_>, before_ms: u64) -> rusqlit
         Ok(n)
     })
 }
+
+/// Removes up to `limit` rows every upstream already has, oldest first — events and derived
+/// messages alike — regardless of retention: what goes when the outbox is full.
+pub(super) fn evict_delivered(
+    sp: &mut rusqlite::Transaction<'_>,
+    limit: usize,
+) -> rusqlite::Result<usize> {
+    let events = sp
+        .prepare_cached(
+            "DELETE FROM events WHERE row IN (
+                 SELECT row FROM events e
+                 WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.row = e.row)
+                 ORDER BY row LIMIT ?1)",
+        )?
+        .execute([limit as i64])?;
+    let messages = sp
+        .prepare_cached(
+            "DELETE FROM messages WHERE row IN (
+                 SELECT row FROM messages m
+                 WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.row = m.row)
+                 ORDER BY row LIMIT ?1)",
+        )?
+        .execute([limit as i64])?;
+    Ok(events + messages)
+}

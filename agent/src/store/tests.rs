@@ -374,3 +374,75 @@ fn extreme_sequence_numbers_do_not_overflow() {
     );
     close(s, j);
 }
+
+#[test]
+fn a_full_outbox_evicts_delivered_rows_first_and_never_an_undelivered_one() {
+    let mut f = Fixture::with_upstreams("evict", &["a"]);
+    f.config = Fixture::config(&f.dir, &["a"], "[store]\nmax_db_mb = 1\n");
+    let (s, j) = f.open();
+    hello(&s, "d", 0);
+    let big = |seq: u64| FramedScan {
+        code: format!("{}-{seq}", "X".repeat(400)),
+        ..scan("d", seq)
+    };
+    let submit = |s: &StoreHandle, seq| {
+        s.framed_blocking("d".into(), "p".into(), big(seq))
+            .blocking_recv()
+            .unwrap()
+    };
+    // Fill to the ceiling once.
+    let mut stored = 0u64;
+    while submit(&s, stored + 1).is_ok() {
+        stored += 1;
+        assert!(stored < 10_000);
+    }
+    let first_fill = stored;
+    // The upstream confirms the older half: those rows may go, the rest may not.
+    let delivered: Vec<i64> = {
+        let r = Reader::open(&f.config.db_path()).unwrap();
+        let rows = r.pending("a", 0, 100_000).unwrap();
+        rows[..rows.len() / 2].iter().map(|p| p.row).collect()
+    };
+    s.send_blocking(WriteOp::Delivered {
+        upstream: "a".into(),
+        rows: delivered.clone(),
+        at_ms: crate::now_ms(),
+    })
+    .unwrap();
+    // Capture resumes: the refused scan comes back (as a scanner's retransmit) and fits,
+    // and so do more, in the room the delivered rows left.
+    let mut resumed = 0;
+    let mut refused_last = false;
+    loop {
+        match submit(&s, stored + 1) {
+            Ok(_) => {
+                stored += 1;
+                resumed += 1;
+                refused_last = false;
+                assert!(resumed < 10_000);
+            }
+            // A refusal makes room when delivered rows can go: the scanner's retransmit of
+            // the same scan then fits. Refused twice in a row: truly full.
+            Err(_) if !refused_last => refused_last = true,
+            Err(_) => break,
+        }
+    }
+    close(s, j);
+    assert!(
+        resumed as usize >= delivered.len() / 2,
+        "room came back: {resumed} more after {} delivered",
+        delivered.len()
+    );
+    // Every undelivered scan is there, intact and in order; only delivered ones went.
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    let pending = r.pending("a", 0, 100_000).unwrap();
+    let want: Vec<u64> = (delivered.len() as u64 + 1..=stored).collect();
+    let got: Vec<u64> = pending.iter().map(|p| p.event().unwrap().seq).collect();
+    assert_eq!(got, want, "first fill {first_fill}, resumed {resumed}");
+    assert!(pending
+        .iter()
+        .all(|p| p.event().unwrap().code == big(p.event().unwrap().seq).code));
+    assert!(
+        crate::observe::faults::EVICTED_FOR_ROOM.load(std::sync::atomic::Ordering::Relaxed) > 0
+    );
+}

@@ -7,8 +7,10 @@ use super::derived::Routes;
 use super::devices::{Devices, Update};
 use super::ops;
 use super::StoreError;
+use crate::observe::faults;
 use darkleg_protocol::Step;
 use rusqlite::{Connection, Transaction};
+use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -200,8 +202,20 @@ impl Writer {
                 Ok(last)
             })
             .and_then(|max_row| tx.commit().map(|_| max_row));
+        let full = matches!(&committed, Err(e) if is_full(&e.to_string()))
+            || answers
+                .iter()
+                .any(|a| a.error().is_some_and(|e| is_full(&e.message)));
+        // After a failed commit every answer is a refusal; otherwise only the failed ops.
+        let refused = match &committed {
+            Err(_) => answers.len(),
+            Ok(_) => answers.iter().filter(|a| a.error().is_some()).count(),
+        };
         match committed {
             Ok(max_row) => {
+                if !full && faults::STORE_FULL.swap(false, Relaxed) {
+                    tracing::info!("outbox has room again: capture resumed");
+                }
                 self.devices.committed();
                 self.committed.send_if_modified(|v| {
                     let changed = *v != max_row;
@@ -227,7 +241,51 @@ impl Writer {
                 }
             }
         }
+        if full {
+            self.make_room(refused as u64);
+        }
     }
+
+    /// The outbox hit the disk or `max_db_mb`: scans just got refused (framed scanners keep
+    /// them and retry). Delivered rows go first, oldest first, whatever their retention;
+    /// undelivered ones are never touched — with none delivered, capture stays refused,
+    /// loudly, until an upstream drains.
+    fn make_room(&mut self, refused: u64) {
+        let refused = faults::REFUSED_FULL.fetch_add(refused, Relaxed) + refused;
+        // With no upstream nothing was ever delivered: every row waits for the first one.
+        let evicted: rusqlite::Result<usize> = if self.router.upstreams().is_empty() {
+            Ok(0)
+        } else {
+            let evict = |conn: &mut Connection| -> rusqlite::Result<usize> {
+                let mut tx = conn.transaction()?;
+                let n = ops::evict_delivered(&mut tx, 5_000)?;
+                tx.commit()?;
+                Ok(n)
+            };
+            evict(&mut self.conn)
+        };
+        let evicted = evicted.unwrap_or_else(|e| {
+            tracing::error!("store: making room: {e}");
+            0
+        });
+        faults::EVICTED_FOR_ROOM.fetch_add(evicted as u64, Relaxed);
+        if evicted > 0 {
+            tracing::warn!(
+                evicted,
+                "outbox full: removed the oldest delivered rows early to make room; refused scans come back as retransmits"
+            );
+        } else if !faults::STORE_FULL.swap(true, Relaxed) || refused % 1000 < 8 {
+            tracing::error!(
+                refused,
+                "outbox FULL of undelivered scans: new scans are refused (framed scanners keep them, plain scanners signal rescan) until an upstream drains (hint: check the upstreams, raise store.max_db_mb or free disk space)"
+            );
+        }
+    }
+}
+
+/// SQLITE_FULL: the disk, or the `max_page_count` that `max_db_mb` sets.
+fn is_full(message: &str) -> bool {
+    message.contains("database or disk is full")
 }
 
 impl Answer {

@@ -1,0 +1,13 @@
+//! Fault counters the store and the clock watch feed and `/metrics` and the status page read:
+//! things that happen when the database cannot be written, so they live in memory.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+/// Scans refused (Nack / "rescan") because the outbox was full.
+pub static REFUSED_FULL: AtomicU64 = AtomicU64::new(0);
+/// Delivered rows removed before their retention was up, to make room for new scans.
+pub static EVICTED_FOR_ROOM: AtomicU64 = AtomicU64::new(0);
+/// The outbox is full of undelivered rows: new scans are being refused right now.
+pub static STORE_FULL: AtomicBool = AtomicBool::new(false);
+/// Steps of the gateway's wall clock against its monotonic clock (NTP step, bad RTC).
+pub static CLOCK_JUMPS: AtomicU64 = AtomicU64::new(0);
