@@ -81,6 +81,15 @@ pub fn render(s: &Status, now_ms: u64) -> String {
             ago(now_ms, d.last_seen_ms)
         );
     }
+    for i in &s.incidents {
+        let _ = writeln!(
+            out,
+            "INCIDENT {} {}: {}",
+            ago(now_ms, Some(i.at_ms)),
+            i.kind,
+            i.detail
+        );
+    }
     out
 }
 
@@ -122,6 +131,7 @@ mod tests {
     fn shows_what_an_operator_looks_for_first() {
         let now = 1_795_300_000_000u64;
         let s = Status {
+            incidents: vec![],
             events: 12,
             upstreams: vec![UpstreamStatus {
                 name: "central".into(),

@@ -306,6 +306,7 @@ mod tests {
         };
         let s = Snapshot {
             status: Status {
+                incidents: vec![],
                 events: 7,
                 upstreams: vec![up("central", 3, 4, Some(9_000)), up("a\"b", 0, 1, None)],
                 ports: vec![PortStatus {

@@ -5,6 +5,7 @@
 
 pub mod derived;
 mod devices;
+pub mod integrity;
 mod ops;
 mod schema;
 #[cfg(test)]
@@ -87,12 +88,24 @@ impl StoreHandle {
         })?;
         let path = config.db_path();
         let lock = lock_data_dir(dir)?;
+        // Checked before anything writes to it; only this process can (it holds the lock).
+        let moved = integrity::check(&path).map_err(|e| StoreError::new("integrity check", e))?;
+        if let Some(m) = &moved {
+            tracing::error!(
+                damaged = %m.to.display(), reason = %m.why,
+                "the database was damaged: moved aside and starting on a fresh one; scanners resend what they still hold, the old file is kept for recovery"
+            );
+        }
         let mut conn = Connection::open(&path)
             .map_err(|e| StoreError::new(format!("opening {}", path.display()), e))?;
         configure(&conn, config.store.synchronous, config.store.max_db_mb)
             .map_err(|e| StoreError::new("configuring SQLite", e))?;
         schema::migrate(&mut conn)
             .map_err(|e| StoreError::new(format!("migrating {}", path.display()), e))?;
+        if let Some(m) = &moved {
+            integrity::record(&conn, m)
+                .map_err(|e| StoreError::new("recording the incident", e))?;
+        }
         let router = crate::routing::Router::new(config);
         register_upstreams(&mut conn, &router)
             .map_err(|e| StoreError::new("registering upstreams", e))?;
@@ -459,7 +472,20 @@ impl Reader {
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
+            let mut stmt = self
+                .conn
+                .prepare("SELECT at, kind, detail FROM incidents ORDER BY at DESC LIMIT 20")?;
+            let incidents = stmt
+                .query_map([], |r| {
+                    Ok(Incident {
+                        at_ms: r.get(0)?,
+                        kind: r.get(1)?,
+                        detail: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
             Ok(Status {
+                incidents,
                 events,
                 upstreams,
                 ports,
@@ -476,6 +502,15 @@ pub struct Status {
     pub upstreams: Vec<UpstreamStatus>,
     pub ports: Vec<PortStatus>,
     pub devices: Vec<DeviceStatus>,
+    /// What the store had to do to itself (a damaged file moved aside), newest first.
+    pub incidents: Vec<Incident>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Incident {
+    pub at_ms: i64,
+    pub kind: String,
+    pub detail: String,
 }
 
 #[derive(Debug, Serialize)]
