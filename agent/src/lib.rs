@@ -7,6 +7,7 @@
 //! framed scanner's scan is acked only once its commit is durable, so what a scanner has
 //! retired is on the gateway's disk.
 
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod derive;
@@ -120,6 +121,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             .map_err(|e| format!("starting derivation: {e}"))?
     };
     let heartbeat = tokio::spawn(heartbeat(store.path.clone()));
+    let clock = tokio::spawn(clock::watch());
     let pruner = {
         let store = store.clone();
         let retention = config.store.retention;
@@ -145,6 +147,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     stop.store(true, Ordering::Relaxed);
     pruner.abort();
     heartbeat.abort();
+    clock.abort();
     if let Some(h) = http {
         h.abort();
     }

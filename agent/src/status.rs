@@ -70,7 +70,7 @@ pub fn render(s: &Status, now_ms: u64) -> String {
     for d in &s.devices {
         let _ = writeln!(
             out,
-            "  {:<24} {:<6} fw {:<8} last seq {:>8}  events {:>8}  duplicates {:>6}  refused {:>4}  last seen {}",
+            "  {:<24} {:<6} fw {:<8} last seq {:>8}  events {:>8}  duplicates {:>6}  refused {:>4}  last seen {}{}",
             d.device,
             d.kind,
             d.firmware.as_deref().unwrap_or("-"),
@@ -78,7 +78,13 @@ pub fn render(s: &Status, now_ms: u64) -> String {
             d.events,
             d.duplicates,
             d.refused,
-            ago(now_ms, d.last_seen_ms)
+            ago(now_ms, d.last_seen_ms),
+            // Worth a look past a couple of seconds: its TimeSync went wrong, or ours.
+            match d.clock_offset_ms {
+                Some(o) if o.abs() >= crate::clock::STEP_THRESHOLD_MS =>
+                    format!("  CLOCK OFF by {:+.1}s", o as f64 / 1000.0),
+                _ => String::new(),
+            }
         );
     }
     for i in &s.incidents {
@@ -159,9 +165,11 @@ mod tests {
                 events: 9,
                 duplicates: 2,
                 refused: 0,
+                clock_offset_ms: Some(-7_300),
             }],
         };
         let text = render(&s, now);
+        assert!(text.contains("CLOCK OFF by -7.3s"), "{text}");
         assert!(text.contains("backlog        3 (oldest 5m ago)"), "{text}");
         assert!(
             text.contains("last sync 2026-11-21T22:26:35.000Z (5s ago)"),

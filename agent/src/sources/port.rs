@@ -200,6 +200,7 @@ fn framed_loop<P: Read + Write>(
     let mut device: Option<String> = None;
     // Scanners without an RTC drift; re-sync a live link now and then, not only on Hello.
     let mut last_time_sync = Instant::now();
+    let mut clock_epoch = crate::clock::EPOCH.load(std::sync::atomic::Ordering::Relaxed);
     let mut pending: Vec<FramedReply> = Vec::new();
     while !ctx.stop.load(Ordering::Relaxed) {
         let Some(n) = read_some(port, &mut buf)? else {
@@ -305,7 +306,11 @@ fn framed_loop<P: Read + Write>(
             }
         }
         answer(ctx, port, &mut pending)?;
-        if device.is_some() && last_time_sync.elapsed() >= TIME_SYNC_EVERY {
+        // Every 10 minutes, and at once after the gateway's clock stepped.
+        let epoch = crate::clock::EPOCH.load(std::sync::atomic::Ordering::Relaxed);
+        if device.is_some() && (last_time_sync.elapsed() >= TIME_SYNC_EVERY || epoch != clock_epoch)
+        {
+            clock_epoch = epoch;
             send_time(port, &mut last_time_sync)?;
         }
         counters.flush(ctx, false);

@@ -23,6 +23,8 @@ pub(super) struct Update {
     pub duplicates: i64,
     pub refused: i64,
     pub firmware: Option<String>,
+    /// Gateway time minus device time for a scan just received (transit included: ms).
+    pub clock_offset_ms: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -35,6 +37,7 @@ struct Dirty {
     duplicates: i64,
     refused: i64,
     last_seen: i64,
+    clock_offset_ms: Option<i64>,
 }
 
 #[derive(Default)]
@@ -80,6 +83,7 @@ impl Devices {
                 duplicates: 0,
                 refused: 0,
                 last_seen: now,
+                clock_offset_ms: None,
             });
         d.port = port.to_string();
         d.last_seq = u.last_seq;
@@ -88,17 +92,19 @@ impl Devices {
         d.duplicates += u.duplicates;
         d.refused += u.refused;
         d.last_seen = now;
+        d.clock_offset_ms = u.clock_offset_ms.or(d.clock_offset_ms);
     }
 
     /// Writes this batch's device changes; call inside the batch's transaction.
     pub fn flush(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         let mut stmt = conn.prepare_cached(
-            "INSERT INTO devices(device, kind, port, last_seq, firmware, last_seen, events, duplicates, refused)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            "INSERT INTO devices(device, kind, port, last_seq, firmware, last_seen, events, duplicates, refused, clock_offset_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT(device) DO UPDATE SET port = excluded.port, last_seq = excluded.last_seq,
                  firmware = IFNULL(excluded.firmware, firmware), last_seen = excluded.last_seen,
                  events = events + excluded.events, duplicates = duplicates + excluded.duplicates,
-                 refused = refused + excluded.refused",
+                 refused = refused + excluded.refused,
+                 clock_offset_ms = IFNULL(excluded.clock_offset_ms, clock_offset_ms)",
         )?;
         for (device, d) in &self.dirty {
             stmt.execute(params![
@@ -110,7 +116,8 @@ impl Devices {
                 d.last_seen,
                 d.events,
                 d.duplicates,
-                d.refused
+                d.refused,
+                d.clock_offset_ms
             ])?;
         }
         Ok(())

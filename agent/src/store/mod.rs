@@ -455,7 +455,7 @@ impl Reader {
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             let mut stmt = self.conn.prepare(
-                "SELECT device, kind, last_seq, firmware, port, last_seen, events, duplicates, refused FROM devices ORDER BY device",
+                "SELECT device, kind, last_seq, firmware, port, last_seen, events, duplicates, refused, clock_offset_ms FROM devices ORDER BY device",
             )?;
             let devices = stmt
                 .query_map([], |r| {
@@ -469,6 +469,7 @@ impl Reader {
                         events: r.get(6)?,
                         duplicates: r.get(7)?,
                         refused: r.get(8)?,
+                        clock_offset_ms: r.get(9)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -546,4 +547,6 @@ pub struct DeviceStatus {
     pub duplicates: i64,
     /// Scans consumed but refused (bad code), each answered with Nack(Rejected).
     pub refused: i64,
+    /// Gateway clock minus the device's, from its latest scan (includes transit, a few ms).
+    pub clock_offset_ms: Option<i64>,
 }

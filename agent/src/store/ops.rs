@@ -89,6 +89,7 @@ pub(super) fn framed(
     let update = Update {
         last_seq: s.seq,
         events: inserted as i64,
+        clock_offset_ms: Some(s.received_at_ms as i64 - s.captured_at_ms as i64),
         ..Update::default()
     };
     Ok((FramedOutcome::Stored { acked: s.seq }, update))

@@ -503,3 +503,61 @@ fn a_damaged_database_is_moved_aside_and_reported_never_written_over() {
     );
     assert_eq!(st.events, 1);
 }
+
+#[test]
+fn a_gateway_clock_step_neither_reorders_nor_loses_and_device_offsets_are_kept() {
+    let f = Fixture::with_upstreams("clock", &["a"]);
+    let (s, j) = f.open();
+    hello(&s, "d", 0);
+    let now = crate::now_ms();
+    // Received times as a stepping clock would write them: normal, an hour back (NTP fixes
+    // a fast RTC), a day ahead (a bad RTC), then normal again.
+    let received = [
+        now,
+        now + 10,
+        now - 3_600_000,
+        now - 3_599_990,
+        now + 86_400_000,
+        now + 20,
+    ];
+    for (i, &at) in received.iter().enumerate() {
+        let seq = i as u64 + 1;
+        let sc = FramedScan {
+            // The scanner's own clock runs 5 s behind the gateway's.
+            captured_at_ms: at - 5_000,
+            received_at_ms: at,
+            ..scan("d", seq)
+        };
+        let out = s
+            .framed_blocking("d".into(), "p".into(), sc)
+            .blocking_recv()
+            .unwrap();
+        assert_eq!(out.unwrap(), FramedOutcome::Stored { acked: seq });
+    }
+    // Retention by the (stepped) clock removes nothing undelivered.
+    s.send_blocking(WriteOp::Prune {
+        before_ms: now + 100 * 86_400_000,
+    })
+    .unwrap();
+    close(s, j);
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    let seqs: Vec<u64> = r
+        .pending("a", 0, 100)
+        .unwrap()
+        .iter()
+        .map(|p| p.event().unwrap().seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        [1, 2, 3, 4, 5, 6],
+        "outbox order is capture order, whatever the clock said"
+    );
+    let d = r
+        .status()
+        .unwrap()
+        .devices
+        .into_iter()
+        .find(|d| d.device == "d")
+        .unwrap();
+    assert_eq!(d.clock_offset_ms, Some(5_000));
+}
