@@ -561,3 +561,53 @@ fn a_gateway_clock_step_neither_reorders_nor_loses_and_device_offsets_are_kept()
         .unwrap();
     assert_eq!(d.clock_offset_ms, Some(5_000));
 }
+
+#[test]
+fn a_batch_that_sqlite_rolls_back_answers_nobody_as_durable() {
+    // Many scanners at once, each with a burst in flight, against a nearly full outbox:
+    // SQLite rolls back the whole batch when one op hits the ceiling, taking the ops before
+    // it along. None of them may be answered as stored, nor counted as seen (the device's
+    // sequence), or the scanner's retransmit would be taken for a duplicate and lost.
+    let mut f = Fixture::with_upstreams("rollback", &["a"]);
+    f.config = Fixture::config(&f.dir, &["a"], "[store]\nmax_db_mb = 1\n");
+    let (s, j) = f.open();
+    let devices = 60u64;
+    let mut acked = vec![0u64; devices as usize];
+    for _round in 0..60 {
+        let rx: Vec<_> = (0..devices)
+            .flat_map(|d| {
+                let from = acked[d as usize] + 1;
+                (from..from + 3).map(move |seq| (d, seq))
+            })
+            .map(|(d, seq)| {
+                let device = format!("d{d}");
+                let sc = FramedScan {
+                    code: format!("{}-{d}-{seq}", "Y".repeat(300)),
+                    ..scan(&device, seq)
+                };
+                (d, s.framed_blocking(device, "p".into(), sc))
+            })
+            .collect();
+        for (d, rx) in rx {
+            if let Ok(out) = rx.blocking_recv().unwrap() {
+                acked[d as usize] = acked[d as usize].max(out.acked());
+            }
+        }
+    }
+    close(s, j);
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    let mut stored = vec![Vec::new(); devices as usize];
+    for p in r.pending("a", 0, 1_000_000).unwrap() {
+        let e = p.event().unwrap();
+        stored[e.device[1..].parse::<usize>().unwrap()].push(e.seq);
+    }
+    let total: usize = stored.iter().map(Vec::len).sum();
+    assert!(
+        total < 60 * 3 * devices as usize,
+        "the ceiling was reached: {total}"
+    );
+    for (d, seqs) in stored.iter().enumerate() {
+        let want: Vec<u64> = (1..=acked[d]).collect();
+        assert_eq!(seqs, &want, "d{d}: every acked scan stored, no gap");
+    }
+}

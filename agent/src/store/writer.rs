@@ -192,9 +192,23 @@ impl Writer {
             };
             answers.extend(answer);
         }
-        let committed = self
-            .devices
-            .flush(&tx)
+        // SQLite rolls the whole transaction back on some errors (SQLITE_FULL among them):
+        // then the ops that succeeded before the failing one are gone too, and must not be
+        // answered as durable. Committing now would commit nothing (or a stray statement).
+        let rolled_back = tx.is_autocommit();
+        if rolled_back {
+            tracing::warn!(ops = answers.len(), "SQLite rolled the whole batch back: every op in it is refused and retried by its sender");
+        }
+        let committed = if rolled_back {
+            Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("the batch was rolled back by SQLite after a failure in it".into()),
+            ))
+        } else {
+            Ok(())
+        };
+        let committed = committed
+            .and_then(|_| self.devices.flush(&tx))
             .and_then(|_| {
                 let last = self.last_row.get();
                 tx.prepare_cached("UPDATE row_seq SET last = ?1 WHERE id = 1 AND last < ?1")?

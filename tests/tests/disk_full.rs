@@ -1,0 +1,110 @@
+//! The outbox reaches its ceiling (`store.max_db_mb`, SQLite's page limit) while the
+//! upstream is away: new scans are refused with a Nack — the scanners keep them — and the
+//! refusal shows on /metrics; nothing stored is touched. When the broker is back and rows
+//! are delivered, those go first and capture resumes; every scan arrives once; the file
+//! passes the integrity check on the next start.
+
+use darkleg_agent::sim::broker::free_port;
+use darkleg_protocol::Step;
+use darkleg_tests::scanner::FramedConfig;
+use darkleg_tests::workload::PlannedScan;
+use darkleg_tests::*;
+use std::time::Duration;
+
+fn metric(port: u16, name: &str) -> Option<u64> {
+    let body = http_get(port, "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("darkleg_{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn a_full_outbox_refuses_loudly_keeps_every_scan_and_resumes_when_room_returns() {
+    let http = free_port().unwrap();
+    let mut rig = Rig::with_store(
+        "full",
+        &[PortKind::Framed, PortKind::Framed],
+        &format!("[store]\nmax_db_mb = 1\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n"),
+    );
+    rig.broker.stop();
+    let mut agent = rig.start_agent();
+    rig.wait_ports_open();
+
+    // Long codes fill a 1 MiB outbox after a couple of thousand scans.
+    let mut plans = Plans::new();
+    let mut scanners = Vec::new();
+    for (i, pty) in rig.take_ptys().into_iter().enumerate() {
+        let plan: Vec<PlannedScan> = (0..1500u64)
+            .map(|n| PlannedScan {
+                step: Step::Pack,
+                code: format!("LBL{i}-{n:05}-{}", "X".repeat(230)),
+                symbology: None,
+            })
+            .collect();
+        let cfg = FramedConfig {
+            scan_interval: Duration::from_millis(2),
+            ..FramedConfig::new(&format!("full-{i}"), 61 + i as u64)
+        };
+        scanners.push(start_framed(pty, cfg, plan, &mut plans));
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || metric(http, "store_full")
+            == Some(1)),
+        "the outbox fills and says so; metrics:\n{}",
+        http_get(http, "/metrics").unwrap_or_default()
+    );
+    // Refused, not lost: the scanners hold what the gateway would not take.
+    let held: u64 = scanners.iter().map(|(s, _)| s.stats().pending).sum();
+    let nacks: u64 = scanners.iter().map(|(s, _)| s.stats().nacks).sum();
+    assert!(held > 0 && nacks > 0, "held {held}, nacks {nacks}");
+    let stored_at_full = status(&rig.config)["events"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        status(&rig.config)["events"].as_u64().unwrap(),
+        stored_at_full,
+        "nothing more fits while every row is undelivered"
+    );
+    assert!(metric(http, "scans_refused_full_total").unwrap() > 0);
+    let log = std::fs::read_to_string(&rig.log).unwrap_or_default();
+    assert!(log.contains("outbox FULL"), "a clear log line:\n{log}");
+
+    // The upstream comes back: delivered rows make room, capture resumes.
+    rig.broker.restart().unwrap();
+    let expected: usize = plans.values().map(Vec::len).sum();
+    let all = wait_until(Duration::from_secs(90), || {
+        scanners.iter().all(|(s, n)| s.done(*n))
+            && unique_ids(&rig.collector.messages()) >= expected
+    });
+    assert!(
+        all,
+        "{} of {expected} arrived; scanners {:?}",
+        unique_ids(&rig.collector.messages()),
+        scanners
+            .iter()
+            .map(|(s, _)| (s.stats().acked, s.stats().pending))
+            .collect::<Vec<_>>()
+    );
+    let duplicates = check_exactly_once(&rig.collector.messages(), &plans);
+    let evicted = metric(http, "evicted_for_room_total").unwrap();
+    let refused = metric(http, "scans_refused_full_total").unwrap();
+    assert!(evicted > 0, "delivered rows went first");
+    assert_eq!(metric(http, "store_full"), Some(0), "capture resumed");
+    eprintln!(
+        "{expected} scans through a 1 MiB outbox: {stored_at_full} fit before it filled, \
+         {refused} refusals, {evicted} delivered rows evicted, 0 lost, {duplicates} duplicates"
+    );
+
+    // No damage: the next start's integrity check keeps the file.
+    agent.stop();
+    let _agent = rig.start_agent();
+    assert!(wait_until(Duration::from_secs(10), || http_get(
+        http, "/healthz"
+    )
+    .is_some()));
+    let st = status(&rig.config);
+    assert_eq!(st["incidents"], serde_json::json!([]), "{st}");
+    assert_eq!(
+        st["events"].as_u64().unwrap() as usize + evicted as usize,
+        expected
+    );
+}
