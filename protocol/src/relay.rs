@@ -339,6 +339,31 @@ mod tests {
         assert_eq!(parse(far.as_bytes(), ME), Err(RelayError::TooManyHops(8)));
     }
 
+    proptest::proptest! {
+        // The fuzz target's property, run in CI: arbitrary bytes and byte-level mutations of
+        // a valid batch never panic, and what is accepted is consistent.
+        #[test]
+        fn any_bytes_are_parsed_or_rejected_never_trusted_blindly(
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            flips in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY), 0..6),
+        ) {
+            let _ = parse(&noise, ME);
+            let hops = [hop("dock", "gw-1")];
+            let evs: Vec<ScanEvent> = (1..=3).map(|s| event("sc-2", s)).collect();
+            let mut batch = batch_json(evs.iter().map(|e| (e, origin(&hops)))).into_bytes();
+            for (at, b) in flips {
+                let i = at % batch.len();
+                batch[i] = b;
+            }
+            if let Ok(scans) = parse(&batch, ME) {
+                for s in scans {
+                    proptest::prop_assert_eq!(s.event.event_id, EventId::new(&s.event.device, s.event.seq));
+                    proptest::prop_assert!(s.event.code.len() <= MAX_CODE);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_payload_without_hops_is_from_its_gateway() {
         let hops = [hop("dock", "gw-1")];

@@ -431,6 +431,27 @@ name = "central"
 url = "mqtts://broker.example:8883"
 "#;
 
+    proptest::proptest! {
+        // The config fuzz target's property, run in CI: any mutation of a valid config is
+        // parsed or refused with a message — never a panic.
+        #[test]
+        fn mangled_configs_are_errors_not_crashes(
+            cuts in proptest::collection::vec((0usize..2000, 0usize..40, "[ -~\n]{0,12}"), 1..4),
+        ) {
+            let mut text = format!("{GOOD}\n[[relay]]\nname = \"site\"\nurl = \"mqtt://s\"\n[[route]]\nto = [\"central\"]\nsteps = [\"pack\"]\n");
+            for (at, len, with) in cuts {
+                let at = at % text.len();
+                let end = (at + len).min(text.len());
+                if text.is_char_boundary(at) && text.is_char_boundary(end) {
+                    text.replace_range(at..end, &with);
+                }
+            }
+            if let Err(e) = Config::parse(&text, "t.toml") {
+                proptest::prop_assert!(!e.message.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn broker_links_reject_ambiguous_or_half_configured_secrets() {
         let with = |extra: &str| error_of(&format!("{GOOD}{extra}\n"));
