@@ -17,12 +17,13 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 for t in "${targets[@]}"; do
   echo "== $t for ${secs}s"
   mkdir -p "corpus/$t" "artifacts/$t"
-  before=$(ls "artifacts/$t" | wc -l)
-  cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536 -print_final_stats=1 2>&1 \
-    | grep -E '^(#[0-9]+.*(DONE|pulse)|stat::number_of_executed_units|stat::new_units_added|==[0-9]+==|SUMMARY|artifact)' || true
-  # A crash leaves its input in artifacts/ (the exit status is lost in the pipe above).
-  if [ "$(ls "artifacts/$t" | wc -l)" -gt "$before" ]; then
-    echo "!! $t: new crash inputs in fuzz/artifacts/$t/" >&2
+  log="artifacts/$t/last-run.log"
+  status=0
+  cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=65536 -print_final_stats=1 >"$log" 2>&1 || status=$?
+  grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::new_units_added|SUMMARY)' "$log" || true
+  if [ "$status" -ne 0 ]; then
+    tail -30 "$log" >&2
+    echo "!! $t failed (exit $status); inputs that crash it are in fuzz/artifacts/$t/, the log in $log" >&2
     exit 1
   fi
 done

@@ -9,6 +9,6 @@ fuzz_target!(|data: &[u8]| {
     let Ok(code) = std::str::from_utf8(data) else { return };
     let i = inspect(code);
     let v = inspection_json(code, &i);
-    assert!(serde_json::to_string(&v).is_ok());
+    assert!(v.to_string().starts_with('{'));
     let _ = tracking::classify(code);
 });

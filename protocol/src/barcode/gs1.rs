@@ -47,9 +47,10 @@ impl Format {
             Format::X(k) => (1..=k as usize).contains(&n) && v.chars().all(is_cset82),
             Format::NX(k, m) => {
                 let k = k as usize;
+                // `get`: byte `k` may fall inside a multi-byte character of a bad scan.
                 (k..=k + m as usize).contains(&n)
-                    && digits(&v[..k])
-                    && v[k..].chars().all(is_cset82)
+                    && v.get(..k).is_some_and(digits)
+                    && v.get(k..).is_some_and(|x| x.chars().all(is_cset82))
             }
             Format::NN(k, m) => (k as usize..=(k + m) as usize).contains(&n) && digits(v),
         }
@@ -362,6 +363,15 @@ fn next_bracket_ai(body: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_ascii_inside_a_fixed_part_is_a_bad_value_not_a_panic() {
+        // Found by the barcode fuzz target: AI 8003 (N14 + X..16) with a two-byte character
+        // straddling byte 14 of the value.
+        let code = "\u{1d}800380q\0\0\0\0\0\x0003\r4\u{7df}";
+        assert!(parse(code).is_err());
+        assert!(parse("8003\u{e9}1234567890123ABC").is_err());
+    }
 
     #[test]
     fn check_digits_of_published_keys() {
