@@ -197,6 +197,32 @@ fn cmd_check(path: PathBuf) -> Result<(), String> {
         );
         describe_link(&u.link);
     }
+    for r in &c.relays {
+        println!(
+            "  relay {}: takes {} from {} (≤ {} KiB, ≤ {} hops)",
+            r.name,
+            r.topics.join(", "),
+            r.link.url(),
+            r.max_payload_bytes / 1024,
+            r.max_hops
+        );
+        describe_link(&r.link);
+    }
+    for r in &c.routes {
+        let list = |v: Option<Vec<String>>| v.map(|v| v.join("|")).unwrap_or_else(|| "any".into());
+        println!(
+            "  route → {}: {:?} of merchant {}, steps {}, sites {}",
+            r.to.join(", "),
+            r.carries,
+            r.merchant.as_deref().unwrap_or("any"),
+            list(
+                r.steps
+                    .as_ref()
+                    .map(|s| s.iter().map(|s| s.as_str().to_string()).collect())
+            ),
+            list(r.sites.clone()),
+        );
+    }
     for m in &c.merchants {
         println!(
             "  merchant {}: orders {:?}, GS1 prefixes {:?}, client codes {:?}{}",
