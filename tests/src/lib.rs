@@ -540,3 +540,42 @@ pub fn publish_as(
     let _ = client.disconnect();
     result
 }
+
+/// Orders alternating between two merchants — even ones acme's (`ACME-{i}`, SSCCs under
+/// GS1 company prefix 8712345), odd ones globex's (`GLX-{i}`, 8799999) — as (picks, packs):
+/// the order barcode at pick; the order, then the parcel's SSCC label at pack.
+pub fn two_merchant_orders(n: u64) -> (Vec<PlannedScan>, Vec<PlannedScan>) {
+    let scan = |step, code| PlannedScan {
+        step,
+        code,
+        symbology: Some("]C1".into()),
+    };
+    let (mut picks, mut packs) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let (order, prefix) = if i % 2 == 0 {
+            (format!("ACME-{i}"), "8712345")
+        } else {
+            (format!("GLX-{i}"), "8799999")
+        };
+        use darkleg_protocol::Step;
+        picks.push(scan(Step::Pick, format!("400{order}")));
+        packs.push(scan(Step::Pack, format!("400{order}")));
+        packs.push(scan(
+            Step::Pack,
+            format!("00{}", darkleg_agent::sim::workload::sscc_key(prefix, i)),
+        ));
+    }
+    (picks, packs)
+}
+
+/// A seeded xorshift: `next(lo, hi)` in `lo..hi`. Fault tests use a fixed seed, so a
+/// failure replays with the same moments.
+pub fn xorshift(seed: u64) -> impl FnMut(u64, u64) -> u64 {
+    let mut x = seed | 1;
+    move |lo, hi| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        lo + x % (hi - lo)
+    }
+}

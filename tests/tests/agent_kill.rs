@@ -39,13 +39,7 @@ fn sigkill_a_hundred_times_under_load_loses_nothing_and_never_renames_a_scan() {
 
     // A fixed seed keeps a failure reproducible; the kill moments still land anywhere in
     // the capture/commit/ack/publish cycle.
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move |lo: u64, hi: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        lo + rng % (hi - lo)
-    };
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15u64);
     let mut acked_per_cycle = Vec::new();
     for _ in 0..cycles {
         let before: u64 = scanners.iter().map(|(s, _)| s.stats().acked).sum();

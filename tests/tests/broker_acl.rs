@@ -6,9 +6,8 @@
 
 use darkleg_agent::sim::broker::Mosquitto;
 use darkleg_agent::sim::collector::Collector;
-use darkleg_protocol::{EventId, Step};
+use darkleg_protocol::EventId;
 use darkleg_tests::scanner::FramedConfig;
-use darkleg_tests::workload::{sscc_key, PlannedScan};
 use darkleg_tests::*;
 use std::path::Path;
 use std::process::Command;
@@ -134,23 +133,7 @@ keep_alive_secs = 5
     let log = dir.0.join("agent.log");
     let _agent = Agent::start(&config, &log);
 
-    let mut picks = Vec::new();
-    let mut packs = Vec::new();
-    for i in 0..ORDERS {
-        let (order, prefix) = if i % 2 == 0 {
-            (format!("ACME-{i}"), "8712345")
-        } else {
-            (format!("GLX-{i}"), "8799999")
-        };
-        let scan = |step, code| PlannedScan {
-            step,
-            code,
-            symbology: Some("]C1".into()),
-        };
-        picks.push(scan(Step::Pick, format!("400{order}")));
-        packs.push(scan(Step::Pack, format!("400{order}")));
-        packs.push(scan(Step::Pack, format!("00{}", sscc_key(prefix, i))));
-    }
+    let (picks, packs) = two_merchant_orders(ORDERS);
     let mut plans = Plans::new();
     let a = start_framed(
         picker,

@@ -36,13 +36,7 @@ fn broker_restarts_stalls_and_torn_packets_lose_nothing() {
         scanners.push(start_framed(pty, cfg, plan, &mut plans));
     }
 
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move |lo: u64, hi: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        lo + rng % (hi - lo)
-    };
+    let mut next = xorshift(0x2545_F491_4F6C_DD1Du64);
     let (mut restarts, mut stalls, mut cuts) = (0, 0, 0);
     for round in 0..ROUNDS {
         std::thread::sleep(Duration::from_millis(next(200, 500)));

@@ -7,22 +7,13 @@
 
 use darkleg_agent::sim::broker::Mosquitto;
 use darkleg_agent::sim::collector::{Arrival, Collector};
-use darkleg_protocol::{EventId, Step};
+use darkleg_protocol::EventId;
 use darkleg_tests::scanner::FramedConfig;
-use darkleg_tests::workload::{sscc_key, PlannedScan};
 use darkleg_tests::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 const ORDERS: u64 = 12;
-
-fn scan(step: Step, code: String) -> PlannedScan {
-    PlannedScan {
-        step,
-        code,
-        symbology: Some("]C1".into()),
-    }
-}
 
 /// Event id → code of every planned scan whose code names `merchant` (order prefix or SSCC
 /// company prefix).
@@ -142,18 +133,7 @@ carries = ["events", "milestones"]
 
     // Orders alternate between the merchants: picked (order barcode), packed (order, then
     // the parcel's SSCC under the merchant's company prefix).
-    let mut picks = Vec::new();
-    let mut packs = Vec::new();
-    for i in 0..ORDERS {
-        let (order, prefix) = if i % 2 == 0 {
-            (format!("ACME-{i}"), "8712345")
-        } else {
-            (format!("GLX-{i}"), "8799999")
-        };
-        picks.push(scan(Step::Pick, format!("400{order}")));
-        packs.push(scan(Step::Pack, format!("400{order}")));
-        packs.push(scan(Step::Pack, format!("00{}", sscc_key(prefix, i))));
-    }
+    let (picks, packs) = two_merchant_orders(ORDERS);
     let mut plans = Plans::new();
     let mut scanners = Vec::new();
     for (pty, (plan, name)) in dock

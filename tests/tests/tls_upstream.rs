@@ -22,7 +22,7 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A CA and a server certificate for `localhost` signed by it.
+/// A CA, and a server certificate for `localhost` signed by it.
 fn make_certs(dir: &Path) {
     openssl(
         dir,
@@ -42,29 +42,37 @@ fn make_certs(dir: &Path) {
             "ca.pem",
         ],
     );
+    sign(
+        dir,
+        "server",
+        "/CN=localhost",
+        "subjectAltName=DNS:localhost",
+    );
+}
+
+/// `{name}.key` and `{name}.pem` signed by the test CA, with `ext` as its extensions (which
+/// also make it an X.509 v3 certificate: rustls refuses v1).
+fn sign(dir: &Path, name: &str, subject: &str, ext: &str) {
+    let (key, csr, pem, extfile) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.ext"),
+    );
+    std::fs::write(dir.join(&extfile), format!("{ext}\n")).unwrap();
     openssl(
         dir,
         &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &key, "-out", &csr,
         ],
     );
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
     openssl(
         dir,
         &[
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &csr,
             "-CA",
             "ca.pem",
             "-CAkey",
@@ -73,9 +81,9 @@ fn make_certs(dir: &Path) {
             "-days",
             "2",
             "-extfile",
-            "san.ext",
+            &extfile,
             "-out",
-            "server.pem",
+            &pem,
         ],
     );
 }
@@ -128,47 +136,6 @@ fn delivers_over_tls_to_a_broker_signed_by_the_configured_ca() {
     check_exactly_once(&collector.messages(), &plans);
 }
 
-/// A client certificate for the gateway, signed by the test CA.
-fn make_client_cert(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=ams1-dock-1",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-        ],
-    );
-    // Extensions make it an X.509 v3 certificate (rustls refuses v1).
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-            "-out",
-            "client.pem",
-        ],
-    );
-}
-
 #[test]
 fn mutual_tls_with_a_password_from_a_file_delivers_and_a_gateway_without_its_certificate_does_not()
 {
@@ -176,7 +143,12 @@ fn mutual_tls_with_a_password_from_a_file_delivers_and_a_gateway_without_its_cer
     let certs = dir.0.join("certs");
     std::fs::create_dir_all(&certs).unwrap();
     make_certs(&certs);
-    make_client_cert(&certs);
+    sign(
+        &certs,
+        "client",
+        "/CN=ams1-dock-1",
+        "extendedKeyUsage=clientAuth",
+    );
     let passwd = dir.0.join("passwd");
     let out = Command::new("mosquitto_passwd")
         .args(["-c", "-b"])

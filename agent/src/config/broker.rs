@@ -80,6 +80,24 @@ pub(super) struct RawLink<'a> {
     pub keep_alive_secs: Option<&'a Spanned<i64>>,
 }
 
+/// [`RawLink`] borrowed from any raw table that has the connection keys.
+macro_rules! raw_link {
+    ($t:expr) => {
+        $crate::config::broker::RawLink {
+            url: &$t.url,
+            client_id: $t.client_id.as_ref(),
+            username: $t.username.as_ref(),
+            password_env: $t.password_env.as_ref(),
+            password_file: $t.password_file.as_ref(),
+            ca_file: $t.ca_file.as_ref(),
+            client_cert: $t.client_cert.as_ref(),
+            client_key: $t.client_key.as_ref(),
+            keep_alive_secs: $t.keep_alive_secs.as_ref(),
+        }
+    };
+}
+pub(super) use raw_link;
+
 impl Validator<'_> {
     pub(super) fn link(
         &self,

@@ -1,7 +1,7 @@
 //! `[[relay]]` (other gateways' events in, from a site broker) and `[[route]]` (which
 //! upstream gets what).
 
-use super::broker::{BrokerLink, RawLink};
+use super::broker::{raw_link, BrokerLink};
 use super::{ConfigError, Gateway, Merchant, Upstream, Validator};
 use darkleg_protocol::Step;
 use serde::Deserialize;
@@ -90,17 +90,7 @@ impl Validator<'_> {
                 ));
             }
             let link = self.link(
-                RawLink {
-                    url: &r.url,
-                    client_id: r.client_id.as_ref(),
-                    username: r.username.as_ref(),
-                    password_env: r.password_env.as_ref(),
-                    password_file: r.password_file.as_ref(),
-                    ca_file: r.ca_file.as_ref(),
-                    client_cert: r.client_cert.as_ref(),
-                    client_key: r.client_key.as_ref(),
-                    keep_alive_secs: r.keep_alive_secs.as_ref(),
-                },
+                raw_link!(r),
                 &table,
                 // Stable: the broker keeps this session's queue while the gateway is away.
                 format!("darkleg-{}-{}-relay-{}", gateway.site, gateway.id, name),

@@ -1,6 +1,6 @@
 //! `[[upstream]]`: a broker the outbox is delivered to, with its own backlog.
 
-use super::broker::{BrokerLink, RawLink};
+use super::broker::{raw_link, BrokerLink};
 use super::{ConfigError, Gateway, Merchant, Validator};
 use serde::Deserialize;
 use toml::Spanned;
@@ -66,17 +66,7 @@ impl Validator<'_> {
                 ));
             }
             let link = self.link(
-                RawLink {
-                    url: &u.url,
-                    client_id: u.client_id.as_ref(),
-                    username: u.username.as_ref(),
-                    password_env: u.password_env.as_ref(),
-                    password_file: u.password_file.as_ref(),
-                    ca_file: u.ca_file.as_ref(),
-                    client_cert: u.client_cert.as_ref(),
-                    client_key: u.client_key.as_ref(),
-                    keep_alive_secs: u.keep_alive_secs.as_ref(),
-                },
+                raw_link!(u),
                 &table,
                 format!("darkleg-{}-{}-{}", gateway.site, gateway.id, name),
             )?;

@@ -301,21 +301,26 @@ fn a_refused_code_consumes_its_sequence_without_an_event() {
     assert_eq!((d.last_seq, d.events, d.refused), (3, 2, 1));
 }
 
+/// A scan of device `d` with a 400-byte code: a 1 MiB outbox holds a couple of thousand.
+fn big(seq: u64) -> FramedScan {
+    FramedScan {
+        code: format!("{}-{seq}", "X".repeat(400)),
+        ..scan("d", seq)
+    }
+}
+
+fn submit(s: &StoreHandle, seq: u64) -> Result<FramedOutcome, StoreError> {
+    s.framed_blocking("d".into(), "p".into(), big(seq))
+        .blocking_recv()
+        .unwrap()
+}
+
 #[test]
 fn a_full_outbox_refuses_new_scans_and_keeps_every_stored_one() {
     let mut f = Fixture::with_upstreams("full", &["a"]);
     f.config = Fixture::config(&f.dir, &["a"], "[store]\nmax_db_mb = 1\n");
     let (s, j) = f.open();
     hello(&s, "d", 0);
-    let big = |seq: u64| FramedScan {
-        code: format!("{}-{seq}", "X".repeat(400)),
-        ..scan("d", seq)
-    };
-    let submit = |s: &StoreHandle, seq| {
-        s.framed_blocking("d".into(), "p".into(), big(seq))
-            .blocking_recv()
-            .unwrap()
-    };
     let mut stored = 0u64;
     let err = loop {
         match submit(&s, stored + 1) {
@@ -381,15 +386,6 @@ fn a_full_outbox_evicts_delivered_rows_first_and_never_an_undelivered_one() {
     f.config = Fixture::config(&f.dir, &["a"], "[store]\nmax_db_mb = 1\n");
     let (s, j) = f.open();
     hello(&s, "d", 0);
-    let big = |seq: u64| FramedScan {
-        code: format!("{}-{seq}", "X".repeat(400)),
-        ..scan("d", seq)
-    };
-    let submit = |s: &StoreHandle, seq| {
-        s.framed_blocking("d".into(), "p".into(), big(seq))
-            .blocking_recv()
-            .unwrap()
-    };
     // Fill to the ceiling once.
     let mut stored = 0u64;
     while submit(&s, stored + 1).is_ok() {
