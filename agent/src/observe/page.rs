@@ -198,6 +198,15 @@ td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}.ok{{colo
         events = st.events,
         now = darkleg_protocol::time::Rfc3339(s.now_ms),
     );
+    for i in &st.incidents {
+        let _ = write!(
+            h,
+            "<p class=\"bad\">{} {}: {}</p>",
+            darkleg_protocol::time::Rfc3339(i.at_ms.max(0) as u64),
+            esc(&i.kind),
+            esc(&i.detail)
+        );
+    }
     if faults::STORE_FULL.load(Relaxed) {
         let _ = write!(h, "<p class=\"bad\" id=\"store-full\">Outbox FULL of undelivered scans: new scans are refused until an upstream drains ({} refused so far).</p>", faults::REFUSED_FULL.load(Relaxed));
     }
