@@ -175,6 +175,12 @@ impl Writer {
             }
         };
         let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+        // Only a stored scan shows the outbox has room again (a counter update, a duplicate
+        // or an out-of-order retransmit writes nothing that needs it).
+        let mut captures = batch
+            .iter()
+            .filter(|op| matches!(op, WriteOp::Ascii { .. } | WriteOp::Relayed { .. }))
+            .count();
         for op in batch.drain(..) {
             // After a full disk SQLite may roll the whole transaction back; a savepoint
             // then would start (and commit) a transaction of its own. Refuse the rest.
@@ -216,6 +222,10 @@ impl Writer {
                 Ok(last)
             })
             .and_then(|max_row| tx.commit().map(|_| max_row));
+        captures += answers
+            .iter()
+            .filter(|a| matches!(a, Answer::Framed(_, Ok(FramedOutcome::Stored { .. }))))
+            .count();
         let full = matches!(&committed, Err(e) if is_full(&e.to_string()))
             || answers
                 .iter()
@@ -227,7 +237,7 @@ impl Writer {
         };
         match committed {
             Ok(max_row) => {
-                if !full && faults::STORE_FULL.swap(false, Relaxed) {
+                if !full && captures > 0 && faults::STORE_FULL.swap(false, Relaxed) {
                     tracing::info!("outbox has room again: capture resumed");
                 }
                 self.devices.committed();
