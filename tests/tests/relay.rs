@@ -102,6 +102,13 @@ name = "globex"
 url = "{globex}"
 keep_alive_secs = 5
 
+# The 3PL also archives everything on the site broker: its own publications come back on
+# the relay's subscription and must be skipped, not relayed again nor counted as junk.
+[[upstream]]
+name = "site-archive"
+url = "{site}"
+keep_alive_secs = 5
+
 [[route]]
 to = ["acme"]
 merchant = "acme"
@@ -250,10 +257,23 @@ carries = ["events", "milestones"]
             &relay_config
         ))["rejected"]
             == 4),
-        "four rejections counted: {}",
+        "four rejections counted (the relay's own echoes are not junk): {}",
         relay_port(&status(&relay_config))
     );
     std::thread::sleep(Duration::from_millis(500));
+    let st = status(&relay_config);
+    assert_eq!(relay_port(&st)["rejected"], 4, "and no more: {st}");
+    let archived = st["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "site-archive")
+        .map(|u| u["delivered"].as_u64().unwrap())
+        .unwrap();
+    assert!(
+        archived >= 36,
+        "the archive (echoed back) got everything: {st}"
+    );
     let first_id = first["event_id"].as_str().unwrap();
     assert_eq!(
         scans(&acme.messages())

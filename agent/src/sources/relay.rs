@@ -120,11 +120,18 @@ impl Connection<'_> {
                                 pending.push_back((durable, p, n));
                             }
                             Err(e) => {
-                                self.reject(&p.topic, &e.to_string());
+                                // Our own publication coming back (this gateway's upstream is
+                                // the broker it relays from) is expected, not an error.
+                                match &e {
+                                    relay::RelayError::Loop(trace) if trace.ends_with(self.me) => {
+                                        tracing::debug!(relay = %self.relay.name, "own publication echoed back; skipped");
+                                    }
+                                    _ => self.reject(&p.topic, &e.to_string()),
+                                }
+                                // Acked, in arrival order: redelivery would not make it better.
                                 if pending.is_empty() {
                                     client.ack(&p).await.map_err(|e| e.to_string())?;
                                 } else {
-                                    // Acks go out in arrival order.
                                     let (tx, rx) = oneshot::channel();
                                     let _ = tx.send(Ok(0));
                                     pending.push_back((rx, p, 0));
@@ -138,7 +145,10 @@ impl Connection<'_> {
                     let (_, p, n) = pending.pop_front().expect("guarded");
                     match done {
                         Ok(Ok(stored)) => {
-                            self.report.frames += 1;
+                            // n = 0: a rejected message waiting for its turn to be acked.
+                            if n > 0 {
+                                self.report.frames += 1;
+                            }
                             if (stored as usize) < n {
                                 tracing::debug!(relay = %self.relay.name, duplicates = n - stored as usize, "relayed scans already held");
                             }
