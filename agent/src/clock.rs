@@ -45,8 +45,9 @@ impl Default for ClockWatch {
     }
 }
 
-/// Samples the clocks every second until the task is dropped.
-pub async fn watch() {
+/// Samples the clocks every second until the task is dropped; a step is also recorded in the
+/// store's incidents, where `darkleg status` shows it.
+pub async fn watch(store: crate::store::StoreHandle) {
     let origin = Instant::now();
     let mut w = ClockWatch::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -59,6 +60,16 @@ pub async fn watch() {
                 step_ms = step,
                 "the gateway's wall clock stepped; ordering is unaffected (outbox rows, device sequences), timestamps around it are suspect; re-syncing scanners"
             );
+            let detail = format!(
+                "wall clock stepped {:+.1} s against the monotonic clock; timestamps around it are suspect",
+                step as f64 / 1000.0
+            );
+            let _ = store
+                .send(crate::store::WriteOp::Incident {
+                    kind: "clock_jump",
+                    detail,
+                })
+                .await;
         }
     }
 }

@@ -121,7 +121,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             .map_err(|e| format!("starting derivation: {e}"))?
     };
     let heartbeat = tokio::spawn(heartbeat(store.path.clone()));
-    let clock = tokio::spawn(clock::watch());
+    let clock = tokio::spawn(clock::watch(store.clone()));
     let pruner = {
         let store = store.clone();
         let retention = config.store.retention;

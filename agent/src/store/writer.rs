@@ -111,6 +111,8 @@ pub enum WriteOp {
         protocol: &'static str,
         report: PortReport,
     },
+    /// Something an operator should see in `status` (a clock step); no reply.
+    Incident { kind: &'static str, detail: String },
     /// Drop delivered events received before this instant.
     Prune { before_ms: u64 },
     /// Scans another gateway relayed; the reply counts those stored (the rest were
@@ -394,6 +396,16 @@ fn apply_savepointed(
         } => {
             let r = ops::port_report(&sp, &port, protocol, &report);
             log_failure(finish(sp, r, "port counters"));
+            None
+        }
+        WriteOp::Incident { kind, detail } => {
+            let r = sp
+                .execute(
+                    "INSERT INTO incidents(at, kind, detail) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![crate::now_ms() as i64, kind, detail],
+                )
+                .map(|_| ());
+            log_failure(finish(sp, r, "incident"));
             None
         }
         WriteOp::Prune { before_ms } => {
