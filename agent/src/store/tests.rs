@@ -535,6 +535,11 @@ fn a_gateway_clock_step_neither_reorders_nor_loses_and_device_offsets_are_kept()
         before_ms: now + 100 * 86_400_000,
     })
     .unwrap();
+    s.send_blocking(WriteOp::Incident {
+        kind: "clock_jump",
+        detail: "wall clock stepped -3600.0 s".into(),
+    })
+    .unwrap();
     close(s, j);
     let r = Reader::open(&f.config.db_path()).unwrap();
     let seqs: Vec<u64> = r
@@ -556,6 +561,11 @@ fn a_gateway_clock_step_neither_reorders_nor_loses_and_device_offsets_are_kept()
         .find(|d| d.device == "d")
         .unwrap();
     assert_eq!(d.clock_offset_ms, Some(5_000));
+    let incidents = r.status().unwrap().incidents;
+    assert_eq!(
+        incidents[0].kind, "clock_jump",
+        "the step is on record for status"
+    );
 }
 
 #[test]
