@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub use darkleg_agent::sim::{broker::Mosquitto, collector::Collector, scanner, workload};
 pub mod proxy;
+pub mod tls;
 
 /// The `darkleg` binary, built once per test process so the tests run against current code
 /// even when only `cargo test` was asked for.

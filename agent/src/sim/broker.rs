@@ -13,6 +13,8 @@ pub struct Mosquitto {
     binary: PathBuf,
     /// Extra config lines (a TLS listener, say).
     extra: String,
+    /// A whole config instead of the generated one, `{port}` and `{dir}` filled in.
+    custom: Option<String>,
 }
 
 /// The mosquitto binary on PATH (or Debian's /usr/sbin, often not on a user's PATH).
@@ -38,6 +40,17 @@ impl Mosquitto {
 
     /// [`start`](Self::start) with extra lines appended to the generated config.
     pub fn start_with(dir: &Path, extra: &str) -> Result<Mosquitto, String> {
+        Mosquitto::launch_new(dir, extra, None)
+    }
+
+    /// Starts one on a whole config of the caller's (a shipped one, adapted): `{port}` and
+    /// `{dir}` in it become the free port and the data directory. It must listen on
+    /// 127.0.0.1:{port} first, which is how readiness is checked.
+    pub fn start_config(dir: &Path, template: &str) -> Result<Mosquitto, String> {
+        Mosquitto::launch_new(dir, "", Some(template.to_string()))
+    }
+
+    fn launch_new(dir: &Path, extra: &str, custom: Option<String>) -> Result<Mosquitto, String> {
         let binary = find_mosquitto()
             .ok_or("mosquitto not found on PATH (Debian: apt-get install mosquitto)")?;
         let mut last = String::new();
@@ -49,6 +62,7 @@ impl Mosquitto {
                 dir: dir.to_path_buf(),
                 binary: binary.clone(),
                 extra: extra.to_string(),
+                custom: custom.clone(),
             };
             match m.launch() {
                 Ok(()) => return Ok(m),
@@ -92,6 +106,12 @@ impl Mosquitto {
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| "root".into()),
         );
+        let text = match &self.custom {
+            Some(t) => t
+                .replace("{port}", &self.port.to_string())
+                .replace("{dir}", &self.dir.display().to_string()),
+            None => text,
+        };
         std::fs::write(&conf, text).map_err(|e| e.to_string())?;
         let mut child = Command::new(&self.binary)
             .arg("-c")
