@@ -10,7 +10,13 @@ use darkleg_tests::workload::parcel_scans;
 use darkleg_tests::*;
 use std::time::Duration;
 
-const ROUNDS: u64 = 20;
+/// 20 in CI; `DARKLEG_CHAOS_ROUNDS` for a soak.
+fn rounds() -> u64 {
+    std::env::var("DARKLEG_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
 
 #[test]
 fn broker_restarts_stalls_and_torn_packets_lose_nothing() {
@@ -29,8 +35,8 @@ fn broker_restarts_stalls_and_torn_packets_lose_nothing() {
             .flat_map(|n| parcel_scans(5_000 * (i as u64 + 1) + n, Step::Pack))
             .collect();
         let cfg = FramedConfig {
-            // Spread over the whole run (20 rounds of ~1.5 s).
-            scan_interval: Duration::from_millis(30_000 / plan.len() as u64),
+            // Spread over the whole run (rounds of ~1.5 s).
+            scan_interval: Duration::from_millis(1_500 * rounds() / plan.len() as u64),
             ..FramedConfig::new(&format!("chaos-{i}"), 31 + i as u64)
         };
         scanners.push(start_framed(pty, cfg, plan, &mut plans));
@@ -38,7 +44,7 @@ fn broker_restarts_stalls_and_torn_packets_lose_nothing() {
 
     let mut next = xorshift(0x2545_F491_4F6C_DD1Du64);
     let (mut restarts, mut stalls, mut cuts) = (0, 0, 0);
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         std::thread::sleep(Duration::from_millis(next(200, 500)));
         rig.broker.stop();
         std::thread::sleep(Duration::from_millis(next(100, 800)));
