@@ -97,7 +97,16 @@ impl Router {
     pub fn for_scan<'r>(&'r self, scan: &ScanFacts<'_>, out: &mut Vec<&'r str>) {
         out.clear();
         let merchant = if self.scans_need_merchant {
-            self.merchant_of_scan(scan)
+            // This runs in the store writer: a parser bug on some odd code must cost that
+            // scan its merchant route, not the writer.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.merchant_of_scan(scan)))
+                .unwrap_or_else(|_| {
+                    tracing::error!(
+                        code = scan.code,
+                        "reading a scan's merchant panicked; routed as no merchant's"
+                    );
+                    None
+                })
         } else {
             None
         };

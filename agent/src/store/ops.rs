@@ -86,6 +86,15 @@ pub(super) fn framed(
         s.received_at_ms,
         None,
     )?;
+    if !inserted && id_collision(sp, device, s.seq, &s.code)? {
+        // Refused rather than acked as stored: the operator hears the error tone.
+        let update = Update {
+            last_seq: s.seq,
+            refused: 1,
+            ..Update::default()
+        };
+        return Ok((FramedOutcome::Refused { acked: s.seq }, update));
+    }
     let update = Update {
         last_seq: s.seq,
         events: inserted as i64,
@@ -134,6 +143,29 @@ pub(super) fn next_row(routes: &Routes<'_>) -> i64 {
     let r = routes.last_row.get() + 1;
     routes.last_row.set(r);
     r
+}
+
+/// A new scan whose event id is already taken. With relaying, a device id used at two sites
+/// names two scanners: their events share ids and one side's scans are dropped as
+/// duplicates. Nothing can be stored under another id (ids are derived, so every hop agrees);
+/// say so loudly, so the device is renamed. True when the id belongs to another scan.
+fn id_collision(sp: &Connection, device: &str, seq: u64, code: &str) -> rusqlite::Result<bool> {
+    let held: Option<(String, Option<String>, Option<String>)> = sp
+        .prepare_cached("SELECT code, origin_site, origin_gateway FROM events WHERE event_id = ?1")?
+        .query_row([&EventId::new(device, seq).0[..]], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    match held {
+        Some((held_code, site, gateway)) if held_code != code || site.is_some() => {
+            tracing::error!(
+                device, seq, from_site = ?site, from_gateway = ?gateway,
+                "event id collision: this device id is also used elsewhere (a relayed scan holds its id); this scan is NOT stored — give every scanner a device id unique across all sites"
+            );
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Other gateways' scans, as a relay took them: stored under their own event ids (a

@@ -617,3 +617,57 @@ fn a_batch_that_sqlite_rolls_back_answers_nobody_as_durable() {
         assert_eq!(seqs, &want, "d{d}: every acked scan stored, no gap");
     }
 }
+
+#[test]
+fn a_local_scan_whose_id_a_relayed_scan_holds_is_refused_not_silently_dropped() {
+    let f = Fixture::with_upstreams("collide", &["a"]);
+    let (s, j) = f.open();
+    // Another site's scanner, also called "d", relayed here first.
+    let theirs = ScanEvent {
+        event_id: EventId::new("d", 1),
+        device: "d".into(),
+        seq: 1,
+        step: Step::Pick,
+        code: "THEIR-CODE".into(),
+        symbology: None,
+        station: None,
+        operator: None,
+        captured_at_ms: 1_000,
+        received_at_ms: 2_000,
+    };
+    let relayed = darkleg_protocol::relay::Relayed {
+        event: theirs,
+        site: "far".into(),
+        gateway: "gw-9".into(),
+        hops: vec!["far/gw-9".into()],
+    };
+    let stored = s
+        .request_blocking(|reply| WriteOp::Relayed {
+            scans: vec![relayed.clone(), relayed],
+            reply,
+        })
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, 1, "the second copy is a duplicate");
+    hello(&s, "d", 0);
+    assert_eq!(framed(&s, "d", 1), FramedOutcome::Refused { acked: 1 });
+    assert_eq!(framed(&s, "d", 2), FramedOutcome::Stored { acked: 2 });
+    close(s, j);
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    let codes: Vec<String> = r
+        .pending("a", 0, 10)
+        .unwrap()
+        .iter()
+        .map(|p| p.event().unwrap().code.clone())
+        .collect();
+    assert_eq!(codes, ["THEIR-CODE", "d-code-2"]);
+    let d = r
+        .status()
+        .unwrap()
+        .devices
+        .into_iter()
+        .find(|d| d.device == "d")
+        .unwrap();
+    assert_eq!(d.refused, 1, "counted where an operator looks");
+}
