@@ -52,7 +52,11 @@ async fn heartbeat(db: std::path::PathBuf) {
         let status = tokio::task::spawn_blocking(move || store::Reader::open(&db)?.status()).await;
         let Ok(Ok(s)) = status else { continue };
         let backlog: i64 = s.upstreams.iter().map(|u| u.backlog).sum();
-        let connected = s.ports.iter().filter(|p| p.connected).count();
+        let connected = s
+            .ports
+            .iter()
+            .filter(|p| p.connected && !p.is_relay())
+            .count();
         // Device counters only grow (pruning does not touch them).
         let total: i64 = s.devices.iter().map(|d| d.events).sum();
         tracing::info!(

@@ -67,6 +67,7 @@ fn two_hops_route_each_merchant_its_own_and_a_dead_broker_holds_back_nobody() {
     let relay_dir = dock.dir.0.join("relay");
     std::fs::create_dir_all(&relay_dir).unwrap();
     let relay_config = relay_dir.join("gateway.toml");
+    let http = darkleg_agent::sim::broker::free_port().unwrap();
     std::fs::write(
         &relay_config,
         format!(
@@ -75,6 +76,9 @@ fn two_hops_route_each_merchant_its_own_and_a_dead_broker_holds_back_nobody() {
 site = "3pl"
 id = "relay"
 data_dir = "{data}"
+
+[http]
+listen = "127.0.0.1:{http}"
 
 [[relay]]
 name = "site"
@@ -120,6 +124,7 @@ merchant = "globex"
 carries = ["events", "milestones"]
 "#,
             data = relay_dir.join("data").display(),
+            http = http,
             site = dock.broker.url(),
             acme = acme_broker.url(),
             globex = globex_broker.url(),
@@ -274,6 +279,14 @@ carries = ["events", "milestones"]
         archived >= 36,
         "the archive (echoed back) got everything: {st}"
     );
+    let metrics = http_get(http, "/metrics").unwrap();
+    assert!(
+        metrics.contains("darkleg_relay_rejected_total{relay=\"site\"} 4\n")
+            && metrics.contains("darkleg_relay_connected{relay=\"site\"} 1\n"),
+        "{metrics}"
+    );
+    let page = http_get(http, "/").unwrap();
+    assert!(page.contains("Relayed gateways") && page.contains("relay:site"));
     let first_id = first["event_id"].as_str().unwrap();
     assert_eq!(
         scans(&acme.messages())

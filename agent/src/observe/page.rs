@@ -70,7 +70,12 @@ pub fn metrics(s: &Snapshot) -> String {
     let st = &s.status;
     let mut out = String::new();
     let captured: i64 = st.devices.iter().map(|d| d.events).sum();
-    let rejected: i64 = st.ports.iter().map(|p| p.rejected).sum::<i64>()
+    let rejected: i64 = st
+        .ports
+        .iter()
+        .filter(|p| !p.is_relay())
+        .map(|p| p.rejected)
+        .sum::<i64>()
         + st.devices.iter().map(|d| d.refused).sum::<i64>();
     single(
         &mut out,
@@ -116,7 +121,11 @@ pub fn metrics(s: &Snapshot) -> String {
             })
         },
     );
-    let online = st.ports.iter().filter(|p| p.connected).count();
+    let online = st
+        .ports
+        .iter()
+        .filter(|p| p.connected && !p.is_relay())
+        .count();
     single(
         &mut out,
         "scanners_online",
@@ -147,6 +156,37 @@ pub fn metrics(s: &Snapshot) -> String {
     }
     let total = counts[latency::BOUNDS.len()];
     let _ = writeln!(out, "darkleg_ack_latency_seconds_bucket{{le=\"+Inf\"}} {total}\ndarkleg_ack_latency_seconds_sum {sum}\ndarkleg_ack_latency_seconds_count {total}");
+    let relays: Vec<&crate::store::PortStatus> = st.ports.iter().filter(|p| p.is_relay()).collect();
+    for (name, kind, help, value) in [
+        (
+            "relay_messages_total",
+            "counter",
+            "Relayed messages taken into the outbox, per relay source.",
+            (|p: &crate::store::PortStatus| p.frames) as fn(&crate::store::PortStatus) -> i64,
+        ),
+        (
+            "relay_rejected_total",
+            "counter",
+            "Relayed messages rejected (too big, malformed, forged, looping), per relay source.",
+            |p| p.rejected,
+        ),
+        (
+            "relay_connected",
+            "gauge",
+            "1 while the relay source is connected to its broker.",
+            |p| p.connected as i64,
+        ),
+    ] {
+        head(&mut out, name, kind, help);
+        for p in &relays {
+            let _ = writeln!(
+                out,
+                "darkleg_{name}{{relay=\"{}\"}} {}",
+                label(p.port.trim_start_matches("relay:")),
+                value(p)
+            );
+        }
+    }
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
     single(
         &mut out,
@@ -210,9 +250,10 @@ td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}.ok{{colo
     if faults::STORE_FULL.load(Relaxed) {
         let _ = write!(h, "<p class=\"bad\" id=\"store-full\">Outbox FULL of undelivered scans: new scans are refused until an upstream drains ({} refused so far).</p>", faults::REFUSED_FULL.load(Relaxed));
     }
-    let online = st.ports.iter().filter(|p| p.connected).count();
-    let _ = write!(h, "<h2>Scanners <span id=\"scanners-online\">{online}</span> of {} online</h2><table id=\"scanners\"><tr><th>port</th><th>device</th><th>state</th><th>last scan</th><th>rejected</th></tr>", st.ports.len());
-    for p in &st.ports {
+    let (relays, scanners): (Vec<_>, Vec<_>) = st.ports.iter().partition(|p| p.is_relay());
+    let online = scanners.iter().filter(|p| p.connected).count();
+    let _ = write!(h, "<h2>Scanners <span id=\"scanners-online\">{online}</span> of {} online</h2><table id=\"scanners\"><tr><th>port</th><th>device</th><th>state</th><th>last scan</th><th>rejected</th></tr>", scanners.len());
+    for p in &scanners {
         let devices: Vec<&crate::store::DeviceStatus> = st
             .devices
             .iter()
@@ -233,6 +274,24 @@ td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}.ok{{colo
             ago(s.now_ms, last),
             p.rejected
         );
+    }
+    if !relays.is_empty() {
+        h.push_str("</table><h2>Relayed gateways</h2><table id=\"relays\"><tr><th>source</th><th>state</th><th>messages</th><th>rejected</th><th>last rejection</th></tr>");
+        for p in &relays {
+            let (class, state) = if p.connected {
+                ("ok", "connected")
+            } else {
+                ("bad", "disconnected")
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"{class}\">{state}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&p.port),
+                p.frames,
+                p.rejected,
+                esc(p.last_reject.as_deref().unwrap_or(""))
+            );
+        }
     }
     h.push_str("</table><h2>Upstreams</h2><table id=\"upstreams\"><tr><th>upstream</th><th>backlog</th><th>oldest waiting</th><th>drain</th><th>delivered</th><th>last sync</th></tr>");
     for u in &st.upstreams {

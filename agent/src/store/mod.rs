@@ -524,6 +524,13 @@ pub struct UpstreamStatus {
     pub oldest_undelivered_ms: Option<i64>,
 }
 
+impl PortStatus {
+    /// A relay source (`relay:{name}`), not a scanner port: `frames` counts messages taken.
+    pub fn is_relay(&self) -> bool {
+        self.protocol == "relay"
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct PortStatus {
     pub port: String,
