@@ -9,9 +9,11 @@
 //! batching and with one event per message, with the agent's peak RSS, CPU and start-up time;
 //! and the baseline's ingest, drain and survival of a SIGKILL. Prints a table, writes JSON.
 
+mod relay;
+
 use darkleg_agent::config::Config;
 use darkleg_agent::sim::broker::{free_port, Mosquitto};
-use darkleg_agent::store::{FramedScan, StoreHandle, WriteOp};
+
 use darkleg_protocol::Step;
 use darkleg_tests::scanner::FramedConfig;
 use darkleg_tests::workload::parcel_scans;
@@ -257,65 +259,6 @@ fn steady_latency(secs: u64) -> Value {
            "ack_p50_ms": histogram_quantile(&m, 0.5), "ack_p99_ms": histogram_quantile(&m, 0.99)})
 }
 
-/// Builds a backlog of `n` scans in the store (upstream down), through the real writer.
-fn build_backlog(config: &Config, n: u64) -> f64 {
-    let (store, writer) = StoreHandle::open(config).expect("store");
-    let start = Instant::now();
-    let per = n / 4;
-    let producers: Vec<_> = (0..4)
-        .map(|p| {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                let device = format!("backlog-{p}");
-                store
-                    .request_blocking(|reply| WriteOp::Hello {
-                        device: device.clone(),
-                        firmware: "b".into(),
-                        port: "p".into(),
-                        last_acked: 0,
-                        reply,
-                    })
-                    .blocking_recv()
-                    .unwrap()
-                    .unwrap();
-                let mut window = std::collections::VecDeque::new();
-                for seq in 1..=per {
-                    let scan = FramedScan {
-                        seq,
-                        step: Step::Pick,
-                        code: format!("0108712345{:06}", seq % 1_000_000),
-                        symbology: Some("]C1".into()),
-                        operator: None,
-                        captured_at_ms: 1_795_300_000_000 + seq,
-                        station: None,
-                        received_at_ms: 1_795_300_000_000 + seq,
-                        refused: false,
-                    };
-                    window.push_back(store.framed_blocking(device.clone(), "p".into(), scan));
-                    if window.len() == 256 {
-                        window
-                            .pop_front()
-                            .unwrap()
-                            .blocking_recv()
-                            .unwrap()
-                            .unwrap();
-                    }
-                }
-                for rx in window {
-                    rx.blocking_recv().unwrap().unwrap();
-                }
-            })
-        })
-        .collect();
-    for p in producers {
-        p.join().unwrap();
-    }
-    let rate = (4 * per) as f64 / start.elapsed().as_secs_f64();
-    drop(store);
-    writer.join().unwrap();
-    rate
-}
-
 /// Phase 3: darkleg with a backlog: SIGKILL during the outage, start-up, drain.
 fn darkleg_drain(n: u64, batch: u64, kill: bool) -> Value {
     let dir = scratch(&format!("drain-b{batch}"));
@@ -330,7 +273,7 @@ fn darkleg_drain(n: u64, batch: u64, kill: bool) -> Value {
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config_text(&dir, "", &upstream, http)).unwrap();
     let config = Config::load(&path).unwrap();
-    let build_rate = build_backlog(&config, n);
+    let build_rate = fill_outbox(&config, n);
     let n = (n / 4) * 4;
     let mut survived_kill = None;
     if kill {
@@ -482,7 +425,7 @@ fn main() {
     eprintln!(
         "darkleg-bench: backlog {backlog}, ingest 4 × {per_scanner}; this takes a few minutes"
     );
-    // `--only ingest` / `--only drain1`: one phase alone (for profiling).
+    // `--only ingest` / `--only drain1` / `--only relay`: one phase alone (for profiling).
     if std::env::args().any(|a| a == "ingest") {
         let (rate, p50, p99) = durable_ingest(per_scanner, true);
         let (up, _, _) = durable_ingest(per_scanner, false);
@@ -490,6 +433,10 @@ fn main() {
             "{}",
             json!({"events_per_s": rate, "with_upstream_up_per_s": up, "ack_p50_ms": p50, "ack_p99_ms": p99})
         );
+        return;
+    }
+    if std::env::args().any(|a| a == "relay") {
+        println!("{}", relay::relay_throughput(backlog / 10, 100));
         return;
     }
     if std::env::args().any(|a| a == "drain1") {

@@ -580,3 +580,64 @@ pub fn xorshift(seed: u64) -> impl FnMut(u64, u64) -> u64 {
         lo + x % (hi - lo)
     }
 }
+
+/// Writes `n` scans (4 devices, `backlog-{0..3}`, seq from 1) into the store of `config`
+/// through the real writer, with the agent not running: a backlog for drain tests. Returns
+/// scans/s.
+pub fn fill_outbox(config: &darkleg_agent::config::Config, n: u64) -> f64 {
+    let (store, writer) = darkleg_agent::store::StoreHandle::open(config).expect("store");
+    let start = Instant::now();
+    let per = n / 4;
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let device = format!("backlog-{p}");
+                store
+                    .request_blocking(|reply| darkleg_agent::store::WriteOp::Hello {
+                        device: device.clone(),
+                        firmware: "b".into(),
+                        port: "p".into(),
+                        last_acked: 0,
+                        reply,
+                    })
+                    .blocking_recv()
+                    .unwrap()
+                    .unwrap();
+                let mut window = std::collections::VecDeque::new();
+                for seq in 1..=per {
+                    let scan = darkleg_agent::store::FramedScan {
+                        seq,
+                        step: darkleg_protocol::Step::Pick,
+                        code: format!("0108712345{:06}", seq % 1_000_000),
+                        symbology: Some("]C1".into()),
+                        operator: None,
+                        captured_at_ms: 1_795_300_000_000 + seq,
+                        station: None,
+                        received_at_ms: 1_795_300_000_000 + seq,
+                        refused: false,
+                    };
+                    window.push_back(store.framed_blocking(device.clone(), "p".into(), scan));
+                    if window.len() == 256 {
+                        window
+                            .pop_front()
+                            .unwrap()
+                            .blocking_recv()
+                            .unwrap()
+                            .unwrap();
+                    }
+                }
+                for rx in window {
+                    rx.blocking_recv().unwrap().unwrap();
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    let rate = (4 * per) as f64 / start.elapsed().as_secs_f64();
+    drop(store);
+    writer.join().unwrap();
+    rate
+}

@@ -400,3 +400,72 @@ fn a_relay_killed_ten_times_mid_stream_loses_nothing() {
     );
     drop(relay);
 }
+
+/// A burst: the dock comes online with 20,000 scans waiting and drains them in batches of
+/// 100; every scan arrives at the far end. (The relay once stalled after a few dozen
+/// messages in such a burst — its PUBACKs waited on a full client request channel that only
+/// the same loop drains. The release-build bench, `darkleg-bench --only relay`, hit that;
+/// this debug-build test does not reproduce the timing, it guards the volume path.)
+#[test]
+fn a_relay_takes_a_burst_of_twenty_thousand_without_stalling() {
+    const N: u64 = 20_000;
+    let dir = Scratch::new("relay-burst");
+    let site = Mosquitto::start(&dir.0.join("site-broker")).unwrap();
+    let far = Mosquitto::start(&dir.0.join("far-broker")).unwrap();
+    let collector = Collector::start(far.port, "darkleg/v1/+/+/events", "burst-far");
+    assert!(collector.wait_subscribed(Duration::from_secs(10)));
+    let write = |name: &str, body: String| {
+        let d = dir.0.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let path = d.join("gateway.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[gateway]\nsite = \"e2e\"\nid = \"{name}\"\ndata_dir = \"{}\"\n\n{body}",
+                d.join("data").display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let relay_config = write(
+        "relay",
+        format!(
+            "[[relay]]\nname = \"site\"\nurl = \"{}\"\n\n[[upstream]]\nname = \"far\"\nurl = \"{}\"\nbatch = 100\n",
+            site.url(),
+            far.url()
+        ),
+    );
+    let dock_config = write(
+        "dock",
+        format!(
+            "[[upstream]]\nname = \"site\"\nurl = \"{}\"\nbatch = 100\n",
+            site.url()
+        ),
+    );
+    let _relay = Agent::start(&relay_config, &dir.0.join("relay.log"));
+    assert!(wait_until(Duration::from_secs(20), || status(
+        &relay_config
+    )["ports"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p["connected"] == true))));
+    fill_outbox(
+        &darkleg_agent::config::Config::load(&dock_config).unwrap(),
+        N,
+    );
+    let _dock = Agent::start(&dock_config, &dir.0.join("dock.log"));
+    let arrived = |c: &Collector| {
+        expand_batches(&c.messages())
+            .iter()
+            .filter_map(|a| a.json["event_id"].as_str().map(str::to_string))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || arrived(&collector)
+            >= N as usize),
+        "{} of {N} through the relay; relay: {}",
+        arrived(&collector),
+        status(&relay_config)
+    );
+}

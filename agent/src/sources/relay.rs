@@ -90,8 +90,11 @@ impl Connection<'_> {
         let mut opts =
             crate::mqtt::options(&self.relay.link, &format!("relay {}", self.relay.name))?;
         opts.set_manual_acks(true);
-        let (client, mut events) = AsyncClient::new(opts, 64);
+        let (client, mut events) = AsyncClient::new(opts, 1024);
         let mut pending: VecDeque<(Durable, Publish, usize)> = VecDeque::new();
+        // PUBACKs due, in arrival order, handed to the client without waiting: an `ack().await`
+        // on a full request channel would block the very loop that drains it.
+        let mut acks: VecDeque<Publish> = VecDeque::new();
         let mut report_tick = tokio::time::interval(Duration::from_secs(1));
         let limits = Limits {
             max_bytes: self.relay.max_payload_bytes,
@@ -130,7 +133,7 @@ impl Connection<'_> {
                                 }
                                 // Acked, in arrival order: redelivery would not make it better.
                                 if pending.is_empty() {
-                                    client.ack(&p).await.map_err(|e| e.to_string())?;
+                                    acks.push_back(p);
                                 } else {
                                     let (tx, rx) = oneshot::channel();
                                     let _ = tx.send(Ok(0));
@@ -152,7 +155,7 @@ impl Connection<'_> {
                             if (stored as usize) < n {
                                 tracing::debug!(relay = %self.relay.name, duplicates = n - stored as usize, "relayed scans already held");
                             }
-                            client.ack(&p).await.map_err(|e| e.to_string())?;
+                            acks.push_back(p);
                         }
                         // Not durable (disk full, store stopping): no PUBACK, and reconnect
                         // so the broker delivers it (and what followed) again.
@@ -165,9 +168,12 @@ impl Connection<'_> {
                     // Whatever is durable can still be acknowledged; the rest is redelivered.
                     while let Some((durable, p, _)) = pending.pop_front() {
                         match durable.await {
-                            Ok(Ok(_)) => { let _ = client.try_ack(&p); }
+                            Ok(Ok(_)) => acks.push_back(p),
                             _ => break,
                         }
+                    }
+                    for p in &acks {
+                        let _ = client.try_ack(p);
                     }
                     let _ = client.try_disconnect();
                     // Let the event loop write the acks and the disconnect.
@@ -178,6 +184,12 @@ impl Connection<'_> {
                     self.flush_report().await;
                     return Ok(());
                 }
+            }
+            while let Some(p) = acks.front() {
+                if client.try_ack(p).is_err() {
+                    break; // the channel is full: the event loop drains it on its next polls
+                }
+                acks.pop_front();
             }
         }
     }
