@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, watch};
 
 /// Messages handed to the store and not yet acknowledged to the broker: enough to fold
 /// many into one commit, few enough that a crash redelivers little.
-const MAX_PENDING: usize = 256;
+const MAX_PENDING: usize = 64;
 
 type Durable = oneshot::Receiver<Result<u64, StoreError>>;
 
