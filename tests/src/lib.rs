@@ -641,3 +641,76 @@ pub fn fill_outbox(config: &darkleg_agent::config::Config, n: u64) -> f64 {
     writer.join().unwrap();
     rate
 }
+
+/// The `[[merchant]]` tables that go with [`two_merchant_orders`].
+pub const TWO_MERCHANTS: &str = r#"
+[[merchant]]
+id = "acme"
+order_prefixes = ["ACME-"]
+gs1_prefixes = ["8712345"]
+
+[[merchant]]
+id = "globex"
+order_prefixes = ["GLX-"]
+gs1_prefixes = ["8799999"]
+"#;
+
+impl Rig {
+    /// Waits until every framed scanner's plan is acked and every planned scan arrived at the
+    /// rig's subscriber, then checks them exactly once by id ([`check_exactly_once`]);
+    /// returns the duplicate deliveries. Fails with the scanners' state and the agent's log.
+    pub fn wait_all_arrived(
+        &self,
+        scanners: &[(scanner::FramedScanner, usize)],
+        plans: &Plans,
+        timeout: Duration,
+    ) -> usize {
+        let expected: usize = plans.values().map(Vec::len).sum();
+        let all = wait_until(timeout, || {
+            scanners.iter().all(|(s, n)| s.done(*n))
+                && unique_ids(&self.collector.messages()) >= expected
+        });
+        let arrivals = self.collector.messages();
+        if !all {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{} of {expected} arrived; scanners (acked, holding): {:?}; agent log, newest first:\n{}",
+                unique_ids(&arrivals),
+                scanners
+                    .iter()
+                    .map(|(s, _)| (s.stats().acked, s.stats().pending))
+                    .collect::<Vec<_>>(),
+                tail.join("\n")
+            );
+        }
+        check_exactly_once(&arrivals, plans)
+    }
+}
+
+/// The password every test user gets in [`mosquitto_passwd`] files: `pw-{user}-e2e`.
+pub fn test_password(user: &str) -> String {
+    format!("pw-{user}-e2e")
+}
+
+/// A Mosquitto password file at `file` for `users` (each with [`test_password`]).
+pub fn mosquitto_passwd(file: &Path, users: &[&str]) {
+    for (i, user) in users.iter().enumerate() {
+        let mut cmd = Command::new("mosquitto_passwd");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let out = cmd
+            .arg("-b")
+            .arg(file)
+            .arg(user)
+            .arg(test_password(user))
+            .output()
+            .expect("mosquitto_passwd (Debian package mosquitto)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! Certificates for TLS tests, made with the openssl CLI: a CA, a `localhost` server
 //! certificate, client certificates for mTLS.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub fn openssl(dir: &Path, args: &[&str]) {
@@ -81,4 +81,25 @@ pub fn sign(dir: &Path, name: &str, subject: &str, ext: &str) {
             &pem,
         ],
     );
+}
+
+/// Everything a gateway `ams1-dock-1` needs against a broker demanding mTLS and passwords,
+/// under `dir`: `certs/` (CA, `localhost` server, `client` certificate for ams1-dock-1), a
+/// Mosquitto password file `passwd` and the gateway's own password file `pw`
+/// (with [`crate::test_password`]). Returns (certs dir, passwd, pw).
+pub fn gateway_credentials(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs);
+    sign(
+        &certs,
+        "client",
+        "/CN=ams1-dock-1",
+        "extendedKeyUsage=clientAuth",
+    );
+    let passwd = dir.join("passwd");
+    crate::mosquitto_passwd(&passwd, &["ams1-dock-1"]);
+    let pw = dir.join("pw");
+    std::fs::write(&pw, format!("{}\n", crate::test_password("ams1-dock-1"))).unwrap();
+    (certs, passwd, pw)
 }

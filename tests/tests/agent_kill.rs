@@ -61,18 +61,7 @@ fn sigkill_a_hundred_times_under_load_loses_nothing_and_never_renames_a_scan() {
 
     let _agent = rig.start_agent();
     let expected: usize = plans.values().map(Vec::len).sum();
-    let all = wait_until(Duration::from_secs(90), || {
-        scanners.iter().all(|(s, n)| s.done(*n))
-            && unique_ids(&rig.collector.messages()) >= expected
-    });
-    let arrivals = rig.collector.messages();
-    assert!(
-        all,
-        "{} of {expected} arrived; scanners: {:?}",
-        unique_ids(&arrivals),
-        scanners.iter().map(|(s, _)| s.stats()).collect::<Vec<_>>()
-    );
-    let duplicates = check_exactly_once(&arrivals, &plans);
+    let duplicates = rig.wait_all_arrived(&scanners, &plans, Duration::from_secs(90));
     let retransmits: u64 = scanners.iter().map(|(s, _)| s.stats().retransmits).sum();
     eprintln!(
         "{cycles} SIGKILLs survived under load ({busy} of them mid-capture): {expected} scans, \

@@ -10,39 +10,13 @@ use darkleg_protocol::EventId;
 use darkleg_tests::scanner::FramedConfig;
 use darkleg_tests::*;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const ORDERS: u64 = 8;
 const USERS: [&str; 5] = ["ams1-dock-1", "ams1-dock-2", "ams1-relay", "acme", "globex"];
 
-fn password(user: &str) -> String {
-    format!("pw-{user}-e2e")
-}
-
-fn write_passwords(file: &Path) {
-    for (i, user) in USERS.iter().enumerate() {
-        let mut cmd = Command::new("mosquitto_passwd");
-        if i == 0 {
-            cmd.arg("-c");
-        }
-        let out = cmd
-            .arg("-b")
-            .arg(file)
-            .arg(user)
-            .arg(password(user))
-            .output()
-            .expect("mosquitto_passwd (Debian package mosquitto)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
 fn collector(port: u16, filter: &str, user: &str) -> Collector {
-    let pw = password(user);
+    let pw = test_password(user);
     let c = Collector::start_as(
         port,
         filter,
@@ -61,7 +35,7 @@ fn a_merchant_reads_only_its_own_parcels_and_a_gateway_publishes_only_as_itself(
     let dir = Scratch::new("acl");
     let acl = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/mosquitto/darkleg.acl");
     let passwd = dir.0.join("darkleg.passwd");
-    write_passwords(&passwd);
+    mosquitto_passwd(&passwd, &USERS);
     // Anonymous clients are subject to the same ACL: they can do nothing.
     let broker = Mosquitto::start_with(
         &dir.0.join("broker"),
@@ -82,7 +56,7 @@ fn a_merchant_reads_only_its_own_parcels_and_a_gateway_publishes_only_as_itself(
 
     // The agent is gateway dock-1 of site ams1, its password in a file.
     let secret = dir.0.join("gateway.password");
-    std::fs::write(&secret, format!("{}\n", password("ams1-dock-1"))).unwrap();
+    std::fs::write(&secret, format!("{}\n", test_password("ams1-dock-1"))).unwrap();
     let picker = scanner::Pty::open().unwrap();
     let packer = scanner::Pty::open().unwrap();
     let config = dir.0.join("gateway.toml");
@@ -105,15 +79,7 @@ port = "{pack}"
 protocol = "framed"
 station = "pack"
 
-[[merchant]]
-id = "acme"
-order_prefixes = ["ACME-"]
-gs1_prefixes = ["8712345"]
-
-[[merchant]]
-id = "globex"
-order_prefixes = ["GLX-"]
-gs1_prefixes = ["8799999"]
+{merchants}
 
 [[upstream]]
 name = "site"
@@ -122,6 +88,7 @@ username = "ams1-dock-1"
 password_file = "{secret}"
 keep_alive_secs = 5
 "#,
+            merchants = TWO_MERCHANTS,
             data = dir.0.join("data").display(),
             pick = picker.slave_path,
             pack = packer.slave_path,
@@ -157,7 +124,12 @@ keep_alive_secs = 5
         ("acme", "darkleg/v1/merchants/globex/alerts"),
     ] {
         // Denied: acknowledged and dropped, or the connection closed — never delivered.
-        let _ = publish_as(port, Some((user, &password(user))), topic, spoof.as_bytes());
+        let _ = publish_as(
+            port,
+            Some((user, &test_password(user))),
+            topic,
+            spoof.as_bytes(),
+        );
     }
 
     let packed = |c: &Collector| {
@@ -221,5 +193,8 @@ keep_alive_secs = 5
     // The password is read from its file and never written to the log or status.
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let st = status(&config).to_string();
-    assert!(!text.contains(&password("ams1-dock-1")) && !st.contains(&password("ams1-dock-1")));
+    assert!(
+        !text.contains(&test_password("ams1-dock-1"))
+            && !st.contains(&test_password("ams1-dock-1"))
+    );
 }

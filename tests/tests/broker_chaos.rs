@@ -69,18 +69,7 @@ fn broker_restarts_stalls_and_torn_packets_lose_nothing() {
     proxy.resume();
 
     let expected: usize = plans.values().map(Vec::len).sum();
-    let all = wait_until(Duration::from_secs(90), || {
-        scanners.iter().all(|(s, n)| s.done(*n))
-            && unique_ids(&rig.collector.messages()) >= expected
-    });
-    let arrivals = rig.collector.messages();
-    assert!(
-        all,
-        "{} of {expected} arrived; agent log:\n{}",
-        unique_ids(&arrivals),
-        std::fs::read_to_string(&rig.log).unwrap_or_default()
-    );
-    let duplicates = check_exactly_once(&arrivals, &plans);
+    let duplicates = rig.wait_all_arrived(&scanners, &plans, Duration::from_secs(90));
     eprintln!(
         "{expected} scans through {restarts} broker restarts, {stalls} stalls, {cuts} cuts \
          ({} connections torn mid-packet): 0 lost, {duplicates} duplicate deliveries (same id)",

@@ -18,6 +18,42 @@ fn metric(port: u16, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+type Scanners = Vec<(scanner::FramedScanner, usize)>;
+
+/// Two framed scanners scanning 1,500 labels each with 230-byte codes (a 1 MiB outbox holds
+/// a couple of thousand) until the agent says the outbox is full: refused, and held by the
+/// scanners. Returns what they scan, the scanners, and how many scans were stored by then.
+fn scan_until_full(rig: &mut Rig, http: u16, tag: &str, seed: u64) -> (Plans, Scanners, u64) {
+    let mut plans = Plans::new();
+    let mut scanners = Vec::new();
+    for (i, pty) in rig.take_ptys().into_iter().enumerate() {
+        let plan: Vec<PlannedScan> = (0..1500u64)
+            .map(|n| PlannedScan {
+                step: Step::Pack,
+                code: format!("{tag}{i}-{n:05}-{}", "X".repeat(230)),
+                symbology: None,
+            })
+            .collect();
+        let cfg = FramedConfig {
+            scan_interval: Duration::from_millis(2),
+            ..FramedConfig::new(&format!("{tag}-{i}"), seed + i as u64)
+        };
+        scanners.push(start_framed(pty, cfg, plan, &mut plans));
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || metric(http, "store_full")
+            == Some(1)),
+        "the outbox fills and the agent says so; metrics:\n{}\nlog:\n{}",
+        http_get(http, "/metrics").unwrap_or_default(),
+        std::fs::read_to_string(&rig.log).unwrap_or_default()
+    );
+    let held: u64 = scanners.iter().map(|(s, _)| s.stats().pending).sum();
+    let nacks: u64 = scanners.iter().map(|(s, _)| s.stats().nacks).sum();
+    assert!(held > 0 && nacks > 0, "held {held}, nacks {nacks}");
+    let stored = status(&rig.config)["events"].as_u64().unwrap();
+    (plans, scanners, stored)
+}
+
 #[test]
 fn a_full_outbox_refuses_loudly_keeps_every_scan_and_resumes_when_room_returns() {
     let http = free_port().unwrap();
@@ -30,34 +66,7 @@ fn a_full_outbox_refuses_loudly_keeps_every_scan_and_resumes_when_room_returns()
     let mut agent = rig.start_agent();
     rig.wait_ports_open();
 
-    // Long codes fill a 1 MiB outbox after a couple of thousand scans.
-    let mut plans = Plans::new();
-    let mut scanners = Vec::new();
-    for (i, pty) in rig.take_ptys().into_iter().enumerate() {
-        let plan: Vec<PlannedScan> = (0..1500u64)
-            .map(|n| PlannedScan {
-                step: Step::Pack,
-                code: format!("LBL{i}-{n:05}-{}", "X".repeat(230)),
-                symbology: None,
-            })
-            .collect();
-        let cfg = FramedConfig {
-            scan_interval: Duration::from_millis(2),
-            ..FramedConfig::new(&format!("full-{i}"), 61 + i as u64)
-        };
-        scanners.push(start_framed(pty, cfg, plan, &mut plans));
-    }
-    assert!(
-        wait_until(Duration::from_secs(60), || metric(http, "store_full")
-            == Some(1)),
-        "the outbox fills and says so; metrics:\n{}",
-        http_get(http, "/metrics").unwrap_or_default()
-    );
-    // Refused, not lost: the scanners hold what the gateway would not take.
-    let held: u64 = scanners.iter().map(|(s, _)| s.stats().pending).sum();
-    let nacks: u64 = scanners.iter().map(|(s, _)| s.stats().nacks).sum();
-    assert!(held > 0 && nacks > 0, "held {held}, nacks {nacks}");
-    let stored_at_full = status(&rig.config)["events"].as_u64().unwrap();
+    let (plans, scanners, stored_at_full) = scan_until_full(&mut rig, http, "LBL", 61);
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(
         status(&rig.config)["events"].as_u64().unwrap(),
@@ -71,20 +80,7 @@ fn a_full_outbox_refuses_loudly_keeps_every_scan_and_resumes_when_room_returns()
     // The upstream comes back: delivered rows make room, capture resumes.
     rig.broker.restart().unwrap();
     let expected: usize = plans.values().map(Vec::len).sum();
-    let all = wait_until(Duration::from_secs(90), || {
-        scanners.iter().all(|(s, n)| s.done(*n))
-            && unique_ids(&rig.collector.messages()) >= expected
-    });
-    assert!(
-        all,
-        "{} of {expected} arrived; scanners {:?}",
-        unique_ids(&rig.collector.messages()),
-        scanners
-            .iter()
-            .map(|(s, _)| (s.stats().acked, s.stats().pending))
-            .collect::<Vec<_>>()
-    );
-    let duplicates = check_exactly_once(&rig.collector.messages(), &plans);
+    let duplicates = rig.wait_all_arrived(&scanners, &plans, Duration::from_secs(90));
     let evicted = metric(http, "evicted_for_room_total").unwrap();
     let refused = metric(http, "scans_refused_full_total").unwrap();
     assert!(evicted > 0, "delivered rows went first");
@@ -161,31 +157,7 @@ fn a_full_filesystem_refuses_keeps_every_scan_and_resumes_when_space_is_freed() 
     rig.broker.stop();
     let mut agent = rig.start_agent();
     rig.wait_ports_open();
-    let mut plans = Plans::new();
-    let mut scanners = Vec::new();
-    for (i, pty) in rig.take_ptys().into_iter().enumerate() {
-        let plan: Vec<PlannedScan> = (0..1500u64)
-            .map(|n| PlannedScan {
-                step: Step::Pack,
-                code: format!("FS{i}-{n:05}-{}", "Z".repeat(230)),
-                symbology: None,
-            })
-            .collect();
-        let cfg = FramedConfig {
-            scan_interval: Duration::from_millis(2),
-            ..FramedConfig::new(&format!("fs-{i}"), 71 + i as u64)
-        };
-        scanners.push(start_framed(pty, cfg, plan, &mut plans));
-    }
-    assert!(
-        wait_until(Duration::from_secs(60), || metric(http, "store_full")
-            == Some(1)),
-        "the disk fills and the agent says so; log:\n{}",
-        std::fs::read_to_string(&rig.log).unwrap_or_default()
-    );
-    let held: u64 = scanners.iter().map(|(s, _)| s.stats().pending).sum();
-    assert!(held > 0, "the scanners hold what was refused");
-    let stored_at_full = status(&rig.config)["events"].as_u64().unwrap();
+    let (plans, scanners, stored_at_full) = scan_until_full(&mut rig, http, "FS", 71);
 
     // The operator frees space; capture resumes without a restart.
     std::fs::remove_file(&ballast).unwrap();
@@ -196,16 +168,7 @@ fn a_full_filesystem_refuses_keeps_every_scan_and_resumes_when_space_is_freed() 
     );
     rig.broker.restart().unwrap();
     let expected: usize = plans.values().map(Vec::len).sum();
-    let all = wait_until(Duration::from_secs(90), || {
-        scanners.iter().all(|(s, n)| s.done(*n))
-            && unique_ids(&rig.collector.messages()) >= expected
-    });
-    assert!(
-        all,
-        "{} of {expected} arrived",
-        unique_ids(&rig.collector.messages())
-    );
-    let duplicates = check_exactly_once(&rig.collector.messages(), &plans);
+    let duplicates = rig.wait_all_arrived(&scanners, &plans, Duration::from_secs(90));
     eprintln!(
         "{expected} scans on a full 16 MiB filesystem: {stored_at_full} fit, {} refusals, \
          0 lost, {duplicates} duplicates",

@@ -86,15 +86,7 @@ url = "{site}"
 topics = ["darkleg/v1/+/+/events"]
 max_payload_kb = 16
 
-[[merchant]]
-id = "acme"
-order_prefixes = ["ACME-"]
-gs1_prefixes = ["8712345"]
-
-[[merchant]]
-id = "globex"
-order_prefixes = ["GLX-"]
-gs1_prefixes = ["8799999"]
+{merchants}
 
 [[upstream]]
 name = "acme"
@@ -123,6 +115,7 @@ to = ["globex"]
 merchant = "globex"
 carries = ["events", "milestones"]
 "#,
+            merchants = TWO_MERCHANTS,
             data = relay_dir.join("data").display(),
             http = http,
             site = dock.broker.url(),

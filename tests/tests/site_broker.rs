@@ -6,33 +6,16 @@
 use darkleg_agent::sim::broker::Mosquitto;
 use darkleg_protocol::Step;
 use darkleg_tests::scanner::FramedConfig;
-use darkleg_tests::tls::{make_certs, sign};
+use darkleg_tests::tls::gateway_credentials;
 use darkleg_tests::workload::parcel_scans;
 use darkleg_tests::*;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 #[test]
 fn the_shipped_broker_config_takes_a_gateway_with_certificate_and_password_and_no_one_else() {
     let dir = Scratch::new("site-broker");
-    let certs = dir.0.join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    make_certs(&certs);
-    sign(
-        &certs,
-        "client",
-        "/CN=ams1-dock-1",
-        "extendedKeyUsage=clientAuth",
-    );
-    let passwd = dir.0.join("darkleg.passwd");
-    let out = Command::new("mosquitto_passwd")
-        .args(["-c", "-b"])
-        .arg(&passwd)
-        .args(["ams1-dock-1", "dock one secret"])
-        .output()
-        .expect("mosquitto_passwd");
-    assert!(out.status.success());
+    let (certs, passwd, _) = gateway_credentials(&dir.0);
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/mosquitto");
     let conf = std::fs::read_to_string(shipped.join("darkleg.conf")).unwrap();
     let c = certs.display().to_string();
@@ -68,7 +51,6 @@ fn the_shipped_broker_config_takes_a_gateway_with_certificate_and_password_and_n
     )
     .expect("mosquitto on the shipped config");
 
-    std::fs::write(dir.0.join("pw"), "dock one secret\n").unwrap();
     std::fs::write(dir.0.join("bad-pw"), "guess\n").unwrap();
     let link = |name: &str, cert: bool, pw: &str| {
         format!(
@@ -128,5 +110,8 @@ fn the_shipped_broker_config_takes_a_gateway_with_certificate_and_password_and_n
         );
     }
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(!text.contains("dock one secret"), "no password in the log");
+    assert!(
+        !text.contains(&test_password("ams1-dock-1")),
+        "no password in the log"
+    );
 }

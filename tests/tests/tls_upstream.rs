@@ -3,10 +3,9 @@
 
 use darkleg_protocol::Step;
 use darkleg_tests::scanner::FramedConfig;
-use darkleg_tests::tls::{make_certs, sign};
+use darkleg_tests::tls::{gateway_credentials, make_certs};
 use darkleg_tests::workload::parcel_scans;
 use darkleg_tests::*;
-use std::process::Command;
 use std::time::Duration;
 
 #[test]
@@ -61,23 +60,7 @@ fn delivers_over_tls_to_a_broker_signed_by_the_configured_ca() {
 fn mutual_tls_with_a_password_from_a_file_delivers_and_a_gateway_without_its_certificate_does_not()
 {
     let dir = Scratch::new("mtls");
-    let certs = dir.0.join("certs");
-    std::fs::create_dir_all(&certs).unwrap();
-    make_certs(&certs);
-    sign(
-        &certs,
-        "client",
-        "/CN=ams1-dock-1",
-        "extendedKeyUsage=clientAuth",
-    );
-    let passwd = dir.0.join("passwd");
-    let out = Command::new("mosquitto_passwd")
-        .args(["-c", "-b"])
-        .arg(&passwd)
-        .args(["ams1-dock-1", "correct horse battery"])
-        .output()
-        .expect("mosquitto_passwd");
-    assert!(out.status.success());
+    let (certs, passwd, _) = gateway_credentials(&dir.0);
     let tls_port = darkleg_agent::sim::broker::free_port().unwrap();
     // The TLS listener demands a client certificate signed by the CA; every login is
     // checked against the password file (the test's plain listener stays anonymous).
@@ -90,7 +73,6 @@ fn mutual_tls_with_a_password_from_a_file_delivers_and_a_gateway_without_its_cer
         Mosquitto::start_with(&dir.0.join("broker"), &tls_listener).expect("mosquitto with mTLS");
     let collector = Collector::start(broker.port, "darkleg/v1/+/+/events", "e2e-mtls");
     assert!(collector.wait_subscribed(Duration::from_secs(10)));
-    std::fs::write(dir.0.join("pw"), "correct horse battery\n").unwrap();
 
     let pty = scanner::Pty::open().unwrap();
     let upstreams = format!(
@@ -159,7 +141,8 @@ topic_prefix = "no-cert"
         "the refused upstream is reported: {text}"
     );
     assert!(
-        !text.contains("correct horse") && !st.to_string().contains("correct horse"),
+        !text.contains(&test_password("ams1-dock-1"))
+            && !st.to_string().contains(&test_password("ams1-dock-1")),
         "the password is never logged or shown"
     );
 }
