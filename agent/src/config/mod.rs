@@ -277,6 +277,21 @@ impl Validator<'_> {
         }
     }
 
+    /// [`Self::name`], and not one of `taken` (names that key delivery state or metrics).
+    fn unique_name<'t>(
+        &self,
+        v: &Spanned<String>,
+        key: &str,
+        mut taken: impl Iterator<Item = &'t str>,
+        hint: &'static str,
+    ) -> Result<String, ConfigError> {
+        let name = self.name(v, key)?;
+        if taken.any(|t| t == name) {
+            return Err(self.err(v, key.to_string(), format!("{name:?} is used twice"), hint));
+        }
+        Ok(name)
+    }
+
     fn range(&self, v: &Spanned<i64>, key: &str, lo: i64, hi: i64) -> Result<i64, ConfigError> {
         let n = *v.get_ref();
         if (lo..=hi).contains(&n) {
@@ -471,6 +486,11 @@ url = "mqtts://broker.example:8883"
             "t.toml",
         )
         .unwrap();
+        let e = with("\n[[relay]]\nname = \"s\"\nurl = \"mqtt://a\"\n[[relay]]\nname = \"s\"\nurl = \"mqtt://b\"");
+        assert!(
+            e.contains("`relay[1].name`") && e.contains("used twice"),
+            "{e}"
+        );
         let l = &c.upstreams[0].link;
         assert_eq!(l.password, Some(Secret::File("/run/secrets/pw".into())));
         assert!(l.client_cert.is_some() && l.client_key.is_some());

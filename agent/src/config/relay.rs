@@ -80,15 +80,12 @@ impl Validator<'_> {
         for (i, r) in raw.into_iter().enumerate() {
             let table = format!("relay[{i}]");
             let key = |k: &str| format!("{table}.{k}");
-            let name = self.name(&r.name, &key("name"))?;
-            if relays.iter().any(|x| x.name == name) {
-                return Err(self.err(
-                    &r.name,
-                    key("name"),
-                    format!("{name:?} is used twice"),
-                    "each relay needs its own name",
-                ));
-            }
+            let name = self.unique_name(
+                &r.name,
+                &key("name"),
+                relays.iter().map(|x| x.name.as_str()),
+                "each relay needs its own name",
+            )?;
             let link = self.link(
                 raw_link!(r),
                 &table,

@@ -56,15 +56,12 @@ impl Validator<'_> {
         for (i, u) in raw.into_iter().enumerate() {
             let table = format!("upstream[{i}]");
             let key = |k: &str| format!("{table}.{k}");
-            let name = self.name(&u.name, &key("name"))?;
-            if upstreams.iter().any(|x| x.name == name) {
-                return Err(self.err(
-                    &u.name,
-                    key("name"),
-                    format!("{name:?} is used twice"),
-                    "each upstream needs its own name: delivery is tracked per name",
-                ));
-            }
+            let name = self.unique_name(
+                &u.name,
+                &key("name"),
+                upstreams.iter().map(|x| x.name.as_str()),
+                "each upstream needs its own name: delivery is tracked per name",
+            )?;
             let link = self.link(
                 raw_link!(u),
                 &table,
