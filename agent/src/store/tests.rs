@@ -64,6 +64,20 @@ fn hello(s: &StoreHandle, device: &str, last_acked: u64) -> u64 {
     .unwrap()
 }
 
+/// Codes of the scans owed to `upstream`, in outbox order.
+fn pending_codes(r: &Reader, upstream: &str) -> Vec<String> {
+    let rows = r.pending(upstream, 0, 1_000_000).unwrap();
+    rows.iter()
+        .map(|p| p.event().unwrap().code.clone())
+        .collect()
+}
+
+/// Sequence numbers of the scans owed to `upstream`, in outbox order.
+fn pending_seqs(r: &Reader, upstream: &str) -> Vec<u64> {
+    let rows = r.pending(upstream, 0, 1_000_000).unwrap();
+    rows.iter().map(|p| p.event().unwrap().seq).collect()
+}
+
 fn framed(s: &StoreHandle, device: &str, seq: u64) -> FramedOutcome {
     s.framed_blocking(device.into(), "p".into(), scan(device, seq))
         .blocking_recv()
@@ -157,12 +171,7 @@ fn ascii_scans_are_numbered_by_the_gateway_across_restarts() {
     assert_eq!(ascii(&s, "C", 3), 3, "numbering survives a restart");
     close(s, j);
     let r = Reader::open(&f.config.db_path()).unwrap();
-    let codes: Vec<String> = r
-        .pending("b", 0, 10)
-        .unwrap()
-        .into_iter()
-        .map(|p| p.event().unwrap().code.clone())
-        .collect();
+    let codes = pending_codes(&r, "b");
     assert_eq!(codes, ["A", "B", "C"]);
 }
 
@@ -249,12 +258,7 @@ fn scans_made_before_any_upstream_reach_the_first_one_configured() {
     ascii(&s, "later", 2);
     close(s, j);
     let r = Reader::open(&f.config.db_path()).unwrap();
-    let codes: Vec<String> = r
-        .pending("central", 0, 10)
-        .unwrap()
-        .into_iter()
-        .map(|p| p.event().unwrap().code.clone())
-        .collect();
+    let codes = pending_codes(&r, "central");
     assert_eq!(codes, ["early", "later"]);
 }
 
@@ -542,12 +546,7 @@ fn a_gateway_clock_step_neither_reorders_nor_loses_and_device_offsets_are_kept()
     .unwrap();
     close(s, j);
     let r = Reader::open(&f.config.db_path()).unwrap();
-    let seqs: Vec<u64> = r
-        .pending("a", 0, 100)
-        .unwrap()
-        .iter()
-        .map(|p| p.event().unwrap().seq)
-        .collect();
+    let seqs = pending_seqs(&r, "a");
     assert_eq!(
         seqs,
         [1, 2, 3, 4, 5, 6],
@@ -655,12 +654,7 @@ fn a_local_scan_whose_id_a_relayed_scan_holds_is_refused_not_silently_dropped() 
     assert_eq!(framed(&s, "d", 2), FramedOutcome::Stored { acked: 2 });
     close(s, j);
     let r = Reader::open(&f.config.db_path()).unwrap();
-    let codes: Vec<String> = r
-        .pending("a", 0, 10)
-        .unwrap()
-        .iter()
-        .map(|p| p.event().unwrap().code.clone())
-        .collect();
+    let codes = pending_codes(&r, "a");
     assert_eq!(codes, ["THEIR-CODE", "d-code-2"]);
     let d = r
         .status()
