@@ -185,26 +185,7 @@ fn durable_ingest(per_scanner: usize, upstream_down: bool) -> (f64, Option<f64>,
     std::fs::write(&rig.config, text).unwrap();
     let _agent = rig.start_agent();
     rig.wait_ports_open();
-    let start = Instant::now();
-    let mut sims = Vec::new();
-    for (k, pty) in rig.take_ptys().into_iter().enumerate() {
-        let plan = (0..per_scanner as u64)
-            .flat_map(|n| parcel_scans(1_000_000 * k as u64 + n, Step::Pack))
-            .collect();
-        let cfg = FramedConfig {
-            window: 64,
-            scan_interval: Duration::ZERO,
-            wait_online: true,
-            ..FramedConfig::new(&format!("ingest-{k}"), k as u64 + 1)
-        };
-        sims.push(darkleg_tests::scanner::FramedScanner::start(
-            pty.master, cfg, plan,
-        ));
-    }
-    assert!(wait_until(Duration::from_secs(600), || sims
-        .iter()
-        .all(|s| s.done(per_scanner))));
-    let rate = (4 * per_scanner) as f64 / start.elapsed().as_secs_f64();
+    let (_, rate) = rig.flood(per_scanner, "ingest", Duration::from_secs(1));
     let m = http_ok(http, "/metrics").unwrap_or_default();
     (
         rate,

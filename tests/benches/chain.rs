@@ -7,11 +7,8 @@
 //!     cargo bench -p darkleg-tests --bench chain
 //!     DARKLEG_BENCH_EVENTS=20000 DARKLEG_BENCH_SCANNERS=8 cargo bench -p darkleg-tests --bench chain
 
-use darkleg_protocol::Step;
-use darkleg_tests::scanner::{FramedConfig, FramedScanner};
-use darkleg_tests::workload::parcel_scans;
 use darkleg_tests::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const RUNS: usize = 3;
 
@@ -37,26 +34,8 @@ fn one_run(label: &str, i: usize, scanners: usize, per_scanner: usize, store: &s
     );
     let _agent = rig.start_agent();
     rig.wait_ports_open();
-    let start = Instant::now();
-    let mut sims = Vec::new();
-    for (k, pty) in rig.take_ptys().into_iter().enumerate() {
-        let plan = (0..per_scanner as u64)
-            .flat_map(|n| parcel_scans(1_000_000 * k as u64 + n, Step::Pack))
-            .collect();
-        let cfg = FramedConfig {
-            window: 64,
-            retransmit_after: Duration::from_secs(5),
-            scan_interval: Duration::ZERO,
-            wait_online: true,
-            ..FramedConfig::new(&format!("bench-{k}"), k as u64 + 1)
-        };
-        sims.push(FramedScanner::start(pty.master, cfg, plan));
-    }
+    let (start, ingest) = rig.flood(per_scanner, "bench", Duration::from_secs(5));
     let total = scanners * per_scanner;
-    assert!(wait_until(Duration::from_secs(600), || sims
-        .iter()
-        .all(|s| s.done(per_scanner))));
-    let ingest = total as f64 / start.elapsed().as_secs_f64();
     // Counted by event id: a subscriber that reconnects may get some twice, legitimately.
     let all = wait_until(Duration::from_secs(600), || {
         rig.collector.len() >= total && unique_ids(&rig.collector.messages()) >= total

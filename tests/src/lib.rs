@@ -714,3 +714,38 @@ pub fn mosquitto_passwd(file: &Path, users: &[&str]) {
         );
     }
 }
+
+impl Rig {
+    /// Benchmark load: a framed scanner on every pty of the rig scanning `per_scanner`
+    /// labels with no pause, as fast as a window of 64 allows (each starts once online), until
+    /// every scan is acked. Returns when the scanning started and the acked scans/s.
+    pub fn flood(
+        &mut self,
+        per_scanner: usize,
+        tag: &str,
+        retransmit_after: Duration,
+    ) -> (Instant, f64) {
+        let start = Instant::now();
+        let mut sims = Vec::new();
+        for (k, pty) in self.take_ptys().into_iter().enumerate() {
+            let plan = (0..per_scanner as u64)
+                .flat_map(|n| {
+                    workload::parcel_scans(1_000_000 * k as u64 + n, darkleg_protocol::Step::Pack)
+                })
+                .collect();
+            let cfg = scanner::FramedConfig {
+                window: 64,
+                retransmit_after,
+                scan_interval: Duration::ZERO,
+                wait_online: true,
+                ..scanner::FramedConfig::new(&format!("{tag}-{k}"), k as u64 + 1)
+            };
+            sims.push(scanner::FramedScanner::start(pty.master, cfg, plan));
+        }
+        assert!(wait_until(Duration::from_secs(600), || sims
+            .iter()
+            .all(|s| s.done(per_scanner))));
+        let rate = (sims.len() * per_scanner) as f64 / start.elapsed().as_secs_f64();
+        (start, rate)
+    }
+}
