@@ -94,8 +94,7 @@ impl Router {
     }
 
     /// Upstreams owed this scan, each once, in config order.
-    pub fn for_scan<'r>(&'r self, scan: &ScanFacts<'_>, out: &mut Vec<&'r str>) {
-        out.clear();
+    pub fn for_scan<'a>(&'a self, scan: &ScanFacts<'a>) -> impl Iterator<Item = &'a str> + 'a {
         let merchant = if self.scans_need_merchant {
             // This runs in the store writer: a parser bug on some odd code must cost that
             // scan its merchant route, not the writer.
@@ -110,38 +109,45 @@ impl Router {
         } else {
             None
         };
-        for r in &self.rules {
-            let fits = r.carries.contains(&Carries::Events)
-                && r.steps.as_ref().is_none_or(|s| s.contains(&scan.step))
-                && r.sites
-                    .as_ref()
-                    .is_none_or(|s| s.iter().any(|x| x == scan.site))
-                && r.merchant
-                    .as_ref()
-                    .is_none_or(|m| merchant == Some(m.as_str()));
-            if fits && !out.contains(&r.upstream.as_str()) {
-                out.push(&r.upstream);
-            }
-        }
+        let (step, site) = (scan.step, scan.site);
+        self.owed(move |r| {
+            r.carries.contains(&Carries::Events)
+                && r.steps.as_ref().is_none_or(|s| s.contains(&step))
+                && r.sites.as_ref().is_none_or(|s| s.iter().any(|x| x == site))
+                && r.merchant.as_deref().is_none_or(|m| merchant == Some(m))
+        })
     }
 
-    /// Upstreams owed a derived message (`kind`: "milestone" | "alert").
-    pub fn for_message<'r>(&'r self, kind: &str, merchant: Option<&str>, out: &mut Vec<&'r str>) {
-        out.clear();
+    /// Upstreams owed a derived message (`kind`: "milestone" | "alert"), each once.
+    pub fn for_message<'r>(
+        &'r self,
+        kind: &str,
+        merchant: Option<&'r str>,
+    ) -> impl Iterator<Item = &'r str> + 'r {
         let carries = match kind {
-            "milestone" => Carries::Milestones,
-            "alert" => Carries::Alerts,
-            _ => return,
+            "milestone" => Some(Carries::Milestones),
+            "alert" => Some(Carries::Alerts),
+            _ => None,
         };
-        for r in &self.rules {
-            let fits = r.carries.contains(&carries)
-                && r.merchant
-                    .as_ref()
-                    .is_none_or(|m| merchant == Some(m.as_str()));
-            if fits && !out.contains(&r.upstream.as_str()) {
-                out.push(&r.upstream);
-            }
-        }
+        self.owed(move |r| {
+            carries.is_some_and(|c| r.carries.contains(&c))
+                && r.merchant.as_deref().is_none_or(|m| merchant == Some(m))
+        })
+    }
+
+    /// The upstream of every rule that `fits`, the first time it appears: an upstream named
+    /// by several fitting rules (a route and its own `merchant`) is owed the row once.
+    fn owed<'r>(&'r self, fits: impl Fn(&Rule) -> bool + 'r) -> impl Iterator<Item = &'r str> + 'r {
+        self.rules
+            .iter()
+            .enumerate()
+            .filter(move |(i, r)| {
+                fits(r)
+                    && !self.rules[..*i]
+                        .iter()
+                        .any(|e| e.upstream == r.upstream && fits(e))
+            })
+            .map(|(_, r)| r.upstream.as_str())
     }
 
     /// A scan's merchant as far as the code itself tells (an SSCC's company prefix, an order
@@ -222,9 +228,8 @@ url = "mqtt://g"
         }
     }
 
-    fn names<'r>(r: &'r Router, s: &ScanFacts<'_>) -> Vec<&'r str> {
-        let mut out = Vec::new();
-        r.for_scan(s, &mut out);
+    fn names<'r>(r: &'r Router, s: &ScanFacts<'r>) -> Vec<&'r str> {
+        let mut out: Vec<&str> = r.for_scan(s).collect();
         out.sort();
         out
     }
@@ -236,12 +241,12 @@ url = "mqtt://g"
             names(&r, &scan(Step::Pick, "a", "ACME-1")),
             ["central", "globex"]
         );
-        let mut out = Vec::new();
-        r.for_message("milestone", Some("acme"), &mut out);
+        let msg = |kind, merchant| r.for_message(kind, merchant).collect::<Vec<_>>();
+        let out = msg("milestone", Some("acme"));
         assert_eq!(out, ["central", "acme", "globex"]);
-        r.for_message("alert", Some("globex"), &mut out);
+        let out = msg("alert", Some("globex"));
         assert_eq!(out, ["central", "globex"]);
-        r.for_message("alert", None, &mut out);
+        let out = msg("alert", None);
         assert_eq!(out, ["central", "globex"]);
     }
 
@@ -283,10 +288,10 @@ carries = ["events"]
             names(&r, &scan(Step::Handover, "dock-a", "1Z999AA10123456784")),
             ["central"]
         );
-        let mut out = Vec::new();
-        r.for_message("alert", Some("globex"), &mut out);
+        let msg = |kind, merchant| r.for_message(kind, merchant).collect::<Vec<_>>();
+        let out = msg("alert", Some("globex"));
         assert_eq!(out, ["central"], "globex's route does not carry alerts");
-        r.for_message("milestone", Some("acme"), &mut out);
+        let mut out = msg("milestone", Some("acme"));
         out.sort();
         assert_eq!(
             out,

@@ -118,7 +118,6 @@ pub(super) fn apply(sp: &Connection, routes: &Routes<'_>, d: &Derived) -> rusqli
         };
     }
     let now = crate::now_ms() as i64;
-    let mut to = Vec::new();
     for m in &d.messages {
         let row = super::ops::next_row(routes);
         sp.prepare_cached(
@@ -126,10 +125,7 @@ pub(super) fn apply(sp: &Connection, routes: &Routes<'_>, d: &Derived) -> rusqli
         )?
         .execute(params![row, m.kind, m.merchant, m.topic, m.payload, now])?;
         let mut outbox = sp.prepare_cached("INSERT INTO outbox(upstream, row) VALUES (?1, ?2)")?;
-        routes
-            .router
-            .for_message(m.kind, m.merchant.as_deref(), &mut to);
-        for u in &to {
+        for u in routes.router.for_message(m.kind, m.merchant.as_deref()) {
             outbox.execute(params![u, row])?;
         }
     }

@@ -258,11 +258,12 @@ fn register_upstreams(
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             messages = Some(rows.collect::<rusqlite::Result<_>>()?);
         }
-        let mut to = Vec::new();
         let mut insert = tx.prepare("INSERT INTO outbox(upstream, row) VALUES (?1, ?2)")?;
         for (row, kind, merchant) in messages.iter().flatten() {
-            router.for_message(kind, merchant.as_deref(), &mut to);
-            if to.contains(&u.as_str()) {
+            if router
+                .for_message(kind, merchant.as_deref())
+                .any(|x| x == u)
+            {
                 n += insert.execute(params![u, row])?;
             }
         }

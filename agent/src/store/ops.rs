@@ -242,10 +242,8 @@ fn insert_event(
             code,
             symbology,
         };
-        let mut to = Vec::new();
-        routes.router.for_scan(&scan, &mut to);
         let mut stmt = sp.prepare_cached("INSERT INTO outbox(upstream, row) VALUES (?1, ?2)")?;
-        for u in to {
+        for u in routes.router.for_scan(&scan) {
             stmt.execute(params![u, row])?;
         }
     }
