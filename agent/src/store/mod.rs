@@ -26,6 +26,8 @@ pub use writer::{AsciiScan, FramedOutcome, FramedScan, PortReport, WriteOp};
 pub struct StoreError {
     pub context: String,
     pub message: String,
+    /// SQLITE_FULL: the disk, or the page limit `max_db_mb` sets.
+    pub full: bool,
 }
 
 impl StoreError {
@@ -33,6 +35,16 @@ impl StoreError {
         StoreError {
             context: context.into(),
             message: e.to_string(),
+            full: false,
+        }
+    }
+
+    /// From a SQLite error, keeping whether it means "full".
+    pub fn sqlite(context: impl Into<String>, e: rusqlite::Error) -> Self {
+        let full = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull);
+        StoreError {
+            full,
+            ..StoreError::new(context, e)
         }
     }
 }

@@ -228,10 +228,8 @@ impl Writer {
             .iter()
             .filter(|a| matches!(a, Answer::Framed(_, Ok(FramedOutcome::Stored { .. }))))
             .count();
-        let full = matches!(&committed, Err(e) if is_full(&e.to_string()))
-            || answers
-                .iter()
-                .any(|a| a.error().is_some_and(|e| is_full(&e.message)));
+        let full = matches!(&committed, Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull))
+            || answers.iter().any(|a| a.error().is_some_and(|e| e.full));
         // After a failed commit every answer is a refusal; otherwise only the failed ops.
         let refused = match &committed {
             Err(_) => answers.len(),
@@ -259,7 +257,7 @@ impl Writer {
                     .iter()
                     .find_map(Answer::error)
                     .cloned()
-                    .unwrap_or_else(|| StoreError::new("commit", e));
+                    .unwrap_or_else(|| StoreError::sqlite("commit", e));
                 self.devices.forget();
                 tracing::error!("{err}");
                 for a in answers {
@@ -307,11 +305,6 @@ impl Writer {
             );
         }
     }
-}
-
-/// SQLITE_FULL: the disk, or the `max_page_count` that `max_db_mb` sets.
-fn is_full(message: &str) -> bool {
-    message.contains("database or disk is full")
 }
 
 impl Answer {
@@ -441,8 +434,11 @@ fn finish<T>(
     what: &'static str,
 ) -> Result<T, StoreError> {
     match r {
-        Ok(v) => sp.commit().map(|_| v).map_err(|e| StoreError::new(what, e)),
-        Err(e) => Err(StoreError::new(what, e)), // dropping `sp` rolls it back
+        Ok(v) => sp
+            .commit()
+            .map(|_| v)
+            .map_err(|e| StoreError::sqlite(what, e)),
+        Err(e) => Err(StoreError::sqlite(what, e)), // dropping `sp` rolls it back
     }
 }
 
