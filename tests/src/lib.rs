@@ -4,7 +4,7 @@
 
 use darkleg_agent::sim::collector::Arrival;
 use darkleg_agent::sim::workload::PlannedScan;
-use darkleg_protocol::EventId;
+use darkleg_protocol::{EventId, Step};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -558,7 +558,6 @@ pub fn two_merchant_orders(n: u64) -> (Vec<PlannedScan>, Vec<PlannedScan>) {
         } else {
             (format!("GLX-{i}"), "8799999")
         };
-        use darkleg_protocol::Step;
         picks.push(scan(Step::Pick, format!("400{order}")));
         packs.push(scan(Step::Pack, format!("400{order}")));
         packs.push(scan(
@@ -608,7 +607,7 @@ pub fn fill_outbox(config: &darkleg_agent::config::Config, n: u64) -> f64 {
                 for seq in 1..=per {
                     let scan = darkleg_agent::store::FramedScan {
                         seq,
-                        step: darkleg_protocol::Step::Pick,
+                        step: Step::Pick,
                         code: format!("0108712345{:06}", seq % 1_000_000),
                         symbology: Some("]C1".into()),
                         operator: None,
@@ -729,9 +728,7 @@ impl Rig {
         let mut sims = Vec::new();
         for (k, pty) in self.take_ptys().into_iter().enumerate() {
             let plan = (0..per_scanner as u64)
-                .flat_map(|n| {
-                    workload::parcel_scans(1_000_000 * k as u64 + n, darkleg_protocol::Step::Pack)
-                })
+                .flat_map(|n| workload::parcel_scans(1_000_000 * k as u64 + n, Step::Pack))
                 .collect();
             let cfg = scanner::FramedConfig {
                 window: 64,
