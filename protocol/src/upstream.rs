@@ -61,17 +61,65 @@ pub fn scan_json(event: &ScanEvent, origin: Origin<'_>) -> String {
 
 /// Renders scans as one `darkleg.batch.v1` object.
 pub fn batch_json<'a>(events: impl IntoIterator<Item = (&'a ScanEvent, Origin<'a>)>) -> String {
-    let mut out = String::from("{\"schema\":\"");
-    out.push_str(BATCH_SCHEMA);
-    out.push_str("\",\"events\":[");
-    for (i, (e, origin)) in events.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&scan_json(e, origin));
+    let mut b = BatchBuilder::new();
+    for (e, origin) in events {
+        b.push(&scan_json(e, origin));
     }
-    out.push_str("]}");
-    out
+    b.finish()
+}
+
+/// A `darkleg.batch.v1` message built one rendered scan at a time, so a sender can measure
+/// the real size before adding the next one (escaping makes estimates unreliable).
+#[derive(Debug, Clone)]
+pub struct BatchBuilder {
+    buf: String,
+    events: usize,
+}
+
+impl BatchBuilder {
+    const HEAD: &'static str = "{\"schema\":\"darkleg.batch.v1\",\"events\":[";
+    const TAIL: &'static str = "]}";
+
+    pub fn new() -> Self {
+        BatchBuilder {
+            buf: String::from(Self::HEAD),
+            events: 0,
+        }
+    }
+
+    /// Bytes of the finished message if `scan` (one rendered scan object) were added now.
+    pub fn len_with(&self, scan: &str) -> usize {
+        self.len() + scan.len() + usize::from(self.events > 0)
+    }
+
+    /// Bytes of the finished message as it stands.
+    pub fn len(&self) -> usize {
+        self.buf.len() + Self::TAIL.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+
+    /// Appends one rendered `darkleg.scan.v1` object.
+    pub fn push(&mut self, scan: &str) {
+        if self.events > 0 {
+            self.buf.push(',');
+        }
+        self.buf.push_str(scan);
+        self.events += 1;
+    }
+
+    pub fn finish(mut self) -> String {
+        self.buf.push_str(Self::TAIL);
+        self.buf
+    }
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 fn payload<'a>(event: &'a ScanEvent, origin: Origin<'a>) -> ScanPayload<'a> {
@@ -97,6 +145,23 @@ fn payload<'a>(event: &'a ScanEvent, origin: Origin<'a>) -> ScanPayload<'a> {
 mod tests {
     use super::*;
     use crate::{EventId, Step};
+
+    #[test]
+    fn batch_builder_measures_exactly_what_it_renders() {
+        let mut b = BatchBuilder::new();
+        assert!(b.is_empty());
+        for obj in ["{\"a\":1}", "{\"b\":\"\\u001d\"}", "{}"] {
+            let predicted = b.len_with(obj);
+            b.push(obj);
+            assert_eq!(b.len(), predicted);
+        }
+        let len = b.len();
+        let text = b.finish();
+        assert_eq!(text.len(), len);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["schema"], BATCH_SCHEMA);
+        assert_eq!(v["events"].as_array().unwrap().len(), 3);
+    }
 
     #[test]
     fn renders_the_documented_shape() {

@@ -17,6 +17,21 @@ pub struct Upstream {
     pub merchant: Option<String>,
     /// Scans per MQTT message: 1 sends `darkleg.scan.v1`, more sends `darkleg.batch.v1`.
     pub batch: usize,
+    /// Largest batch payload in bytes (measured, serialized): the broker's packet limit
+    /// minus room for the topic.
+    pub max_message_bytes: usize,
+    pub mqtt_version: MqttVersion,
+}
+
+/// Which MQTT the sink speaks. MQTT 5 is what makes a refusal visible: its PUBACK carries a
+/// reason code ("not authorized", "quota exceeded"), where a 3.1.1 broker acks and drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttVersion {
+    /// MQTT 5, falling back to 3.1.1 for a broker that does not take a v5 CONNECT
+    /// (NATS, older RabbitMQ); tried again at the next reconnect.
+    Auto,
+    V5,
+    V311,
 }
 
 impl Upstream {
@@ -43,6 +58,8 @@ pub(super) struct RawUpstream {
     window: Option<Spanned<i64>>,
     merchant: Option<Spanned<String>>,
     batch: Option<Spanned<i64>>,
+    max_message_kb: Option<Spanned<i64>>,
+    mqtt_version: Option<Spanned<String>>,
 }
 
 impl Validator<'_> {
@@ -83,6 +100,29 @@ impl Validator<'_> {
                 batch: match &u.batch {
                     Some(b) => self.range(b, &key("batch"), 1, 1000)? as usize,
                     None => 1,
+                },
+                max_message_bytes: match &u.max_message_kb {
+                    Some(k) => {
+                        self.range(k, &key("max_message_kb"), 1, 256 * 1024)? as usize * 1024
+                    }
+                    // AWS IoT's 128 KiB, the smallest limit among the brokers darkleg targets.
+                    None => 120 * 1024,
+                },
+                mqtt_version: match &u.mqtt_version {
+                    None => MqttVersion::Auto,
+                    Some(v) => match v.get_ref().as_str() {
+                        "auto" => MqttVersion::Auto,
+                        "5" | "5.0" => MqttVersion::V5,
+                        "3.1.1" | "3" | "4" => MqttVersion::V311,
+                        other => {
+                            return Err(self.err(
+                                v,
+                                key("mqtt_version"),
+                                format!("{other:?} is not an MQTT version"),
+                                "\"auto\" (MQTT 5, falling back to 3.1.1), \"5\" or \"3.1.1\"",
+                            ))
+                        }
+                    },
                 },
                 merchant: match &u.merchant {
                     Some(m) => Some(self.merchant_id(m, &key("merchant"), merchants)?),

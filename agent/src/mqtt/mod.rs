@@ -21,19 +21,52 @@ pub fn options(link: &BrokerLink, what: &str) -> Result<MqttOptions, String> {
     // reconnects; our own in-flight publishes are resent from SQLite regardless.
     o.set_clean_session(false);
     o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-    if let Some(user) = &link.username {
-        let password = match &link.password {
-            Some(secret) => secret.reveal().map_err(|e| format!("{what}: {e}"))?,
-            None => String::new(),
-        };
+    if let Some((user, password)) = credentials(link, what)? {
         o.set_credentials(user, password);
     }
-    if link.tls {
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls_config(link, what)?),
-        )));
+    if let Some(t) = tls_transport(link, what)? {
+        o.set_transport(t);
     }
     Ok(o)
+}
+
+/// The same connection for an MQTT 5 client. The session is kept an hour past a
+/// disconnect (v5 ends it at once by default); a sink's in-flight state comes from SQLite
+/// regardless.
+pub fn options_v5(link: &BrokerLink, what: &str) -> Result<rumqttc::v5::MqttOptions, String> {
+    let mut o = rumqttc::v5::MqttOptions::new(&link.client_id, &link.host, link.port);
+    o.set_keep_alive(link.keep_alive);
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(3600));
+    o.set_max_packet_size(Some(MAX_PACKET as u32));
+    if let Some((user, password)) = credentials(link, what)? {
+        o.set_credentials(user, password);
+    }
+    if let Some(t) = tls_transport(link, what)? {
+        o.set_transport(t);
+    }
+    Ok(o)
+}
+
+/// Username and password, the password read now (a rotated file counts from the next connect).
+fn credentials(link: &BrokerLink, what: &str) -> Result<Option<(String, String)>, String> {
+    let Some(user) = &link.username else {
+        return Ok(None);
+    };
+    let password = match &link.password {
+        Some(secret) => secret.reveal().map_err(|e| format!("{what}: {e}"))?,
+        None => String::new(),
+    };
+    Ok(Some((user.clone(), password)))
+}
+
+fn tls_transport(link: &BrokerLink, what: &str) -> Result<Option<Transport>, String> {
+    if !link.tls {
+        return Ok(None);
+    }
+    Ok(Some(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::new(tls_config(link, what)?),
+    ))))
 }
 
 fn tls_config(link: &BrokerLink, what: &str) -> Result<rustls::ClientConfig, String> {

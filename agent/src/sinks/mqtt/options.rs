@@ -4,12 +4,12 @@
 use crate::config::Upstream;
 use rumqttc::MqttOptions;
 
-/// Batches stay under this, which fits the smallest limit of the clustered and managed
-/// brokers darkleg targets (AWS IoT: 128 KiB).
-pub const MAX_BATCH_BYTES: usize = 120 * 1024;
-
 pub fn mqtt_options(u: &Upstream) -> Result<MqttOptions, String> {
     let mut o = crate::mqtt::options(&u.link, &format!("upstream {}", u.name))?;
     o.set_inflight(u.window.min(u16::MAX as usize) as u16);
+    // A batch under `max_message_kb` must also fit the client's own limit, or it would be
+    // rebuilt and refused on every reconnect.
+    let packet = (u.max_message_bytes + 4096).max(crate::mqtt::MAX_PACKET);
+    o.set_max_packet_size(crate::mqtt::MAX_PACKET, packet);
     Ok(o)
 }

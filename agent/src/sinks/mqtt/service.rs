@@ -1,21 +1,19 @@
-//! The thin loop: reads the outbox, hands rows to rumqttc, feeds its notifications to the
-//! [`Dispatcher`], and sends delivery marks to the store writer. One connection per
-//! attempt — a fresh `EventLoop` each time, so nothing rumqttc remembered from the last
-//! connection is replayed behind our back; the outbox is the only memory.
+//! The thin loop: reads the outbox, turns rows into publishes ([`plan`]), hands them to the
+//! [`Link`], feeds its events to the [`Dispatcher`], and sends delivery marks to the store
+//! writer. One connection per attempt — a fresh client each time, so nothing rumqttc
+//! remembered from the last connection is replayed behind our back; the outbox is the only
+//! memory. A refused publication (MQTT 5 reason code ≥ 0x80) is never marked delivered.
 
+use super::batcher::{plan, Shape};
 use super::dispatcher::Dispatcher;
-use super::options::mqtt_options;
-use crate::config::{Gateway, Upstream};
+use super::link::{Link, LinkEvent};
+use crate::config::{Gateway, MqttVersion, Upstream};
 use crate::mqtt::backoff::Backoff;
-use crate::store::Item;
-use crate::store::Provenance;
 use crate::store::{Reader, StoreHandle, WriteOp};
-use darkleg_protocol::upstream::{batch_json, hop, scan_json, Origin};
-use darkleg_protocol::ScanEvent;
-use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, QoS};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Outbox rows read at a time.
@@ -54,7 +52,12 @@ pub async fn run(
         reader,
         backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30), seed),
         failures: 0,
+        try_v5: true,
     };
+    if !upstream.link.tls && upstream.link.password.is_some() {
+        tracing::warn!(upstream = %upstream.name, broker = %upstream.link.url(),
+            "a password is sent over plain mqtt:// — anyone on the network path can read it; use mqtts://");
+    }
     loop {
         if *stop.borrow() {
             return;
@@ -90,35 +93,34 @@ struct Session<'a> {
     backoff: Backoff,
     /// Connection attempts failed in a row.
     failures: u32,
+    /// With `mqtt_version = "auto"`: try MQTT 5 on the next attempt.
+    try_v5: bool,
 }
+
+/// A 3.1.1 broker that will not take a publication (Mosquitto and an ACL) acks it and closes
+/// the connection. Acks received this close to a connection loss are not trusted: the rows
+/// stay owed and are resent (a duplicate at worst) rather than counted delivered and lost.
+const ACK_GRACE_311: Duration = Duration::from_secs(1);
+/// A connection this old counts as healthy: reconnect back-off starts over.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
 impl Session<'_> {
     async fn connection(&mut self, d: &mut Dispatcher, stop: &mut watch::Receiver<bool>) -> Ended {
-        let opts = match mqtt_options(self.upstream) {
-            Ok(o) => o,
+        let v5 = match self.upstream.mqtt_version {
+            MqttVersion::V5 => true,
+            MqttVersion::V311 => false,
+            MqttVersion::Auto => self.try_v5,
+        };
+        let mut link = match Link::open(self.upstream, v5) {
+            Ok(l) => l,
             Err(e) => return Ended::Lost(e),
         };
-        let (client, mut eventloop) = AsyncClient::new(opts, self.upstream.window + 16);
-        // poll() runs in its own task and is never cancelled mid-packet; we select on its
-        // channel instead.
-        let (ev_tx, mut events) = mpsc::channel::<Result<Event, ConnectionError>>(1024);
-        let driver = tokio::spawn(async move {
-            loop {
-                let ev = eventloop.poll().await;
-                let failed = ev.is_err();
-                if ev_tx.send(ev).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        let _abort = AbortOnDrop(driver);
-
         let connack = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            while let Some(ev) = events.recv().await {
+            while let Some(ev) = link.recv().await {
                 match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(c))) => return Ok(c),
+                    Ok(LinkEvent::Connected { session_present }) => return Ok(session_present),
                     Ok(_) => continue,
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e),
                 }
             }
             Err("event loop ended".to_string())
@@ -127,165 +129,179 @@ impl Session<'_> {
             r = connack => r,
             _ = stop.changed() => return Ended::Stop,
         };
+        let version = if v5 { "5" } else { "3.1.1" };
         match connack {
-            Ok(Ok(c)) => {
-                tracing::info!(upstream = %self.upstream.name, session_present = c.session_present, "upstream connected");
+            Ok(Ok(session_present)) => {
+                tracing::info!(upstream = %self.upstream.name, session_present, mqtt = version, "upstream connected");
+                if self.upstream.mqtt_version == MqttVersion::Auto && !v5 {
+                    tracing::info!(upstream = %self.upstream.name,
+                        "the broker did not take an MQTT 5 connect: speaking 3.1.1, where a refused publication is acked and dropped — darkleg trusts no ack followed by a close (set mqtt_version = \"3.1.1\" to skip the v5 attempt)");
+                }
+                // The next attempt starts with v5 again: a 3.1.1 success may have been luck
+                // of timing against a broker that was just starting.
+                self.try_v5 = true;
             }
-            Ok(Err(e)) => return Ended::Lost(e),
-            Err(_) => return Ended::Lost(format!("no CONNACK within {CONNECT_TIMEOUT:?}")),
+            Ok(Err(e)) => {
+                if self.upstream.mqtt_version == MqttVersion::Auto {
+                    self.try_v5 = !v5;
+                }
+                return Ended::Lost(format!("MQTT {version} connect: {e}"));
+            }
+            Err(_) => {
+                if self.upstream.mqtt_version == MqttVersion::Auto {
+                    self.try_v5 = !v5;
+                }
+                return Ended::Lost(format!("no CONNACK within {CONNECT_TIMEOUT:?}"));
+            }
         }
-        self.backoff.reset();
-        self.failures = 0;
         d.reset();
+        let mut c = Conn {
+            delivered: Vec::new(),
+            held: VecDeque::new(),
+            batches: HashMap::new(),
+            trust_acks_at_once: link.is_v5(),
+            last_sent: None,
+        };
+        let ended = self.deliver(&mut link, d, &mut c, stop).await;
+        if matches!(ended, Ended::Stop) {
+            // We closed it: every ack received is the broker's word.
+            c.release(Duration::ZERO);
+        } else {
+            c.release(ACK_GRACE_311);
+            let doubted: usize = c.held.iter().map(|(_, rows)| rows.len()).sum();
+            // A broker that will not take a publication may ack and close, or just close
+            // (Mosquitto 2.0 does, in 3.1.1 and — its 0x87 PUBACK often lost to the reset —
+            // in 5 too): either way the close follows our publish closely. Say so — the row
+            // stays owed either way, but "connection reset" alone explains nothing.
+            let closed_on_publish = c.last_sent.is_some_and(|t| t.elapsed() < ACK_GRACE_311);
+            if doubted > 0 || closed_on_publish {
+                let rows = doubted.max(d.in_flight()).max(1);
+                tracing::warn!(upstream = %self.upstream.name, rows,
+                    "the broker closed the connection right after receiving publications; that is how some brokers refuse one (an ACL on the topic?): they stay in the outbox and are resent");
+                self.refused(rows, "connection was closed on receiving a publication (no reason given: an ACL on the topic?)".into()).await;
+            }
+        }
+        // Whatever was PUBACKed before the connection ended is delivered: record it, so a
+        // reconnect resends only what the broker never confirmed.
+        self.mark(&mut c.delivered).await;
+        ended
+    }
 
-        let topic = self.upstream.events_topic(self.gateway);
+    /// The connected loop: keeps the window full from the outbox and retires acked rows.
+    async fn deliver(
+        &mut self,
+        link: &mut Link,
+        d: &mut Dispatcher,
+        c: &mut Conn,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Ended {
+        let events_topic = self.upstream.events_topic(self.gateway);
+        let shape = Shape {
+            batch: self.upstream.batch,
+            max_bytes: self.upstream.max_message_bytes,
+            events_topic: &events_topic,
+            topic_prefix: &self.upstream.topic_prefix,
+            site: &self.gateway.site,
+            gateway: &self.gateway.id,
+        };
         let mut committed = self.store.committed.clone();
         let mut more = true;
-        let mut delivered: Vec<i64> = Vec::new();
-        let mut batches: std::collections::HashMap<i64, Vec<i64>> = Default::default();
+        let connected_at = Instant::now();
+        let mut healthy = false;
         // Refill the window in chunks, not one row per PUBACK: one outbox read per quarter
         // window keeps the read cost per event small while the window stays mostly full.
         let refill_at = (self.upstream.window / 4).max(1);
-        let ended = loop {
+        loop {
             while more && (d.room() >= refill_at || d.in_flight() == 0) {
                 let room = d.room();
                 // Bounded per read: a wide window of large batches must not pull a whole
                 // backlog into memory at once.
-                let want = (room * self.upstream.batch).min(MAX_ROWS_PER_READ);
+                let want = (room * self.upstream.batch).clamp(1, MAX_ROWS_PER_READ);
                 let rows = match self.fetch(d.cursor(), want).await {
                     Ok(rows) => rows,
                     Err(e) => return Ended::Lost(e),
                 };
-                more = rows.len() == want;
-                for publish in self.publishes(rows, &topic) {
-                    let last = *publish.rows.last().expect("a publish carries rows");
-                    let qos = QoS::AtLeastOnce;
-                    if let Err(e) = client.try_publish(publish.topic, qos, false, publish.payload) {
-                        return Ended::Lost(format!("handing a publish to the client: {e}"));
+                let fetched = rows.len();
+                let publishes = plan(rows, room, &shape);
+                let consumed: usize = publishes.iter().map(|p| p.rows.len()).sum();
+                // Rows past the room are read again next time, after the cursor.
+                more = fetched == want || consumed < fetched;
+                if publishes.is_empty() {
+                    break;
+                }
+                for publish in publishes {
+                    let last = publish.last_row();
+                    if let Err(e) = link.publish(publish.topic, publish.payload) {
+                        return Ended::Lost(e);
                     }
                     // The dispatcher tracks a publish by its last row; a batch's rows wait here.
                     if publish.rows.len() > 1 {
-                        batches.insert(last, publish.rows);
+                        c.batches.insert(last, publish.rows);
                     }
                     d.handed(last);
                 }
             }
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    None => break Ended::Lost("event loop ended".into()),
-                    Some(Err(e)) => break Ended::Lost(e.to_string()),
-                    Some(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
-                        if let Err(e) = d.on_outgoing_publish(pkid) {
-                            break Ended::Lost(e.to_string());
-                        }
+            let until_release = c.next_release(ACK_GRACE_311);
+            let ended = tokio::select! {
+                ev = link.recv() => match ev {
+                    None => Some(Ended::Lost("event loop ended".into())),
+                    Some(Err(e)) => Some(Ended::Lost(e)),
+                    Some(Ok(LinkEvent::Sent(pkid))) => {
+                        c.last_sent = Some(Instant::now());
+                        d.on_outgoing_publish(pkid).err().map(|e| Ended::Lost(e.to_string()))
                     }
-                    Some(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-                        if let Some(row) = d.on_puback(ack.pkid) {
-                            match batches.remove(&row) {
-                                Some(rows) => delivered.extend(rows),
-                                None => delivered.push(row),
+                    Some(Ok(LinkEvent::Acked(pkid))) => {
+                        if let Some(row) = d.on_puback(pkid) {
+                            c.acked(row);
+                            if !healthy {
+                                healthy = true;
+                                self.backoff.reset();
+                                self.failures = 0;
                             }
                         }
+                        None
                     }
-                    Some(Ok(_)) => {}
+                    Some(Ok(LinkEvent::Refused { pkid, reason })) => {
+                        let rows = d.on_puback(pkid).map_or(0, |row| c.refused(row));
+                        tracing::error!(upstream = %self.upstream.name, broker = %self.upstream.link.url(), rows,
+                            "the broker refused a publication: {reason}; it stays in the outbox and is retried after a back-off");
+                        self.refused(rows, reason.clone()).await;
+                        Some(Ended::Lost(format!("the broker refused a publication: {reason}")))
+                    }
+                    Some(Ok(LinkEvent::Connected { .. })) => None,
                 },
                 changed = committed.changed() => {
                     if changed.is_err() {
-                        break Ended::Stop; // the store is gone: shutting down
+                        Some(Ended::Stop) // the store is gone: shutting down
+                    } else {
+                        more = true;
+                        None
                     }
-                    more = true;
                 }
                 _ = stop.changed() => {
-                    let _ = client.try_disconnect();
-                    break Ended::Stop;
+                    link.disconnect();
+                    Some(Ended::Stop)
                 }
                 // Safety net: look at the outbox now and then even without a notification.
-                _ = tokio::time::sleep(Duration::from_secs(2)) => more = true,
-            }
-            // Fold a burst of PUBACKs into one delivery mark (one commit).
-            if !delivered.is_empty() && (delivered.len() >= 512 || events.is_empty()) {
-                self.mark(&mut delivered).await;
-            }
-        };
-        // Whatever was PUBACKed before the connection ended is delivered: record it, so a
-        // reconnect resends only what the broker never confirmed.
-        self.mark(&mut delivered).await;
-        ended
-    }
-
-    /// Turns outbox rows into publishes: derived messages one each; runs of scans one each
-    /// (`darkleg.scan.v1`) or up to `batch` per message (`darkleg.batch.v1`).
-    fn publishes(&self, rows: Vec<crate::store::Pending>, events_topic: &str) -> Vec<Publish> {
-        let mut out = Vec::new();
-        let mut run: Vec<(i64, ScanEvent, Option<Box<Provenance>>)> = Vec::new();
-        let (site, gw) = (&self.gateway.site, &self.gateway.id);
-        let me = hop(site, gw);
-        let here = [me.clone()];
-        let mut bytes = 0usize;
-        let flush = |run: &mut Vec<(i64, ScanEvent, Option<Box<Provenance>>)>,
-                     out: &mut Vec<Publish>| {
-            if run.is_empty() {
-                return;
-            }
-            // A relayed scan goes on with this gateway appended to its trace.
-            let traces: Vec<Option<Vec<String>>> = run
-                .iter()
-                .map(|(_, _, p)| {
-                    p.as_ref()
-                        .map(|p| p.hops.iter().cloned().chain([me.clone()]).collect())
-                })
-                .collect();
-            let origins = run.iter().zip(&traces).map(|((_, e, p), trace)| {
-                let origin = match (p, trace) {
-                    (Some(p), Some(t)) => Origin {
-                        site: &p.site,
-                        gateway: &p.gateway,
-                        hops: t,
-                    },
-                    _ => Origin {
-                        site,
-                        gateway: gw,
-                        hops: &here,
-                    },
-                };
-                (e, origin)
-            });
-            let payload = if self.upstream.batch == 1 {
-                let (e, origin) = origins.into_iter().next().expect("a run is not empty");
-                scan_json(e, origin)
-            } else {
-                batch_json(origins)
+                _ = tokio::time::sleep(until_release.unwrap_or(Duration::from_secs(2))) => {
+                    more = true;
+                    None
+                }
             };
-            out.push(Publish {
-                topic: events_topic.to_string(),
-                payload,
-                rows: run.drain(..).map(|(r, _, _)| r).collect(),
-            });
-        };
-        for p in rows {
-            match p.item {
-                Item::Event(ev, origin) => {
-                    // Keep a batch under the smallest broker packet limit we target.
-                    bytes += ev.code.len() + 320 + origin.as_ref().map_or(0, |o| 64 * o.hops.len());
-                    run.push((p.row, ev, origin));
-                    if run.len() == self.upstream.batch || bytes >= super::options::MAX_BATCH_BYTES
-                    {
-                        flush(&mut run, &mut out);
-                        bytes = 0;
-                    }
-                }
-                Item::Message { topic, payload } => {
-                    flush(&mut run, &mut out);
-                    out.push(Publish {
-                        topic: format!("{}/{topic}", self.upstream.topic_prefix),
-                        payload,
-                        rows: vec![p.row],
-                    });
-                }
+            if let Some(ended) = ended {
+                return ended;
+            }
+            if !healthy && connected_at.elapsed() >= HEALTHY_AFTER {
+                healthy = true;
+                self.backoff.reset();
+                self.failures = 0;
+            }
+            c.release(ACK_GRACE_311);
+            // Fold a burst of PUBACKs into one delivery mark (one commit).
+            if !c.delivered.is_empty() && (c.delivered.len() >= 512 || link.is_idle()) {
+                self.mark(&mut c.delivered).await;
             }
         }
-        flush(&mut run, &mut out);
-        out
     }
 
     async fn fetch(&self, after: i64, limit: usize) -> Result<Vec<crate::store::Pending>, String> {
@@ -313,19 +329,64 @@ impl Session<'_> {
             tracing::warn!(upstream = %self.upstream.name, "store writer gone; delivered rows will be resent");
         }
     }
+
+    async fn refused(&self, rows: usize, reason: String) {
+        let op = WriteOp::Refused {
+            upstream: self.upstream.name.clone(),
+            rows,
+            reason,
+            at_ms: crate::now_ms(),
+        };
+        let _ = self.store.send(op).await;
+    }
 }
 
-struct Publish {
-    topic: String,
-    payload: String,
-    /// Outbox rows it carries, in order.
-    rows: Vec<i64>,
+/// One connection's acknowledged rows on their way to a delivery mark.
+struct Conn {
+    /// Acked and trusted: marked delivered at the next commit.
+    delivered: Vec<i64>,
+    /// Acked by a 3.1.1 broker, trusted once the connection outlived [`ACK_GRACE_311`].
+    held: VecDeque<(Instant, Vec<i64>)>,
+    /// A batch's rows, by the last row the dispatcher tracks it under.
+    batches: HashMap<i64, Vec<i64>>,
+    trust_acks_at_once: bool,
+    /// When the client last wrote a publish.
+    last_sent: Option<Instant>,
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Conn {
+    fn rows(&mut self, row: i64) -> Vec<i64> {
+        self.batches.remove(&row).unwrap_or_else(|| vec![row])
+    }
 
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+    fn acked(&mut self, row: i64) {
+        let rows = self.rows(row);
+        if self.trust_acks_at_once {
+            self.delivered.extend(rows);
+        } else {
+            self.held.push_back((Instant::now(), rows));
+        }
+    }
+
+    /// A refused publish: its rows stay owed. Returns how many.
+    fn refused(&mut self, row: i64) -> usize {
+        self.rows(row).len()
+    }
+
+    /// Trusts the acks older than `grace`.
+    fn release(&mut self, grace: Duration) {
+        while let Some((at, _)) = self.held.front() {
+            if at.elapsed() < grace {
+                break;
+            }
+            let (_, rows) = self.held.pop_front().expect("front exists");
+            self.delivered.extend(rows);
+        }
+    }
+
+    fn next_release(&self, grace: Duration) -> Option<Duration> {
+        self.held
+            .front()
+            .map(|(at, _)| grace.saturating_sub(at.elapsed()) + Duration::from_millis(1))
     }
 }

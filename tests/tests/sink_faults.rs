@@ -1,0 +1,219 @@
+//! The MQTT sink against the configs and brokers that broke it:
+//! - a batched upstream (`batch = 100, window = 256`, as configs/gateway.toml recommends, and
+//!   `batch = 50, window = 8`) whose backlog holds milestones between the scans drains fully
+//!   — one outbox read used to turn into more publishes than the client's channel holds;
+//! - a broker whose ACL refuses the gateway's topic: with MQTT 5 its PUBACK says "not
+//!   authorized", with 3.1.1 it acks and closes — either way no row is counted delivered,
+//!   status names the refusal, and once the ACL is fixed every scan arrives.
+
+use darkleg_agent::sim::scanner::write_ascii_scan;
+use darkleg_protocol::Step;
+use darkleg_tests::workload::{sscc_key, PlannedScan};
+use darkleg_tests::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+const MERCHANT: &str = "\n[[merchant]]\nid = \"acme\"\ngs1_prefixes = [\"8712345\"]\n";
+
+fn set_upstream(rig: &Rig, keys: &str) {
+    let text = std::fs::read_to_string(&rig.config).unwrap();
+    let text = text.replace(
+        "keep_alive_secs = 5\n",
+        &format!("keep_alive_secs = 5\n{keys}"),
+    );
+    std::fs::write(&rig.config, format!("{text}{MERCHANT}")).unwrap();
+}
+
+/// The pack station's day: an order number, then the parcel's SSCC, `n` times.
+fn pack_station(n: u64) -> Vec<PlannedScan> {
+    (0..n)
+        .flat_map(|i| {
+            [
+                PlannedScan {
+                    step: Step::Pack,
+                    code: format!("SO-{i:06}"),
+                    symbology: None,
+                },
+                PlannedScan {
+                    step: Step::Pack,
+                    code: format!("00{}", sscc_key("8712345", i)),
+                    symbology: Some("]C1".into()),
+                },
+            ]
+        })
+        .collect()
+}
+
+fn events_stored(rig: &Rig) -> u64 {
+    status(&rig.config)["events"].as_u64().unwrap_or(0)
+}
+
+fn drain_with_milestones(name: &str, batch: usize, window: usize) {
+    const PARCELS: u64 = 2000;
+    let mut rig = Rig::new(name, &[PortKind::Ascii("pack")]);
+    set_upstream(&rig, &format!("batch = {batch}\nwindow = {window}\n"));
+    rig.broker.stop();
+    let agent = rig.start_agent();
+    rig.wait_ports_open();
+    let mut pty = rig.take_ptys().remove(0);
+    let plan = pack_station(PARCELS);
+    let expected = plan.len() as u64;
+    // Paced by what the agent has stored, so the pty's buffer never fills (a plain scanner
+    // would lose what does not fit; that is not what this test is about).
+    for (i, chunk) in plan.chunks(200).enumerate() {
+        for s in chunk {
+            write_ascii_scan(&mut pty.master, s).unwrap();
+        }
+        let done = ((i + 1) * 200) as u64;
+        assert!(wait_until(Duration::from_secs(30), || events_stored(&rig)
+            >= done.min(expected)));
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || events_stored(&rig) >= expected),
+        "{} of {expected} scans stored",
+        events_stored(&rig)
+    );
+    // Every SSCC made a packed milestone: the backlog is scans cut by messages.
+    let backlog = rig.backlog().unwrap();
+    assert!(backlog > expected, "backlog {backlog} holds milestones too");
+    rig.broker.restart().expect("mosquitto restart");
+    let arrived = || {
+        expand_batches(&rig.collector.messages())
+            .iter()
+            .filter_map(|a| a.json["event_id"].as_str().map(String::from))
+            .collect::<HashSet<_>>()
+            .len() as u64
+    };
+    assert!(
+        wait_until(Duration::from_secs(90), || arrived() >= expected),
+        "batch {batch} window {window}: {} of {expected} scans arrived, backlog {:?}",
+        arrived(),
+        rig.backlog()
+    );
+    assert!(wait_until(Duration::from_secs(20), || rig.backlog() == Some(0)));
+    let log = std::fs::read_to_string(&rig.log).unwrap_or_default();
+    assert!(
+        !log.contains("Failed to send mqtt requests"),
+        "the client's request channel overflowed"
+    );
+    drop(agent);
+}
+
+#[test]
+fn a_batched_backlog_with_milestones_drains_as_recommended() {
+    drain_with_milestones("drain-b100", 100, 256);
+}
+
+#[test]
+fn a_batched_backlog_with_milestones_drains_through_a_narrow_window() {
+    drain_with_milestones("drain-b50", 50, 8);
+}
+
+/// An ACL where anyone may read everything and write only `elsewhere/#`.
+const DENY: &str = "topic read #\ntopic write elsewhere/#\n";
+const ALLOW: &str = "topic readwrite #\n";
+
+/// `reasons`: what status may name (Mosquitto 2.0 resets the connection after its 0x87
+/// PUBACK, which then may or may not reach us).
+fn refused_then_fixed(name: &str, version: &str, reasons: &[&str]) {
+    const SCANS: u64 = 100;
+    let dir = Scratch::new(name);
+    let acl = dir.0.join("acl");
+    std::fs::write(&acl, DENY).unwrap();
+    let mut broker = Mosquitto::start_with(
+        &dir.0.join("broker"),
+        &format!("acl_file {}\n", acl.display()),
+    )
+    .expect("mosquitto with an ACL");
+    let collector = Collector::start(broker.port, "darkleg/v1/+/+/events", &format!("sub-{name}"));
+    assert!(collector.wait_subscribed(Duration::from_secs(10)));
+    let mut pty = scanner::Pty::open().unwrap();
+    let config = write_config_with(
+        &dir.0,
+        &[ScannerEntry {
+            port: &pty.slave_path,
+            protocol: "ascii",
+            station: Some("handover"),
+        }],
+        Some(&broker.url()),
+        "",
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "keep_alive_secs = 5\n",
+            &format!("keep_alive_secs = 5\nmqtt_version = \"{version}\"\n"),
+        ),
+    )
+    .unwrap();
+    let log = dir.0.join("agent.log");
+    let _agent = Agent::start(&config, &log);
+    assert!(wait_until(Duration::from_secs(20), || status(&config)
+        ["ports"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p["connected"] == true))));
+    for i in 0..SCANS {
+        let scan = PlannedScan {
+            step: Step::Handover,
+            code: format!("1Z999AA1{i:010}"),
+            symbology: None,
+        };
+        write_ascii_scan(&mut pty.master, &scan).unwrap();
+    }
+    let up = |k: &str| status(&config)["upstreams"][0][k].clone();
+    assert!(
+        wait_until(Duration::from_secs(20), || up("refused").as_i64()
+            >= Some(1)),
+        "the refusal is on record: {}",
+        status(&config)["upstreams"]
+    );
+    // A while of refusals: nothing counted delivered, nothing seen, everything still owed.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        up("delivered").as_i64(),
+        Some(0),
+        "a refused row was counted delivered"
+    );
+    assert_eq!(up("backlog").as_u64(), Some(SCANS));
+    assert!(collector.is_empty(), "the broker dropped them, as refused");
+    let reason = up("last_refusal").as_str().unwrap_or_default().to_string();
+    assert!(reasons.iter().any(|r| reason.contains(r)), "{reason}");
+    // No reconnect storm while refused: the back-off grows.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let connects = text.matches("upstream connected").count();
+    assert!(connects <= 15, "{connects} connections in ~5 s");
+
+    std::fs::write(&acl, ALLOW).unwrap();
+    broker.restart().expect("mosquitto restart");
+    let ids = || {
+        collector
+            .messages()
+            .iter()
+            .filter_map(|a| a.json["event_id"].as_str().map(String::from))
+            .collect::<HashSet<_>>()
+            .len() as u64
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || ids() >= SCANS),
+        "{} of {SCANS} after the ACL was fixed",
+        ids()
+    );
+    assert!(wait_until(Duration::from_secs(10), || up("backlog")
+        .as_u64()
+        == Some(0)));
+}
+
+#[test]
+fn an_acl_refusal_over_mqtt5_is_named_and_nothing_is_lost() {
+    refused_then_fixed(
+        "acl-v5",
+        "auto",
+        &["not authorized", "connection was closed"],
+    );
+}
+
+#[test]
+fn an_acl_refusal_over_mqtt311_is_noticed_and_nothing_is_lost() {
+    refused_then_fixed("acl-v311", "3.1.1", &["connection was closed"]);
+}
