@@ -41,6 +41,15 @@ pub fn render(s: &Status, now_ms: u64) -> String {
             u.delivered,
             ago(now_ms, u.last_sync_at_ms)
         );
+        if let (Some(reason), true) = (&u.last_refusal, u.refusing()) {
+            let _ = writeln!(
+                out,
+                "  {:<16} REFUSED by the broker: {reason} ({}, {} so far; kept and retried)",
+                "",
+                ago(now_ms, u.last_refusal_at_ms),
+                u.refused
+            );
+        }
     }
     let _ = writeln!(out, "scanner ports:");
     if s.ports.is_empty() {
@@ -145,6 +154,9 @@ mod tests {
                 delivered: 9,
                 last_sync_at_ms: Some(now as i64 - 5_000),
                 oldest_undelivered_ms: Some(now as i64 - 300_000),
+                refused: 0,
+                last_refusal: None,
+                last_refusal_at_ms: None,
             }],
             ports: vec![PortStatus {
                 port: "/dev/ttyUSB0".into(),
@@ -166,6 +178,7 @@ mod tests {
                 duplicates: 2,
                 refused: 0,
                 clock_offset_ms: Some(-7_300),
+                conflicts: 0,
             }],
         };
         let text = render(&s, now);

@@ -16,7 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
-pub use upstream::Upstream;
+pub use upstream::{MqttVersion, Upstream};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -306,6 +306,39 @@ impl Validator<'_> {
         }
     }
 
+    /// Two connections with one client id take over each other's session at the broker:
+    /// each connect kicks the other off, forever.
+    fn client_ids_unique(
+        &self,
+        upstreams: &[Upstream],
+        relays: &[Relay],
+    ) -> Result<(), ConfigError> {
+        let mut seen: Vec<(&str, String)> = Vec::new();
+        let tables = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (&u.link.client_id, format!("upstream[{i}]")))
+            .chain(
+                relays
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (&r.link.client_id, format!("relay[{i}]"))),
+            );
+        for (id, table) in tables {
+            if let Some((_, first)) = seen.iter().find(|(s, _)| *s == id.as_str()) {
+                return Err(ConfigError {
+                    file: self.file.to_string(),
+                    line: None,
+                    key: format!("{table}.client_id"),
+                    message: format!("client id {id:?} is also used by {first}"),
+                    hint: "a broker allows one connection per client id: the two would take over each other's session; give each its own client_id",
+                });
+            }
+            seen.push((id, table));
+        }
+        Ok(())
+    }
+
     fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let gateway = Gateway {
             site: self.name(&raw.gateway.site, "gateway.site")?,
@@ -396,6 +429,7 @@ impl Validator<'_> {
         let upstreams = self.upstreams(raw.upstream, &gateway, &merchants)?;
         let relays = self.relays(raw.relay, &gateway)?;
         let routes = self.routes(raw.route, &upstreams, &merchants)?;
+        self.client_ids_unique(&upstreams, &relays)?;
         Ok(Config {
             gateway,
             store,

@@ -111,6 +111,16 @@ pub fn metrics(s: &Snapshot) -> String {
         &mut out,
         s,
         (
+            "upstream_refused_total",
+            "counter",
+            "Publications each upstream's broker refused (kept and retried; see the status page for the reason).",
+        ),
+        |u| u.refused,
+    );
+    per_upstream(
+        &mut out,
+        s,
+        (
             "backlog_age_seconds",
             "gauge",
             "Age of the oldest row waiting for each upstream.",
@@ -316,6 +326,15 @@ td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}.ok{{colo
             u.delivered,
             ago(s.now_ms, u.last_sync_at_ms)
         );
+        if let (Some(reason), true) = (&u.last_refusal, u.refusing()) {
+            let _ = write!(
+                h,
+                "<tr><td colspan=\"6\" class=\"bad\">the broker refuses publications: {} ({}; {} refused so far, kept in the outbox and retried)</td></tr>",
+                esc(reason),
+                ago(s.now_ms, u.last_refusal_at_ms),
+                u.refused
+            );
+        }
     }
     let _ = write!(
         h,
@@ -371,6 +390,9 @@ mod tests {
             delivered,
             last_sync_at_ms: None,
             oldest_undelivered_ms: oldest,
+            refused: 0,
+            last_refusal: None,
+            last_refusal_at_ms: None,
         };
         let s = Snapshot {
             status: Status {
@@ -405,6 +427,9 @@ mod tests {
 darkleg_events_synced_total{upstream=\"central\"} 4\ndarkleg_events_synced_total{upstream=\"a\\\"b\"} 1\n\
 # HELP darkleg_backlog Rows waiting for each upstream.\n# TYPE darkleg_backlog gauge\n\
 darkleg_backlog{upstream=\"central\"} 3\ndarkleg_backlog{upstream=\"a\\\"b\"} 0\n\
+# HELP darkleg_upstream_refused_total Publications each upstream's broker refused (kept and retried; see the status page for the reason).\n\
+# TYPE darkleg_upstream_refused_total counter\n\
+darkleg_upstream_refused_total{upstream=\"central\"} 0\ndarkleg_upstream_refused_total{upstream=\"a\\\"b\"} 0\n\
 # HELP darkleg_backlog_age_seconds Age of the oldest row waiting for each upstream.\n\
 # TYPE darkleg_backlog_age_seconds gauge\n\
 darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_seconds{upstream=\"a\\\"b\"} 0\n\

@@ -22,6 +22,8 @@ pub(super) struct Update {
     pub events: i64,
     pub duplicates: i64,
     pub refused: i64,
+    /// A resend under a stored sequence that carried a different scan.
+    pub conflicts: i64,
     pub firmware: Option<String>,
     /// Gateway time minus device time for a scan just received (transit included: ms).
     pub clock_offset_ms: Option<i64>,
@@ -36,17 +38,41 @@ struct Dirty {
     events: i64,
     duplicates: i64,
     refused: i64,
+    conflicts: i64,
     last_seen: i64,
     clock_offset_ms: Option<i64>,
 }
 
-#[derive(Default)]
 pub(super) struct Devices {
     known: HashMap<String, Device>,
     dirty: HashMap<String, Dirty>,
+    /// Where a device this store numbers itself (ASCII) starts: the store's incarnation in
+    /// the high 32 bits. A store lost and started afresh draws another, so its scans never
+    /// take the event ids of scans the lost one numbered and delivered.
+    first_seq_base: u64,
 }
 
 impl Devices {
+    pub fn new(incarnation: u64) -> Self {
+        Devices {
+            known: HashMap::new(),
+            dirty: HashMap::new(),
+            first_seq_base: incarnation << 32,
+        }
+    }
+
+    /// The sequence a gateway-numbered device's next scan takes.
+    pub fn next_own_seq(&mut self, conn: &Connection, device: &str) -> rusqlite::Result<u64> {
+        let last = self.get(conn, device)?.last_seq;
+        // A device this store has not numbered yet starts in this incarnation's range; one it
+        // has goes on from where it is (also below the range, for stores older than it).
+        Ok(if last == 0 {
+            self.first_seq_base + 1
+        } else {
+            last + 1
+        })
+    }
+
     /// The device's state, read from the database the first time the writer meets it.
     pub fn get(&mut self, conn: &Connection, device: &str) -> rusqlite::Result<Device> {
         if let Some(d) = self.known.get(device) {
@@ -82,6 +108,7 @@ impl Devices {
                 events: 0,
                 duplicates: 0,
                 refused: 0,
+                conflicts: 0,
                 last_seen: now,
                 clock_offset_ms: None,
             });
@@ -91,6 +118,7 @@ impl Devices {
         d.events += u.events;
         d.duplicates += u.duplicates;
         d.refused += u.refused;
+        d.conflicts += u.conflicts;
         d.last_seen = now;
         d.clock_offset_ms = u.clock_offset_ms.or(d.clock_offset_ms);
     }
@@ -98,12 +126,12 @@ impl Devices {
     /// Writes this batch's device changes; call inside the batch's transaction.
     pub fn flush(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         let mut stmt = conn.prepare_cached(
-            "INSERT INTO devices(device, kind, port, last_seq, firmware, last_seen, events, duplicates, refused, clock_offset_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO devices(device, kind, port, last_seq, firmware, last_seen, events, duplicates, refused, clock_offset_ms, conflicts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT(device) DO UPDATE SET port = excluded.port, last_seq = excluded.last_seq,
                  firmware = IFNULL(excluded.firmware, firmware), last_seen = excluded.last_seen,
                  events = events + excluded.events, duplicates = duplicates + excluded.duplicates,
-                 refused = refused + excluded.refused,
+                 refused = refused + excluded.refused, conflicts = conflicts + excluded.conflicts,
                  clock_offset_ms = IFNULL(excluded.clock_offset_ms, clock_offset_ms)",
         )?;
         for (device, d) in &self.dirty {
@@ -117,7 +145,8 @@ impl Devices {
                 d.events,
                 d.duplicates,
                 d.refused,
-                d.clock_offset_ms
+                d.clock_offset_ms,
+                d.conflicts
             ])?;
         }
         Ok(())

@@ -127,6 +127,11 @@ impl StoreHandle {
         let max_row: i64 = conn
             .query_row("SELECT last FROM row_seq WHERE id = 1", [], |r| r.get(0))
             .map_err(|e| StoreError::new("reading outbox head", e))?;
+        let incarnation: i64 = conn
+            .query_row("SELECT incarnation FROM store_info WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| StoreError::new("reading the store's incarnation", e))?;
         let (committed_tx, committed) = watch::channel(max_row);
         let (tx, rx) = mpsc::channel(16_384);
         let w = writer::Writer {
@@ -136,7 +141,7 @@ impl StoreHandle {
             max_batch: config.store.max_batch,
             committed: committed_tx,
             _lock: lock,
-            devices: devices::Devices::default(),
+            devices: devices::Devices::new(incarnation as u64),
         };
         let join = std::thread::Builder::new()
             .name("store-writer".into())
@@ -437,7 +442,8 @@ impl Reader {
                 "SELECT u.name, u.delivered, u.last_sync_at,
                         (SELECT COUNT(*) FROM outbox o WHERE o.upstream = u.name),
                         (SELECT e.received_at FROM outbox o JOIN events e ON e.row = o.row
-                          WHERE o.upstream = u.name ORDER BY o.row LIMIT 1)
+                          WHERE o.upstream = u.name ORDER BY o.row LIMIT 1),
+                        u.refused, u.last_refusal, u.last_refusal_at
                  FROM upstreams u ORDER BY u.name",
             )?;
             let upstreams = stmt
@@ -448,6 +454,9 @@ impl Reader {
                         last_sync_at_ms: r.get(2)?,
                         backlog: r.get(3)?,
                         oldest_undelivered_ms: r.get(4)?,
+                        refused: r.get(5)?,
+                        last_refusal: r.get(6)?,
+                        last_refusal_at_ms: r.get(7)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -468,7 +477,7 @@ impl Reader {
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             let mut stmt = self.conn.prepare(
-                "SELECT device, kind, last_seq, firmware, port, last_seen, events, duplicates, refused, clock_offset_ms FROM devices ORDER BY device",
+                "SELECT device, kind, last_seq, firmware, port, last_seen, events, duplicates, refused, clock_offset_ms, conflicts FROM devices ORDER BY device",
             )?;
             let devices = stmt
                 .query_map([], |r| {
@@ -483,6 +492,7 @@ impl Reader {
                         duplicates: r.get(7)?,
                         refused: r.get(8)?,
                         clock_offset_ms: r.get(9)?,
+                        conflicts: r.get(10)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -535,6 +545,22 @@ pub struct UpstreamStatus {
     pub last_sync_at_ms: Option<i64>,
     /// When the oldest event still owed to this upstream reached the gateway.
     pub oldest_undelivered_ms: Option<i64>,
+    /// Publications the broker refused (each stays owed and is retried).
+    pub refused: i64,
+    /// What the broker said the last time, by name ("not authorized", "quota exceeded").
+    pub last_refusal: Option<String>,
+    pub last_refusal_at_ms: Option<i64>,
+}
+
+impl UpstreamStatus {
+    /// The broker's last word was a refusal: nothing delivered since.
+    pub fn refusing(&self) -> bool {
+        match (self.last_refusal_at_ms, self.last_sync_at_ms) {
+            (Some(r), Some(d)) => r >= d,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
 }
 
 impl PortStatus {
@@ -569,4 +595,7 @@ pub struct DeviceStatus {
     pub refused: i64,
     /// Gateway clock minus the device's, from its latest scan (includes transit, a few ms).
     pub clock_offset_ms: Option<i64>,
+    /// Scans sent under a sequence number that already names a different stored scan (the
+    /// scanner lost its state): refused with the error tone, never acked as duplicates.
+    pub conflicts: i64,
 }

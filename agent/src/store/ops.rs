@@ -39,16 +39,25 @@ pub(super) fn framed(
     let last = devices.get(sp, device)?.last_seq;
     if s.seq <= last {
         // A retransmit carries the same code. A different one means the scanner reused a
-        // sequence number (lost its state): its scan is not this event. Say so loudly.
+        // sequence number (lost its state): its scan is not the stored event, so acking it
+        // as a duplicate would lose it. Refused (the operator hears the error tone), counted
+        // and logged loudly.
         let stored: Option<String> = sp
             .prepare_cached("SELECT code FROM events WHERE event_id = ?1")?
             .query_row([&EventId::new(device, s.seq).0[..]], |r| r.get(0))
             .optional()?;
-        if stored.is_some_and(|code| code != s.code) {
+        if stored.as_ref().is_some_and(|code| *code != s.code) {
             tracing::error!(
-                device, seq = s.seq, acked = last,
-                "scanner reused a sequence number for a different scan; it must continue after {last}"
+                device, seq = s.seq, acked = last, stored = ?stored, sent = %s.code,
+                "CONFLICT: the scanner sent a different scan under a sequence number that already names a stored one (it lost its state?); refused, not stored — it must continue after {last}"
             );
+            let update = Update {
+                last_seq: last,
+                conflicts: 1,
+                refused: 1,
+                ..Update::default()
+            };
+            return Ok((FramedOutcome::Refused { acked: last }, update));
         }
         let update = Update {
             last_seq: last,
@@ -111,28 +120,41 @@ pub(super) fn ascii(
     device: &str,
     s: &AsciiScan,
 ) -> rusqlite::Result<(u64, Update)> {
-    let seq = devices.get(sp, device)?.last_seq.saturating_add(1);
-    insert_event(
-        sp,
-        routes,
-        device,
-        seq,
-        s.step,
-        &s.code,
-        s.symbology.as_deref(),
-        s.station.as_deref(),
-        None,
-        s.received_at_ms,
-        s.received_at_ms,
-        None,
-    )?;
-    Ok((
-        seq,
-        Update {
-            last_seq: seq,
-            events: 1,
-            ..Update::default()
-        },
+    let mut seq = devices.next_own_seq(sp, device)?;
+    // This store picks these numbers, so a taken id (a relayed scan from a device of the
+    // same name elsewhere) is skipped rather than the scan dropped under it.
+    for _ in 0..64 {
+        let inserted = insert_event(
+            sp,
+            routes,
+            device,
+            seq,
+            s.step,
+            &s.code,
+            s.symbology.as_deref(),
+            s.station.as_deref(),
+            None,
+            s.received_at_ms,
+            s.received_at_ms,
+            None,
+        )?;
+        if inserted {
+            let update = Update {
+                last_seq: seq,
+                events: 1,
+                ..Update::default()
+            };
+            return Ok((seq, update));
+        }
+        tracing::error!(
+            device,
+            seq,
+            "event id already taken (a relayed scan from another site's device of this name?); numbering this scan past it — give every scanner a name unique across sites"
+        );
+        seq += 1;
+    }
+    Err(rusqlite::Error::ToSqlConversionFailure(
+        format!("no free event id for device {device} near seq {seq}").into(),
     ))
 }
 
@@ -266,6 +288,21 @@ pub(super) fn delivered(
          ON CONFLICT(name) DO UPDATE SET delivered = delivered + ?2, last_sync_at = ?3",
     )?
     .execute(params![upstream, n, at_ms as i64])?;
+    Ok(())
+}
+
+pub(super) fn refused(
+    sp: &Connection,
+    upstream: &str,
+    rows: usize,
+    reason: &str,
+    at_ms: u64,
+) -> rusqlite::Result<()> {
+    sp.prepare_cached(
+        "INSERT INTO upstreams(name, refused, last_refusal, last_refusal_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(name) DO UPDATE SET refused = refused + ?2, last_refusal = ?3, last_refusal_at = ?4",
+    )?
+    .execute(params![upstream, rows as i64, reason, at_ms as i64])?;
     Ok(())
 }
 

@@ -137,6 +137,22 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     "#,
+    // v5: the store's incarnation — a random number drawn when the store is created, so the
+    // scans this store numbers itself (ASCII devices) never take the ids of scans a lost
+    // earlier store numbered; what each upstream's broker refused.
+    r#"
+    CREATE TABLE store_info (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        incarnation INTEGER NOT NULL,                -- 1 ..= 2^31 - 1
+        created_at  INTEGER NOT NULL
+    );
+    INSERT INTO store_info(id, incarnation, created_at)
+        VALUES (1, abs(random() % 2147483647) + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+    ALTER TABLE upstreams ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE upstreams ADD COLUMN last_refusal TEXT;
+    ALTER TABLE upstreams ADD COLUMN last_refusal_at INTEGER;
+    ALTER TABLE devices ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -164,15 +164,66 @@ fn framed_scans_are_taken_in_sequence_only() {
 fn ascii_scans_are_numbered_by_the_gateway_across_restarts() {
     let f = Fixture::new("ascii");
     let (s, j) = f.open();
-    assert_eq!(ascii(&s, "A", 1), 1);
-    assert_eq!(ascii(&s, "B", 2), 2);
+    let first = ascii(&s, "A", 1);
+    assert_eq!(
+        first & 0xffff_ffff,
+        1,
+        "a new device starts at 1 in this store's range"
+    );
+    assert_eq!(ascii(&s, "B", 2), first + 1);
     close(s, j);
     let (s, j) = f.open();
-    assert_eq!(ascii(&s, "C", 3), 3, "numbering survives a restart");
+    assert_eq!(ascii(&s, "C", 3), first + 2, "numbering survives a restart");
     close(s, j);
     let r = Reader::open(&f.config.db_path()).unwrap();
     let codes = pending_codes(&r, "b");
     assert_eq!(codes, ["A", "B", "C"]);
+}
+
+#[test]
+fn a_wiped_store_never_numbers_a_scan_under_an_id_already_used() {
+    // 20 stores lost one after another (new SD card, damaged file moved aside): every scan
+    // an ASCII device makes across them has its own event id.
+    let mut ids = std::collections::HashSet::new();
+    for round in 0..20 {
+        let f = Fixture::new("wiped");
+        let (s, j) = f.open();
+        for k in 0..20 {
+            let seq = ascii(&s, &format!("round{round}-{k}"), 1);
+            let id = darkleg_protocol::EventId::new("g:tty0", seq);
+            assert!(
+                ids.insert(id),
+                "round {round}: seq {seq} repeats an earlier store's id"
+            );
+        }
+        close(s, j);
+    }
+    assert_eq!(ids.len(), 400);
+}
+
+#[test]
+fn a_resend_with_a_different_code_is_a_counted_conflict_never_a_duplicate() {
+    let f = Fixture::new("conflict");
+    let (s, j) = f.open();
+    assert!(matches!(framed(&s, "d1", 1), FramedOutcome::Stored { .. }));
+    // The same seq and code: a retransmit.
+    assert!(matches!(
+        framed(&s, "d1", 1),
+        FramedOutcome::Duplicate { .. }
+    ));
+    // The same seq, another scan (a scanner that lost its flash): refused, loudly.
+    let mut other = scan("d1", 1);
+    other.code = "a different parcel".into();
+    let out = s
+        .framed_blocking("d1".into(), "p".into(), other)
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(out, FramedOutcome::Refused { .. }), "{out:?}");
+    close(s, j);
+    let st = Reader::open(&f.config.db_path()).unwrap().status().unwrap();
+    let d = st.devices.iter().find(|d| d.device == "d1").unwrap();
+    assert_eq!((d.events, d.duplicates, d.conflicts), (1, 1, 1));
 }
 
 #[test]

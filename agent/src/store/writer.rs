@@ -111,6 +111,14 @@ pub enum WriteOp {
         protocol: &'static str,
         report: PortReport,
     },
+    /// An upstream's broker refused `rows` publications (a PUBACK reason code, or acks a
+    /// 3.1.1 broker took back by closing): they stay owed; status shows `reason`. No reply.
+    Refused {
+        upstream: String,
+        rows: usize,
+        reason: String,
+        at_ms: u64,
+    },
     /// Something an operator should see in `status` (a clock step); no reply.
     Incident { kind: &'static str, detail: String },
     /// Drop delivered events received before this instant.
@@ -389,6 +397,16 @@ fn apply_savepointed(
         } => {
             let r = ops::port_report(&sp, &port, protocol, &report);
             log_failure(finish(sp, r, "port counters"));
+            None
+        }
+        WriteOp::Refused {
+            upstream,
+            rows,
+            reason,
+            at_ms,
+        } => {
+            let r = ops::refused(&sp, &upstream, rows, &reason, at_ms);
+            log_failure(finish(sp, r, "refusal counters"));
             None
         }
         WriteOp::Incident { kind, detail } => {
