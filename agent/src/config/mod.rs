@@ -502,6 +502,22 @@ url = "mqtts://broker.example:8883"
     }
 
     #[test]
+    fn client_ids_are_unique_across_upstreams_and_relays_and_versions_are_checked() {
+        let e = error_of(&format!(
+            "{GOOD}\n[[relay]]\nname = \"site\"\nurl = \"mqtt://a\"\nclient_id = \"darkleg-ams1-gw-01-central\"\n"
+        ));
+        assert!(
+            e.contains("`relay[0].client_id`") && e.contains("upstream[0]"),
+            "{e}"
+        );
+        let e = error_of(&format!("{GOOD}mqtt_version = \"6\"\n"));
+        assert!(e.contains("`upstream[0].mqtt_version`"), "{e}");
+        let c = Config::parse(&format!("{GOOD}max_message_kb = 64\n"), "t.toml").unwrap();
+        assert_eq!(c.upstreams[0].max_message_bytes, 64 * 1024);
+        assert_eq!(c.upstreams[0].mqtt_version, MqttVersion::Auto);
+    }
+
+    #[test]
     fn broker_links_reject_ambiguous_or_half_configured_secrets() {
         let with = |extra: &str| error_of(&format!("{GOOD}{extra}\n"));
         let e = with("username = \"u\"\npassword_env = \"A\"\npassword_file = \"/p\"");
