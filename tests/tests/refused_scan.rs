@@ -77,12 +77,15 @@ fn a_misread_is_refused_and_the_scans_after_it_flow_on() {
     );
     assert!(wait_until(Duration::from_secs(20), || rig.collector.len() >= 4));
     std::thread::sleep(Duration::from_millis(300));
-    let got: Vec<u64> = rig
-        .collector
-        .messages()
-        .iter()
-        .map(|a| a.json["seq"].as_u64().unwrap())
-        .collect();
+    // At-least-once on the wire: a resend may repeat a seq; the order of first arrivals is
+    // what a consumer deduplicating by id sees.
+    let mut got: Vec<u64> = Vec::new();
+    for a in rig.collector.messages() {
+        let seq = a.json["seq"].as_u64().unwrap();
+        if !got.contains(&seq) {
+            got.push(seq);
+        }
+    }
     assert_eq!(
         got,
         vec![1, 2, 4, 5],
