@@ -50,7 +50,14 @@ pub(super) struct Devices {
     /// the high 32 bits. A store lost and started afresh draws another, so its scans never
     /// take the event ids of scans the lost one numbered and delivered.
     first_seq_base: u64,
+    /// Per device: (acked, offered seq, times) — the same out-of-order seq offered again and
+    /// again after go-back means the scanner no longer holds the ones before it.
+    gaps: HashMap<String, (u64, u64, u32)>,
 }
+
+/// Passes of go-back-N offering the same seq past a hole before the hole is accepted as
+/// lost at the scanner. High: a frame merely corrupted on the wire comes through long before.
+pub(super) const GAP_PASSES: u32 = 16;
 
 impl Devices {
     pub fn new(incarnation: u64) -> Self {
@@ -58,7 +65,22 @@ impl Devices {
             known: HashMap::new(),
             dirty: HashMap::new(),
             first_seq_base: incarnation << 32,
+            gaps: HashMap::new(),
         }
+    }
+
+    /// Counts one more offer of `seq` while `acked` + 1 is awaited; true once it is clear the
+    /// scanner cannot send what lies between.
+    pub fn hole_is_permanent(&mut self, device: &str, acked: u64, seq: u64) -> bool {
+        let e = self
+            .gaps
+            .entry(device.to_string())
+            .or_insert((acked, seq, 0));
+        if (e.0, e.1) != (acked, seq) {
+            *e = (acked, seq, 0);
+        }
+        e.2 += 1;
+        e.2 >= GAP_PASSES
     }
 
     /// The sequence a gateway-numbered device's next scan takes.

@@ -67,11 +67,28 @@ pub(super) fn framed(
         return Ok((FramedOutcome::Duplicate { acked: last }, update));
     }
     if s.seq != last.saturating_add(1) {
-        let update = Update {
-            last_seq: last,
-            ..Update::default()
-        };
-        return Ok((FramedOutcome::OutOfOrder { acked: last }, update));
+        // Go-back-N has one way in: the next seq. A scanner whose flash lost a record
+        // offers the one after it on every pass, for ever; after enough passes the hole is
+        // taken as lost there — loudly, on record — rather than wedging every later scan.
+        if !devices.hole_is_permanent(device, last, s.seq) {
+            let update = Update {
+                last_seq: last,
+                ..Update::default()
+            };
+            return Ok((FramedOutcome::OutOfOrder { acked: last }, update));
+        }
+        let detail = format!(
+            "device {device}: seqs {}..={} never arrived after {} go-back passes (lost in the scanner's flash?); continuing from {}",
+            last + 1,
+            s.seq - 1,
+            super::devices::GAP_PASSES,
+            s.seq
+        );
+        tracing::error!("LOST AT THE SCANNER: {detail}");
+        sp.execute(
+            "INSERT INTO incidents(at, kind, detail) VALUES (?1, 'scanner_gap', ?2)",
+            params![crate::now_ms() as i64, detail],
+        )?;
     }
     if s.refused {
         let update = Update {

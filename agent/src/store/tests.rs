@@ -716,3 +716,54 @@ fn a_local_scan_whose_id_a_relayed_scan_holds_is_refused_not_silently_dropped() 
         .unwrap();
     assert_eq!(d.refused, 1, "counted where an operator looks");
 }
+
+#[test]
+fn a_hole_the_scanner_cannot_fill_is_taken_as_lost_after_many_passes_not_forever() {
+    let f = Fixture::new("gap");
+    let (s, j) = f.open();
+    assert!(matches!(framed(&s, "d1", 1), FramedOutcome::Stored { .. }));
+    // Seq 2 is gone from the scanner's flash: every go-back pass starts at 3.
+    let passes = super::devices::GAP_PASSES;
+    for _ in 1..passes {
+        assert!(matches!(
+            framed(&s, "d1", 3),
+            FramedOutcome::OutOfOrder { acked: 1 }
+        ));
+    }
+    assert!(matches!(
+        framed(&s, "d1", 3),
+        FramedOutcome::Stored { acked: 3 }
+    ));
+    assert!(matches!(
+        framed(&s, "d1", 4),
+        FramedOutcome::Stored { acked: 4 }
+    ));
+    close(s, j);
+    let st = Reader::open(&f.config.db_path()).unwrap().status().unwrap();
+    assert!(
+        st.incidents
+            .iter()
+            .any(|i| i.kind == "scanner_gap" && i.detail.contains("seqs 2..=2")),
+        "{:?}",
+        st.incidents
+    );
+}
+
+#[test]
+fn an_ordinary_go_back_is_not_mistaken_for_a_hole() {
+    let f = Fixture::new("goback");
+    let (s, j) = f.open();
+    assert!(matches!(framed(&s, "d1", 1), FramedOutcome::Stored { .. }));
+    // A window of 3..=9 arrives before 2 (2 was torn on the wire): each is refused once.
+    for seq in 3..10 {
+        assert!(matches!(
+            framed(&s, "d1", seq),
+            FramedOutcome::OutOfOrder { acked: 1 }
+        ));
+    }
+    assert!(matches!(
+        framed(&s, "d1", 2),
+        FramedOutcome::Stored { acked: 2 }
+    ));
+    close(s, j);
+}
