@@ -88,13 +88,20 @@ impl Deriver {
             last_row: Some(last),
             ..Derived::default()
         };
+        // The batch reads and moves copies of its devices' contexts: they replace the ones in
+        // memory only once the store committed the batch. A failed commit (full disk, busy)
+        // leaves memory where the store is, so the retry reads the same scans the same way.
+        let mut staged: HashMap<String, Context> = HashMap::new();
         let mut touched = BTreeSet::new();
         for e in &events {
-            if !self.contexts.contains_key(&e.device) {
-                let c = self.reader.derive_context(&e.device)?;
-                self.contexts.insert(e.device.clone(), c);
+            if !staged.contains_key(&e.device) {
+                let c = match self.contexts.get(&e.device) {
+                    Some(c) => c.clone(),
+                    None => self.reader.derive_context(&e.device)?,
+                };
+                staged.insert(e.device.clone(), c);
             }
-            let ctx = self.contexts.get_mut(&e.device).expect("inserted above");
+            let ctx = staged.get_mut(&e.device).expect("inserted above");
             let before = ctx.clone();
             let scan = Scan {
                 row: e.row,
@@ -114,7 +121,7 @@ impl Deriver {
         batch.contexts = touched
             .into_iter()
             .map(|d| {
-                let c = self.contexts[&d].clone();
+                let c = staged[&d].clone();
                 (d, c)
             })
             .collect();
@@ -126,6 +133,7 @@ impl Deriver {
         batch.facts = facts;
         let n = events.len();
         self.commit(batch)?;
+        self.contexts.extend(staged);
         Ok(n)
     }
 
