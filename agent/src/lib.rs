@@ -22,6 +22,7 @@ pub mod sinks;
 pub mod sources;
 pub mod status;
 pub mod store;
+pub mod supervise;
 
 use config::Config;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,10 +70,47 @@ async fn heartbeat(db: std::path::PathBuf) {
     }
 }
 
-/// Runs the agent until `shutdown` turns true.
-pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+/// Why [`run`] ended early: it could not start (exit code 1), or a part of it died
+/// ([`supervise::EXIT_DIED`]).
+#[derive(Debug)]
+pub struct AgentError {
+    pub message: String,
+    pub exit_code: u8,
+}
+
+impl From<String> for AgentError {
+    fn from(message: String) -> Self {
+        AgentError {
+            message,
+            exit_code: 1,
+        }
+    }
+}
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// How long an orderly stop may take after a part died, before the agent exits anyway.
+const DEATH_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The deriver beats at least every 1.1 s when healthy (a 1 s back-off on store errors).
+const DERIVER_STALL: Duration = Duration::from_secs(120);
+
+/// Runs the agent until `shutdown` turns true, or until one of its parts dies (see
+/// [`supervise`]): then it stops what it can and returns an error with exit code 70.
+pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
     let config = Arc::new(config);
+    let health = supervise::Health::new();
+    if let Ok(v) = std::env::var(supervise::TEST_PANIC_VAR) {
+        tracing::warn!(
+            "{}={v} is set: a TEST-ONLY fault will make {v} panic",
+            supervise::TEST_PANIC_VAR
+        );
+    }
     let (store, writer) = store::StoreHandle::open(&config).map_err(|e| e.to_string())?;
+    let writer = health.watch_thread("store writer", writer);
     tracing::info!(
         site = %config.gateway.site,
         gateway = %config.gateway.id,
@@ -81,55 +119,69 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         upstreams = config.upstreams.len(),
         "darkleg agent running"
     );
+    // Parts stop on this: the caller's shutdown, or a part's death.
+    let (stop_tx, stop_rx) = watch::channel(false);
     let http = match config.http {
         Some(addr) => {
             let listener = observe::bind(addr).await?;
             tracing::info!(%addr, "status page, /metrics and /healthz");
-            Some(tokio::spawn(observe::serve(
-                listener,
-                config.clone(),
-                store.path.clone(),
-                shutdown.clone(),
-            )))
+            Some(health.spawn(
+                "status server",
+                observe::serve(
+                    listener,
+                    config.clone(),
+                    store.path.clone(),
+                    stop_rx.clone(),
+                    health.clone(),
+                ),
+            ))
         }
         None => None,
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let sources = tokio::spawn(sources::supervise(
-        config.clone(),
-        store.clone(),
-        stop.clone(),
-    ));
+    let sources = health.spawn(
+        "port supervisor",
+        sources::supervise(config.clone(), store.clone(), stop.clone()),
+    );
     let mut links = Vec::new();
     for u in &config.upstreams {
-        links.push(tokio::spawn(sinks::mqtt::run(
+        let (u, gateway, store, stop) = (
             u.clone(),
             config.gateway.clone(),
             store.clone(),
-            shutdown.clone(),
-        )));
+            stop_rx.clone(),
+        );
+        links.push(health.spawn(format!("sink {}", u.name), async move {
+            supervise::fault_point("sink");
+            sinks::mqtt::run(u, gateway, store, stop).await
+        }));
     }
     for r in &config.relays {
-        links.push(tokio::spawn(sources::relay::run(
-            r.clone(),
-            config.gateway.clone(),
-            store.clone(),
-            shutdown.clone(),
-        )));
+        links.push(health.spawn(
+            format!("relay {}", r.name),
+            sources::relay::run(
+                r.clone(),
+                config.gateway.clone(),
+                store.clone(),
+                stop_rx.clone(),
+            ),
+        ));
     }
     let deriver = {
         let (config, store, stop) = (config.clone(), store.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("derive".into())
-            .spawn(move || derive::task::run(config, store, stop))
+        let beat = health.heartbeat("deriver", DERIVER_STALL);
+        health
+            .spawn_thread("deriver", move || {
+                derive::task::run(config, store, stop, beat)
+            })
             .map_err(|e| format!("starting derivation: {e}"))?
     };
-    let heartbeat = tokio::spawn(heartbeat(store.path.clone()));
-    let clock = tokio::spawn(clock::watch(store.clone()));
+    let heartbeat = health.spawn("heartbeat log", heartbeat(store.path.clone()));
+    let clock = health.spawn("clock watch", clock::watch(store.clone()));
     let pruner = {
         let store = store.clone();
         let retention = config.store.retention;
-        tokio::spawn(async move {
+        health.spawn("pruner", async move {
             let mut tick = tokio::time::interval(PRUNE_EVERY);
             loop {
                 tick.tick().await;
@@ -139,15 +191,22 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
                     .await
                     .is_err()
                 {
-                    return;
+                    // The writer is gone: its watcher reports that.
+                    std::future::pending::<()>().await;
                 }
             }
         })
     };
-    if !*shutdown.borrow() {
-        let _ = shutdown.changed().await;
+    let died = tokio::select! {
+        _ = async { if !*shutdown.borrow() { let _ = shutdown.changed().await; } } => None,
+        why = health.died() => Some(why),
+    };
+    health.stopping();
+    match &died {
+        None => tracing::info!("shutting down"),
+        Some(why) => tracing::error!("shutting down: {why}"),
     }
-    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
     stop.store(true, Ordering::Relaxed);
     pruner.abort();
     heartbeat.abort();
@@ -155,14 +214,35 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     if let Some(h) = http {
         h.abort();
     }
-    let _ = sources.await;
-    for s in links {
-        let _ = s.await;
+    let orderly = async move {
+        let _ = sources.await;
+        for s in links {
+            let _ = s.await;
+        }
+        let _ = tokio::task::spawn_blocking(move || deriver.join()).await;
+        // The writer stops once every sender (port threads included) is gone, after
+        // committing what it was given.
+        drop(store);
+        let _ = writer.await;
+    };
+    match died {
+        None => {
+            orderly.await;
+            Ok(())
+        }
+        Some(why) => {
+            if tokio::time::timeout(DEATH_STOP_TIMEOUT, orderly)
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "parts still running {DEATH_STOP_TIMEOUT:?} after the stop: exiting anyway"
+                );
+            }
+            Err(AgentError {
+                message: why,
+                exit_code: supervise::EXIT_DIED,
+            })
+        }
     }
-    let _ = tokio::task::spawn_blocking(move || deriver.join()).await;
-    // The writer stops once every sender (port threads included) is gone, after
-    // committing what it was given.
-    drop(store);
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-    Ok(())
 }

@@ -143,7 +143,7 @@ fn cmd_run(path: PathBuf, log_json: bool) -> Result<(), String> {
     init_logs_with(log_json);
     let config = Config::load(&path).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -154,7 +154,17 @@ fn cmd_run(path: PathBuf, log_json: bool) -> Result<(), String> {
             let _ = tx.send(true);
         });
         darkleg_agent::run(config, rx).await
-    })
+    });
+    match result {
+        Ok(()) => Ok(()),
+        // A part died (see `supervise`): exit now with its code, without waiting for a
+        // stuck thread in the runtime's drop. The store is durable; systemd restarts us.
+        Err(e) if e.exit_code != 1 => {
+            eprintln!("darkleg: {e}");
+            std::process::exit(e.exit_code.into());
+        }
+        Err(e) => Err(e.message),
+    }
 }
 
 fn cmd_check(path: PathBuf) -> Result<(), String> {

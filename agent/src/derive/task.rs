@@ -9,6 +9,7 @@ use super::parcel::{self, ParcelState, MILESTONES, ORDER_KEY};
 use crate::config::Config;
 use crate::store::derived::{AlertChange, Derived, Message};
 use crate::store::{Reader, StoreError, StoreHandle, WriteOp};
+use crate::supervise::Beat;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,20 +27,29 @@ pub struct Deriver {
     contexts: HashMap<String, Context>,
 }
 
-/// Runs until `stop`; logs and retries on store errors.
-pub fn run(config: Arc<Config>, store: StoreHandle, stop: Arc<AtomicBool>) {
+/// Runs until `stop`; logs and retries on store errors. Beats `beat` every round, so a
+/// deriver stuck (on a store that never answers, say) shows on `/healthz`.
+pub fn run(config: Arc<Config>, store: StoreHandle, stop: Arc<AtomicBool>, beat: Beat) {
     let mut d = match Deriver::new(config, store) {
         Ok(d) => d,
         Err(e) => {
+            // Returning early is a death the supervisor reports (and restarts the agent for).
             tracing::error!("derivation cannot start, no milestones or alerts: {e}");
             return;
         }
     };
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        beat.beat();
         let started = Instant::now();
         let did = match d.step(crate::now_ms()) {
-            Ok(n) => n,
+            Ok(n) => {
+                if n > 0 {
+                    // Test-only (DARKLEG_TEST_PANIC=deriver): dies once it derived something.
+                    crate::supervise::fault_point("deriver");
+                }
+                n
+            }
             Err(e) => {
                 tracing::error!("derivation: {e}");
                 std::thread::sleep(Duration::from_secs(1));
@@ -88,13 +98,20 @@ impl Deriver {
             last_row: Some(last),
             ..Derived::default()
         };
+        // The batch reads and moves copies of its devices' contexts: they replace the ones in
+        // memory only once the store committed the batch. A failed commit (full disk, busy)
+        // leaves memory where the store is, so the retry reads the same scans the same way.
+        let mut staged: HashMap<String, Context> = HashMap::new();
         let mut touched = BTreeSet::new();
         for e in &events {
-            if !self.contexts.contains_key(&e.device) {
-                let c = self.reader.derive_context(&e.device)?;
-                self.contexts.insert(e.device.clone(), c);
+            if !staged.contains_key(&e.device) {
+                let c = match self.contexts.get(&e.device) {
+                    Some(c) => c.clone(),
+                    None => self.reader.derive_context(&e.device)?,
+                };
+                staged.insert(e.device.clone(), c);
             }
-            let ctx = self.contexts.get_mut(&e.device).expect("inserted above");
+            let ctx = staged.get_mut(&e.device).expect("inserted above");
             let before = ctx.clone();
             let scan = Scan {
                 row: e.row,
@@ -114,7 +131,7 @@ impl Deriver {
         batch.contexts = touched
             .into_iter()
             .map(|d| {
-                let c = self.contexts[&d].clone();
+                let c = staged[&d].clone();
                 (d, c)
             })
             .collect();
@@ -126,6 +143,7 @@ impl Deriver {
         batch.facts = facts;
         let n = events.len();
         self.commit(batch)?;
+        self.contexts.extend(staged);
         Ok(n)
     }
 

@@ -310,3 +310,64 @@ fn alert_timers_follow_the_clock_and_resolve_with_the_scan() {
     drop(store);
     join.join().unwrap();
 }
+
+/// Makes every derivation commit fail (as a full disk or a busy database would) while held:
+/// a trigger on the watermark aborts the batch's write inside the store writer.
+struct FailingCommits(rusqlite::Connection);
+
+impl FailingCommits {
+    fn install(db: &std::path::Path) -> FailingCommits {
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        c.execute_batch(
+            "CREATE TRIGGER test_fail_derive BEFORE UPDATE ON derive_watermark
+             BEGIN SELECT RAISE(ABORT, 'injected commit failure'); END;",
+        )
+        .unwrap();
+        FailingCommits(c)
+    }
+}
+
+impl Drop for FailingCommits {
+    fn drop(&mut self) {
+        self.0
+            .execute_batch("DROP TRIGGER test_fail_derive")
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_failed_commit_is_retried_from_where_the_store_is_not_where_memory_ran_to() {
+    let f = Fixture::new("failed-commit");
+    let (store, join) = StoreHandle::open(&f.config).unwrap();
+    let mut d = Deriver::new(f.config.clone(), store.clone()).unwrap();
+    let item = format!("01{}", "09506000134352");
+    let scans = [
+        (Step::Pick, "400ACME-1".to_string(), "]C1", T0),
+        (Step::Pick, item.clone(), "]C1", T0 + 1_000),
+        // The second item of ACME-1, then the picker moves on to ACME-2.
+        (Step::Pick, item.clone(), "]C1", T0 + 2_000),
+        (Step::Pick, "400ACME-2".to_string(), "]C1", T0 + 3_000),
+    ];
+    for (i, s) in scans[..2].iter().enumerate() {
+        put(&store, "picker", i as u64 + 1, s);
+    }
+    assert_eq!(d.step(T0).unwrap(), 2);
+    for (i, s) in scans[2..].iter().enumerate() {
+        put(&store, "picker", i as u64 + 3, s);
+    }
+    {
+        let _failing = FailingCommits::install(&store.path);
+        assert!(
+            d.step(T0).is_err(),
+            "the injected failure reaches the deriver"
+        );
+    }
+    assert_eq!(d.step(T0).unwrap(), 2, "the retry reads the same two scans");
+    let items = |order: &str| d.reader().picks_of_order(order).unwrap().len();
+    assert_eq!(items("ACME-1"), 2, "both items were picked for ACME-1");
+    assert_eq!(items("ACME-2"), 0, "nothing was picked for ACME-2 yet");
+    drop(d);
+    drop(store);
+    join.join().unwrap();
+}

@@ -12,13 +12,15 @@ pub mod page;
 
 use crate::config::Config;
 use crate::store::{Reader, Status};
+use crate::supervise::Health;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 
 /// Everything a page or a scrape shows, read in one go.
 pub struct Snapshot {
@@ -52,83 +54,119 @@ fn snapshot(db: &std::path::Path, peaks: &Mutex<HashMap<String, i64>>) -> Result
     })
 }
 
+/// At most this many connections are served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The time a client has to send its request head, and then to take the answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves until `shutdown`. Errors on one connection are that connection's problem.
+/// `/healthz` answers 503 naming every part of the agent that `health` finds dead or stalled.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<Config>,
     db: PathBuf,
     mut shutdown: watch::Receiver<bool>,
+    health: Health,
 ) {
     let peaks: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (mut sock, _) = tokio::select! {
+        let (sock, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!("status page: accept failed: {e}");
+                    // Out of file descriptors, say: do not spin on it.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
         };
-        let (config, db, peaks) = (config.clone(), db.clone(), peaks.clone());
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Every slot taken: close this one at once rather than queue without bound.
+            tracing::debug!("status page: {MAX_CONNECTIONS} connections open, closing a new one");
+            drop(sock);
+            continue;
+        };
+        let (config, db, peaks, health) =
+            (config.clone(), db.clone(), peaks.clone(), health.clone());
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut n = 0;
-            // The request head only; bodies are not accepted.
-            while n < buf.len() {
-                let read = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    sock.read(&mut buf[n..]),
-                )
-                .await;
-                match read {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => return,
-                    Ok(Ok(k)) => n += k,
-                }
-                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let mut parts = head.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (code, ctype, body) = if method != "GET" {
-                (405, "text/plain", "only GET\n".to_string())
-            } else {
-                let path = path.split('?').next().unwrap_or(path).to_string();
-                let snap = tokio::task::spawn_blocking(move || snapshot(&db, &peaks)).await;
-                match (path.as_str(), snap) {
-                    ("/healthz", Ok(Ok(_))) => (200, "text/plain", "ok\n".into()),
-                    ("/healthz", _) => (503, "text/plain", "store unreadable\n".into()),
-                    ("/metrics", Ok(Ok(s))) => {
-                        (200, "text/plain; version=0.0.4", page::metrics(&s))
-                    }
-                    ("/", Ok(Ok(s))) => (200, "text/html; charset=utf-8", page::html(&s, &config)),
-                    ("/" | "/metrics", Ok(Err(e))) => {
-                        (503, "text/plain", format!("store unreadable: {e}\n"))
-                    }
-                    _ => (
-                        404,
-                        "text/plain",
-                        "not found: try /, /metrics or /healthz\n".into(),
-                    ),
-                }
-            };
-            let reason = match code {
-                200 => "OK",
-                404 => "Not Found",
-                405 => "Method Not Allowed",
-                _ => "Service Unavailable",
-            };
-            let resp = format!(
-                "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
+            let _slot = slot;
+            answer(sock, &config, db, peaks, &health).await;
         });
     }
+}
+
+/// Reads one request head within [`REQUEST_TIMEOUT`] and answers it.
+async fn answer(
+    mut sock: TcpStream,
+    config: &Config,
+    db: PathBuf,
+    peaks: Arc<Mutex<HashMap<String, i64>>>,
+    health: &Health,
+) {
+    let mut buf = vec![0u8; 8192];
+    let mut n = 0;
+    // The request head only; bodies are not accepted. One deadline for all of it, so a
+    // client sending a byte at a time cannot hold a slot.
+    let head = async {
+        while n < buf.len() {
+            match sock.read(&mut buf[n..]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(k) => n += k,
+            }
+            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+        true
+    };
+    if !matches!(tokio::time::timeout(REQUEST_TIMEOUT, head).await, Ok(true)) {
+        return;
+    }
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (code, ctype, body) = if method != "GET" {
+        (405, "text/plain", "only GET\n".to_string())
+    } else {
+        let path = path.split('?').next().unwrap_or(path).to_string();
+        let snap = tokio::task::spawn_blocking(move || snapshot(&db, &peaks)).await;
+        let problems = health.problems();
+        match (path.as_str(), snap) {
+            ("/healthz", _) if !problems.is_empty() => {
+                (503, "text/plain", format!("{}\n", problems.join("\n")))
+            }
+            ("/healthz", Ok(Ok(_))) => (200, "text/plain", "ok\n".into()),
+            ("/healthz", _) => (503, "text/plain", "store unreadable\n".into()),
+            ("/metrics", Ok(Ok(s))) => (200, "text/plain; version=0.0.4", page::metrics(&s)),
+            ("/", Ok(Ok(s))) => (200, "text/html; charset=utf-8", page::html(&s, config)),
+            ("/" | "/metrics", Ok(Err(e))) => {
+                (503, "text/plain", format!("store unreadable: {e}\n"))
+            }
+            _ => (
+                404,
+                "text/plain",
+                "not found: try /, /metrics or /healthz\n".into(),
+            ),
+        }
+    };
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let resp = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let _ = sock.write_all(resp.as_bytes()).await;
+        let _ = sock.shutdown().await;
+    })
+    .await;
 }
 
 /// Binds `listen` now, so a taken port is a start-up error, not a silent missing page.

@@ -69,7 +69,27 @@ impl Counters {
 
 /// Serves the port until it goes away or the agent stops; `Err` only if it cannot be
 /// opened (what happens after that is logged here).
+///
+/// A panic while serving is caught here: logged as an error naming the port, the port shown
+/// disconnected, and `Ok` returned like a port that went away — so the supervisor forgets
+/// it and opens it again on its next scan. The scanner resends whatever was not acked.
 pub fn run(ctx: &PortContext) -> Result<(), String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(ctx))) {
+        Ok(r) => r,
+        Err(p) => {
+            let why = crate::supervise::panic_message(p.as_ref());
+            tracing::error!(port = %ctx.path, component = "port", "port thread panicked: {why}; the port is reopened, the scanner resends what was not acked");
+            let mut counters = Counters {
+                pending: PortReport::default(),
+                last_sent: Instant::now(),
+            };
+            counters.flush(ctx, true);
+            Ok(())
+        }
+    }
+}
+
+fn serve(ctx: &PortContext) -> Result<(), String> {
     let mut port = serialport::new(&ctx.path, ctx.scanner.baud)
         .timeout(READ_TIMEOUT)
         .open_native()
@@ -262,6 +282,8 @@ fn framed_loop<P: Read + Write>(
                     }
                 }
                 Frame::Event(ev) => {
+                    // Test-only (DARKLEG_TEST_PANIC=port): the port thread dies once.
+                    crate::supervise::fault_point("port");
                     let Some(dev) = &device else {
                         write_frame(
                             port,

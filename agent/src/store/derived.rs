@@ -498,3 +498,6 @@ impl Reader {
         run().map_err(|e| StoreError::new("reading events to export", e))
     }
 }
+
+#[cfg(test)]
+mod tests;

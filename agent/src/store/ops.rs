@@ -371,7 +371,9 @@ pub(super) fn prune(sp: &mut rusqlite::Savepoint<'_>, before_ms: u64) -> rusqlit
 }
 
 /// Removes up to `limit` rows every upstream already has, oldest first — events and derived
-/// messages alike — regardless of retention: what goes when the outbox is full.
+/// messages alike — regardless of retention: what goes when the outbox is full. Never an
+/// event the deriver has not read yet (above its watermark): its facts, milestones and
+/// alerts would be lost with it.
 pub(super) fn evict_delivered(
     sp: &mut rusqlite::Transaction<'_>,
     limit: usize,
@@ -381,6 +383,7 @@ pub(super) fn evict_delivered(
             "DELETE FROM events WHERE row IN (
                  SELECT row FROM events e
                  WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.row = e.row)
+                   AND e.row <= (SELECT last_row FROM derive_watermark WHERE id = 1)
                  ORDER BY row LIMIT ?1)",
         )?
         .execute([limit as i64])?;

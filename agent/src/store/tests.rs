@@ -448,6 +448,11 @@ fn a_full_outbox_evicts_delivered_rows_first_and_never_an_undelivered_one() {
         assert!(stored < 10_000);
     }
     let first_fill = stored;
+    // No deriver runs here; an agent's keeps up. Only what it has read may be evicted.
+    rusqlite::Connection::open(f.config.db_path())
+        .unwrap()
+        .execute("UPDATE derive_watermark SET last_row = ?1", [i64::MAX])
+        .unwrap();
     // The upstream confirms the older half: those rows may go, the rest may not.
     let delivered: Vec<i64> = {
         let r = Reader::open(&f.config.db_path()).unwrap();
