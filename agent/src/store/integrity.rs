@@ -2,10 +2,16 @@
 //! `synchronous = "normal"`, a failing SD card, or a copy gone wrong can leave a damaged
 //! file. Writing on into it risks what is still readable; recreating it silently would
 //! hide the loss. So: a damaged file is moved aside (with its WAL) under a name that says
-//! when and why, the agent starts on a fresh one, and the move is logged and recorded in
-//! the new database's `incidents`, where `darkleg status` shows it.
+//! when and why, the agent starts on a fresh one, salvages what is still readable
+//! ([`super::salvage`]), and the move is logged and recorded in the new database's
+//! `incidents`, where `darkleg status` shows it.
+//!
+//! Only damage moves a file: SQLite saying SQLITE_CORRUPT or SQLITE_NOTADB, or
+//! `quick_check` finding something. Any other failure — permission denied, the file locked
+//! by another process, an I/O error, a full disk during WAL recovery — says nothing about
+//! the file, so the agent refuses to start and leaves it as it is ([`classify`]).
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use std::path::{Path, PathBuf};
 
 /// What was wrong with the file and where it went.
@@ -15,15 +21,62 @@ pub struct MovedAside {
     pub why: String,
 }
 
+/// What an error met while checking the file says about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The file is damaged: move it aside and salvage it.
+    Corrupt,
+    /// Not the file's fault: refuse to start and leave it alone; the hint says what to check.
+    Refuse(&'static str),
+}
+
+/// Classifies a SQLite error code met while opening or checking the file (`None`: not a
+/// SQLite failure at all). Pure, so every class has its unit test.
+pub fn classify(code: Option<ErrorCode>) -> Fault {
+    use ErrorCode::*;
+    match code {
+        Some(DatabaseCorrupt | NotADatabase) => Fault::Corrupt,
+        Some(DatabaseBusy | DatabaseLocked) => Fault::Refuse(
+            "database is locked: is another darkleg, an sqlite3 shell or a backup using this data_dir?",
+        ),
+        Some(PermissionDenied | ReadOnly | CannotOpen | AuthorizationForStatementDenied) => {
+            Fault::Refuse(
+                "permission denied: check the owner and mode of data_dir and its darkleg.db* files \
+                 (the agent needs to read and write them) and that the filesystem is not read-only",
+            )
+        }
+        Some(DiskFull) => Fault::Refuse(
+            "disk full: free space on data_dir's filesystem (opening the database recovers its WAL, which needs room)",
+        ),
+        Some(SystemIoFailure) => Fault::Refuse(
+            "I/O error: the disk or SD card may be failing; copy data_dir off before anything else",
+        ),
+        Some(FileLockingProtocolFailed) => Fault::Refuse(
+            "file locking failed: data_dir must be on a local filesystem (not NFS/SMB)",
+        ),
+        Some(OutOfMemory) => Fault::Refuse("out of memory: free memory and start again"),
+        _ => Fault::Refuse("unexpected error: the file was left as it is; keep a copy and report this"),
+    }
+}
+
 /// Checks `path` (if it exists) with `PRAGMA quick_check`; a damaged file is renamed to
-/// `darkleg.db.damaged-<unix ms>` with its `-wal` and `-shm`.
+/// `darkleg.db.damaged-<unix ms>` with its `-wal` and `-shm`. Any other failure is an
+/// error naming the file, SQLite's error and a hint; the file is not touched.
 pub fn check(path: &Path) -> Result<Option<MovedAside>, String> {
     if !path.exists() {
         return Ok(None);
     }
     let why = match verdict(path) {
         Ok(()) => return Ok(None),
-        Err(why) => why,
+        Err(e) => match e {
+            Problem::Damaged(why) => why,
+            Problem::Refused(sqlite, hint) => {
+                return Err(format!(
+                    "cannot check {}: {sqlite}; not starting, the file is left untouched (hint: {hint})",
+                    path.display()
+                ))
+            }
+        },
     };
     let to = PathBuf::from(format!("{}.damaged-{}", path.display(), crate::now_ms()));
     for suffix in ["", "-wal", "-shm"] {
@@ -43,32 +96,112 @@ pub fn check(path: &Path) -> Result<Option<MovedAside>, String> {
     Ok(Some(MovedAside { to, why }))
 }
 
-fn verdict(path: &Path) -> Result<(), String> {
-    // Read-write (not read-only): a WAL left by a crash must be recovered, not misread.
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|e| e.to_string())?;
-    let mut stmt = conn
-        .prepare("PRAGMA quick_check(5)")
-        .map_err(|e| e.to_string())?;
-    let lines: Vec<String> = stmt
-        .query_map([], |r| r.get(0))
-        .and_then(|rows| rows.collect())
-        .map_err(|e| e.to_string())?;
-    if lines.len() == 1 && lines[0] == "ok" {
-        Ok(())
-    } else {
-        Err(lines.join("; "))
+enum Problem {
+    /// What SQLite found wrong.
+    Damaged(String),
+    /// SQLite's error and a hint.
+    Refused(String, &'static str),
+}
+
+fn sorted(e: rusqlite::Error) -> Problem {
+    match classify(e.sqlite_error_code()) {
+        Fault::Corrupt => Problem::Damaged(e.to_string()),
+        Fault::Refuse(hint) => Problem::Refused(e.to_string(), hint),
     }
 }
 
-/// Records the move in the fresh database.
-pub fn record(conn: &Connection, moved: &MovedAside) -> rusqlite::Result<()> {
+fn verdict(path: &Path) -> Result<(), Problem> {
+    // Read-write (not read-only): a WAL left by a crash must be recovered, not misread.
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(sorted)?;
+    // Nothing written into a file that may be damaged: no checkpoint when this closes.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map_err(sorted)?;
+    // A backup reading the file briefly is not a reason to refuse; one holding it is.
+    conn.busy_timeout(std::time::Duration::from_secs(2))
+        .map_err(sorted)?;
+    let mut stmt = conn.prepare("PRAGMA quick_check(5)").map_err(sorted)?;
+    let lines: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(sorted)?;
+    if lines.len() == 1 && lines[0] == "ok" {
+        Ok(())
+    } else {
+        Err(Problem::Damaged(lines.join("; ").replace('\n', "; ")))
+    }
+}
+
+/// Records the move (and what salvage got back, if it ran) in the fresh database.
+pub fn record(conn: &Connection, moved: &MovedAside, salvage: &str) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO incidents(at, kind, detail) VALUES (?1, 'damaged_db', ?2)",
         rusqlite::params![
             crate::now_ms() as i64,
-            format!("moved aside to {}: {}", moved.to.display(), moved.why)
+            format!(
+                "moved aside to {}: {}; {salvage}",
+                moved.to.display(),
+                moved.why
+            )
         ],
     )
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{classify, Fault};
+    use rusqlite::ErrorCode::*;
+
+    fn hint(code: rusqlite::ErrorCode) -> &'static str {
+        match classify(Some(code)) {
+            Fault::Refuse(h) => h,
+            Fault::Corrupt => panic!("{code:?} is not damage"),
+        }
+    }
+
+    #[test]
+    fn only_corrupt_and_not_a_database_are_damage() {
+        assert_eq!(classify(Some(DatabaseCorrupt)), Fault::Corrupt);
+        assert_eq!(classify(Some(NotADatabase)), Fault::Corrupt);
+    }
+
+    #[test]
+    fn a_locked_file_is_refused_with_who_might_hold_it() {
+        assert!(hint(DatabaseBusy).contains("database is locked"));
+        assert!(hint(DatabaseLocked).contains("another darkleg"));
+    }
+
+    #[test]
+    fn permissions_and_read_only_are_refused_with_the_owner_to_check() {
+        for code in [PermissionDenied, ReadOnly, CannotOpen] {
+            assert!(hint(code).starts_with("permission denied"), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn full_disk_io_error_locking_and_memory_are_refused_each_with_its_hint() {
+        assert!(hint(DiskFull).starts_with("disk full"));
+        assert!(hint(SystemIoFailure).starts_with("I/O error"));
+        assert!(hint(FileLockingProtocolFailed).contains("local filesystem"));
+        assert!(hint(OutOfMemory).starts_with("out of memory"));
+    }
+
+    #[test]
+    fn anything_else_is_refused_never_taken_for_damage() {
+        for code in [
+            Some(InternalMalfunction),
+            Some(ApiMisuse),
+            Some(Unknown),
+            None,
+        ] {
+            assert!(
+                matches!(classify(code), Fault::Refuse(h) if h.starts_with("unexpected")),
+                "{code:?}"
+            );
+        }
+    }
 }

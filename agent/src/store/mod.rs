@@ -7,6 +7,7 @@ pub mod derived;
 mod devices;
 pub mod integrity;
 mod ops;
+pub mod salvage;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -91,33 +92,8 @@ fn configure(conn: &Connection, sync: Synchronous, max_db_mb: Option<u64>) -> ru
 impl StoreHandle {
     /// Opens (creating and migrating) the database and starts the writer thread.
     pub fn open(config: &Config) -> Result<(StoreHandle, std::thread::JoinHandle<()>), StoreError> {
-        let dir = &config.gateway.data_dir;
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::new(
-                format!("creating data_dir {}", dir.display()),
-                format!("{e} (hint: the agent needs write access to gateway.data_dir)"),
-            )
-        })?;
         let path = config.db_path();
-        let lock = lock_data_dir(dir)?;
-        // Checked before anything writes to it; only this process can (it holds the lock).
-        let moved = integrity::check(&path).map_err(|e| StoreError::new("integrity check", e))?;
-        if let Some(m) = &moved {
-            tracing::error!(
-                damaged = %m.to.display(), reason = %m.why,
-                "the database was damaged: moved aside and starting on a fresh one; scanners resend what they still hold, the old file is kept for recovery"
-            );
-        }
-        let mut conn = Connection::open(&path)
-            .map_err(|e| StoreError::new(format!("opening {}", path.display()), e))?;
-        configure(&conn, config.store.synchronous, config.store.max_db_mb)
-            .map_err(|e| StoreError::new("configuring SQLite", e))?;
-        schema::migrate(&mut conn)
-            .map_err(|e| StoreError::new(format!("migrating {}", path.display()), e))?;
-        if let Some(m) = &moved {
-            integrity::record(&conn, m)
-                .map_err(|e| StoreError::new("recording the incident", e))?;
-        }
+        let (mut conn, lock) = prepare(config)?;
         let router = crate::routing::Router::new(config);
         register_upstreams(&mut conn, &router)
             .map_err(|e| StoreError::new("registering upstreams", e))?;
@@ -216,6 +192,50 @@ impl StoreHandle {
             reply,
         })
     }
+}
+
+/// Locks data_dir, checks the file (a damaged one is moved aside and its undelivered scans
+/// salvaged into the fresh one; any other failure refuses to start), opens, configures and
+/// migrates it. The lock is held as long as the returned file lives.
+fn prepare(config: &Config) -> Result<(Connection, std::fs::File), StoreError> {
+    let dir = &config.gateway.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StoreError::new(
+            format!("creating data_dir {}", dir.display()),
+            format!("{e} (hint: the agent needs write access to gateway.data_dir)"),
+        )
+    })?;
+    let path = config.db_path();
+    let lock = lock_data_dir(dir)?;
+    // Checked before anything writes to it; only this process can (it holds the lock).
+    let moved = integrity::check(&path).map_err(|e| StoreError::new("integrity check", e))?;
+    if let Some(m) = &moved {
+        tracing::error!(
+            damaged = %m.to.display(), reason = %m.why,
+            "the database was damaged: moved aside and starting on a fresh one, salvaging its readable undelivered scans; the old file is kept"
+        );
+    }
+    let mut conn = Connection::open(&path)
+        .map_err(|e| StoreError::new(format!("opening {}", path.display()), e))?;
+    configure(&conn, config.store.synchronous, config.store.max_db_mb)
+        .map_err(|e| StoreError::new("configuring SQLite", e))?;
+    schema::migrate(&mut conn)
+        .map_err(|e| StoreError::new(format!("migrating {}", path.display()), e))?;
+    if let Some(m) = &moved {
+        let outcome = match salvage::salvage(&m.to, &mut conn) {
+            Ok(s) => {
+                tracing::warn!(from = %m.to.display(), salvaged = s.scans, lost = s.lost, "{s}");
+                s.to_string()
+            }
+            Err(e) => {
+                tracing::error!(from = %m.to.display(), "salvage failed: {e}; try `darkleg recover` on the copy");
+                format!("salvage failed: {e}")
+            }
+        };
+        integrity::record(&conn, m, &outcome)
+            .map_err(|e| StoreError::new("recording the incident", e))?;
+    }
+    Ok((conn, lock))
 }
 
 /// Takes `data_dir/darkleg.lock` for this process: two agents on one outbox would fight

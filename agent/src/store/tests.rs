@@ -5,6 +5,9 @@
 use super::*;
 use darkleg_protocol::Step;
 
+#[path = "tests_damage.rs"]
+mod damage;
+
 struct Fixture {
     dir: PathBuf,
     config: Config,
@@ -501,63 +504,6 @@ fn a_full_outbox_evicts_delivered_rows_first_and_never_an_undelivered_one() {
     assert!(
         crate::observe::faults::EVICTED_FOR_ROOM.load(std::sync::atomic::Ordering::Relaxed) > 0
     );
-}
-
-#[test]
-fn a_damaged_database_is_moved_aside_and_reported_never_written_over() {
-    let f = Fixture::with_upstreams("damaged", &["a"]);
-    let (s, j) = f.open();
-    hello(&s, "d", 0);
-    for seq in 1..=200 {
-        assert_eq!(framed(&s, "d", seq), FramedOutcome::Stored { acked: seq });
-    }
-    close(s, j);
-    // Garbage over the middle of the file (a failing card, a torn copy).
-    let path = f.config.db_path();
-    let mut bytes = std::fs::read(&path).unwrap();
-    assert!(bytes.len() > 12 * 4096, "a few pages: {}", bytes.len());
-    for b in &mut bytes[4096 * 2..4096 * 10] {
-        *b = 0xA5;
-    }
-    std::fs::write(&path, &bytes).unwrap();
-
-    let (s, j) = f.open();
-    // A fresh outbox: the scanner's next scan after what it retired is taken.
-    assert_eq!(hello(&s, "d", 200), 200);
-    assert_eq!(framed(&s, "d", 201), FramedOutcome::Stored { acked: 201 });
-    close(s, j);
-    let aside: Vec<_> = std::fs::read_dir(f.config.gateway.data_dir.clone())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("darkleg.db.damaged-")
-        })
-        .collect();
-    assert!(!aside.is_empty(), "the damaged file is kept");
-    let main_file = aside
-        .iter()
-        .find(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .ends_with(|c: char| c.is_ascii_digit())
-        })
-        .unwrap();
-    assert_eq!(
-        std::fs::read(main_file.path()).unwrap(),
-        bytes,
-        "moved, not modified"
-    );
-    let st = Reader::open(&path).unwrap().status().unwrap();
-    assert_eq!(st.incidents.len(), 1);
-    assert_eq!(st.incidents[0].kind, "damaged_db");
-    assert!(
-        st.incidents[0].detail.contains("damaged-"),
-        "{:?}",
-        st.incidents[0]
-    );
-    assert_eq!(st.events, 1);
 }
 
 #[test]
