@@ -281,14 +281,20 @@ pub fn salvage(from: &Path, into: &mut Connection) -> Result<Salvaged, String> {
         let mut outbox =
             tx.prepare("INSERT OR IGNORE INTO outbox(upstream, row) VALUES (?1, ?2)")?;
         let mut upstream = tx.prepare("INSERT OR IGNORE INTO upstreams(name) VALUES (?1)")?;
+        // Only framed devices' sequencing carries over (the scanner numbers them; its Hello
+        // would tell us anyway). Devices this gateway numbered (ASCII) start afresh in the new
+        // store's incarnation: continuing from the highest *readable* seq could reuse the id
+        // of a delivered scan on an unreadable page.
         let mut top: HashMap<String, (String, i64)> = devices
             .iter()
+            .filter(|(_, k, _)| k == "framed")
             .map(|(d, k, seq)| (d.clone(), (k.clone(), *seq)))
             .collect();
         for (e, upstreams) in &scans {
             if e.origin_site.is_none() {
-                let t = top.entry(e.device.clone()).or_insert(("framed".into(), 0));
-                t.1 = t.1.max(e.seq);
+                if let Some(t) = top.get_mut(&e.device) {
+                    t.1 = t.1.max(e.seq);
+                }
             }
             let row = last + 1;
             let n = ins.execute(params![
