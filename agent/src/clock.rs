@@ -1,4 +1,4 @@
-//! Clock sanity. The gateway's wall clock can step (an NTP correction after boot, a bad RTC,
+//! Time: [`now_ms`], and clock sanity. The gateway's wall clock can step (an NTP correction after boot, a bad RTC,
 //! an operator). Nothing that orders or deduplicates depends on it — the outbox is ordered by
 //! row number, scans by device sequence — so a step cannot reorder or lose events; but the
 //! timestamps around it are suspect, and scanners synced to the old time need the new one.
@@ -6,9 +6,17 @@
 //! [`watch`] counts and logs it and bumps [`EPOCH`], which makes every port re-send
 //! `TimeSync` at once.
 
-use crate::observe::faults;
+use crate::faults;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+/// Wall-clock Unix milliseconds: what timestamps say, never what orders anything.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// Bumped on every detected step; port threads re-sync their scanners when it changes.
 pub static EPOCH: AtomicU64 = AtomicU64::new(0);
@@ -53,7 +61,7 @@ pub async fn watch(store: crate::store::StoreHandle) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        if let Some(step) = w.observe(crate::now_ms(), origin.elapsed()) {
+        if let Some(step) = w.observe(crate::clock::now_ms(), origin.elapsed()) {
             faults::CLOCK_JUMPS.fetch_add(1, Relaxed);
             EPOCH.fetch_add(1, Relaxed);
             tracing::warn!(

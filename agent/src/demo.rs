@@ -293,7 +293,7 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
     }
     print!(
         "{}",
-        crate::status::render(&status, crate::now_ms())
+        crate::status::render(&status, crate::clock::now_ms())
             .lines()
             .map(|l| format!("  {l}\n"))
             .collect::<String>()

@@ -11,7 +11,9 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod derive;
+pub mod domain;
 pub mod epcis;
+pub mod faults;
 pub mod mqtt;
 pub mod observe;
 pub mod report;
@@ -29,14 +31,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// Wall-clock Unix milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// How often delivered events past retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -185,7 +179,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             let mut tick = tokio::time::interval(PRUNE_EVERY);
             loop {
                 tick.tick().await;
-                let before_ms = now_ms().saturating_sub(retention.as_millis() as u64);
+                let before_ms = clock::now_ms().saturating_sub(retention.as_millis() as u64);
                 if store
                     .send(store::WriteOp::Prune { before_ms })
                     .await

@@ -291,7 +291,7 @@ fn cmd_status(path: PathBuf, json: bool) -> Result<(), String> {
         );
         print!(
             "{}",
-            darkleg_agent::status::render(&status, darkleg_agent::now_ms())
+            darkleg_agent::status::render(&status, darkleg_agent::clock::now_ms())
         );
     }
     Ok(())
@@ -334,7 +334,7 @@ fn cmd_simulate(args: &[String]) -> Result<(), String> {
     if !(0.0..=1.0).contains(&garbage) {
         return Err("--garbage is a probability per frame, 0 to 1".into());
     }
-    let run_id = darkleg_agent::now_ms() / 1000 % 1_000_000;
+    let run_id = darkleg_agent::clock::now_ms() / 1000 % 1_000_000;
     darkleg_agent::simulate::run(SimulateOptions {
         config: PathBuf::from(flag_value(args, "--config")?),
         fleet: FleetOptions {
@@ -446,7 +446,7 @@ fn cmd_status_watch(path: PathBuf) -> Result<(), String> {
         ));
         out.push_str(&darkleg_agent::status::render(
             &status,
-            darkleg_agent::now_ms(),
+            darkleg_agent::clock::now_ms(),
         ));
         for u in &status.upstreams {
             let peak = peaks.entry(u.name.clone()).or_insert(0);

@@ -2,8 +2,8 @@
 //! pack → handover dwell (p50/p95), and the share handed over before the carrier's cut-off.
 
 use crate::config::Config;
-use crate::derive::alerts;
-use crate::derive::parcel::ParcelState;
+use crate::domain::alerts;
+use crate::domain::parcel::ParcelState;
 use crate::store::Reader;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -132,7 +132,7 @@ pub fn run(config: &Config, json_out: bool) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::derive::parcel::Handover;
+    use crate::domain::parcel::Handover;
     use darkleg_protocol::barcode::Carrier;
 
     #[test]

@@ -7,7 +7,7 @@
 //! An upstream a route names gets exactly what its routes match.
 
 use crate::config::{Carries, Config, Merchant, ParcelRules, Route};
-use crate::derive::{facts, parcel};
+use crate::domain::{facts, parcel};
 use darkleg_protocol::Step;
 
 /// What a route can see of a scan.

@@ -508,7 +508,11 @@ pub fn publish_as(
     payload: &[u8],
 ) -> Result<(), String> {
     let mut o = rumqttc::MqttOptions::new(
-        format!("e2e-pub-{}-{}", std::process::id(), darkleg_agent::now_ms()),
+        format!(
+            "e2e-pub-{}-{}",
+            std::process::id(),
+            darkleg_agent::clock::now_ms()
+        ),
         "127.0.0.1",
         port,
     );

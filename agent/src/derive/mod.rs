@@ -5,14 +5,10 @@
 //! Everything here is a pure function of stored events (and, for timers, the clock), so late
 //! and out-of-order events converge to the same answer; the task applies it incrementally.
 //!
-//! - [`facts`]: a scan, with its device's context, becomes a fact (picked, packed, handed over).
-//! - [`parcel`]: facts become a parcel's state and `darkleg.milestone.v1` messages.
-//! - [`alerts`]: state and clock become open alerts and `darkleg.alert.v1` messages.
-//! - [`task`]: reads new events, writes facts, states, alerts and messages in one transaction.
+//! The pure rules live in [`crate::domain`] (facts, parcel state, alert rules); here is the
+//! [`task`] that reads new events and writes facts, states, alerts and messages in one
+//! transaction.
 
-pub mod alerts;
-pub mod facts;
-pub mod parcel;
 pub mod task;
 
 #[cfg(test)]

@@ -3,10 +3,10 @@
 //! to the store writer as one batch. A timer sweep re-checks parcels whose alerts depend on
 //! the clock. Runs on its own thread; a crash resumes from the stored watermark.
 
-use super::alerts::{self, Rule};
-use super::facts::{read_scan, Context, Fact, FactKind, Scan};
-use super::parcel::{self, ParcelState, MILESTONES, ORDER_KEY};
 use crate::config::Config;
+use crate::domain::alerts::{self, Rule};
+use crate::domain::facts::{read_scan, Context, Fact, FactKind, Scan};
+use crate::domain::parcel::{self, ParcelState, MILESTONES, ORDER_KEY};
 use crate::store::derived::{AlertChange, Derived, Message};
 use crate::store::{Reader, StoreError, StoreHandle, WriteOp};
 use crate::supervise::Beat;
@@ -42,7 +42,7 @@ pub fn run(config: Arc<Config>, store: StoreHandle, stop: Arc<AtomicBool>, beat:
     while !stop.load(Ordering::Relaxed) {
         beat.beat();
         let started = Instant::now();
-        let did = match d.step(crate::now_ms()) {
+        let did = match d.step(crate::clock::now_ms()) {
             Ok(n) => {
                 if n > 0 {
                     // Test-only (DARKLEG_TEST_PANIC=deriver): dies once it derived something.
@@ -58,7 +58,7 @@ pub fn run(config: Arc<Config>, store: StoreHandle, stop: Arc<AtomicBool>, beat:
         };
         if last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = Instant::now();
-            if let Err(e) = d.sweep(crate::now_ms()) {
+            if let Err(e) = d.sweep(crate::clock::now_ms()) {
                 tracing::error!("alert sweep: {e}");
             }
         }

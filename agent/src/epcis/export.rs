@@ -168,7 +168,7 @@ pub fn export(config: &Config, opts: &ExportOptions) -> Result<u64, String> {
         "@context": ["https://ref.gs1.org/standards/epcis/epcis-context.jsonld"],
         "type": "EPCISDocument",
         "schemaVersion": "2.0",
-        "creationDate": darkleg_protocol::time::Rfc3339(crate::now_ms()).to_string(),
+        "creationDate": darkleg_protocol::time::Rfc3339(crate::clock::now_ms()).to_string(),
         "sender": format!("urn:darkleg:{}:{}", config.gateway.site, config.gateway.id),
     })
     .to_string();

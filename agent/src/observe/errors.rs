@@ -24,7 +24,7 @@ pub fn record(level: Level, message: String) {
     if r.len() == KEEP {
         r.pop_front();
     }
-    r.push_back((crate::now_ms(), level, message));
+    r.push_back((crate::clock::now_ms(), level, message));
 }
 
 /// A tracing layer that keeps WARN and ERROR events.

@@ -6,7 +6,6 @@
 //! framework: three GET routes on a local address do not earn a dependency tree.
 
 pub mod errors;
-pub mod faults;
 pub mod latency;
 pub mod page;
 
@@ -50,7 +49,7 @@ fn snapshot(db: &std::path::Path, peaks: &Mutex<HashMap<String, i64>>) -> Result
         status,
         alerts,
         peak_backlog: peaks.clone(),
-        now_ms: crate::now_ms(),
+        now_ms: crate::clock::now_ms(),
     })
 }
 

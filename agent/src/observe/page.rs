@@ -1,7 +1,8 @@
 //! Rendering: Prometheus text exposition and the status page.
 
-use super::{errors, faults, latency, Snapshot};
+use super::{errors, latency, Snapshot};
 use crate::config::Config;
+use crate::faults;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 

@@ -72,7 +72,7 @@ impl Collector {
                         let a = Arrival {
                             topic: p.topic.clone(),
                             json,
-                            at_ms: crate::now_ms(),
+                            at_ms: crate::clock::now_ms(),
                         };
                         m.lock().unwrap_or_else(|e| e.into_inner()).push(a);
                     }

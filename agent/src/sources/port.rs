@@ -167,7 +167,7 @@ fn ascii_loop(
                         code: s.code.to_string(),
                         symbology: s.symbology.map(str::to_string),
                         station: ctx.scanner.station_name.clone(),
-                        received_at_ms: crate::now_ms(),
+                        received_at_ms: crate::clock::now_ms(),
                     };
                     let code = scan.code.clone();
                     let rx = ctx.store.request_blocking(|reply| WriteOp::Ascii {
@@ -294,7 +294,7 @@ fn framed_loop<P: Read + Write>(
                         )?;
                         continue;
                     };
-                    let received_at_ms = crate::now_ms();
+                    let received_at_ms = crate::clock::now_ms();
                     let mut scan = FramedScan {
                         seq: ev.seq,
                         step: ev.step,
@@ -345,7 +345,7 @@ fn send_time(port: &mut impl Write, last: &mut Instant) -> Result<(), String> {
     write_frame(
         port,
         &Frame::TimeSync {
-            unix_ms: crate::now_ms(),
+            unix_ms: crate::clock::now_ms(),
         },
     )
 }

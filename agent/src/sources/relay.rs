@@ -34,7 +34,7 @@ pub async fn run(
     let mut backoff = Backoff::new(
         Duration::from_millis(200),
         Duration::from_secs(30),
-        crate::now_ms(),
+        crate::clock::now_ms(),
     );
     let mut failures = 0u32;
     let port = format!("relay:{}", relay.name);

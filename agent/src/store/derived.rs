@@ -4,9 +4,9 @@
 //! crash never leaves a milestone published without the state that produced it.
 
 use super::{Reader, StoreError};
-use crate::derive::alerts::Rule;
-use crate::derive::facts::{Context, Fact, FactKind};
-use crate::derive::parcel::{Handover, ParcelState};
+use crate::domain::alerts::Rule;
+use crate::domain::facts::{Context, Fact, FactKind};
+use crate::domain::parcel::{Handover, ParcelState};
 use darkleg_protocol::barcode::Carrier;
 use darkleg_protocol::Step;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -117,7 +117,7 @@ pub(super) fn apply(sp: &Connection, routes: &Routes<'_>, d: &Derived) -> rusqli
                 .execute(params![a.parcel, a.rule.as_str(), a.opened_at as i64, t as i64])?,
         };
     }
-    let now = crate::now_ms() as i64;
+    let now = crate::clock::now_ms() as i64;
     for m in &d.messages {
         let row = super::ops::next_row(routes);
         sp.prepare_cached(

@@ -112,7 +112,7 @@ impl Devices {
 
     /// Records a committed op's effect, to be written with the batch.
     pub fn apply(&mut self, device: &str, kind: &'static str, port: &str, u: Update) {
-        let now = crate::now_ms() as i64;
+        let now = crate::clock::now_ms() as i64;
         self.known.insert(
             device.to_string(),
             Device {

@@ -78,7 +78,11 @@ pub fn check(path: &Path) -> Result<Option<MovedAside>, String> {
             }
         },
     };
-    let to = PathBuf::from(format!("{}.damaged-{}", path.display(), crate::now_ms()));
+    let to = PathBuf::from(format!(
+        "{}.damaged-{}",
+        path.display(),
+        crate::clock::now_ms()
+    ));
     for suffix in ["", "-wal", "-shm"] {
         let from = PathBuf::from(format!("{}{suffix}", path.display()));
         if from.exists() {
@@ -140,7 +144,7 @@ pub fn record(conn: &Connection, moved: &MovedAside, salvage: &str) -> rusqlite:
     conn.execute(
         "INSERT INTO incidents(at, kind, detail) VALUES (?1, 'damaged_db', ?2)",
         rusqlite::params![
-            crate::now_ms() as i64,
+            crate::clock::now_ms() as i64,
             format!(
                 "moved aside to {}: {}; {salvage}",
                 moved.to.display(),

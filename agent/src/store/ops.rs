@@ -87,7 +87,7 @@ pub(super) fn framed(
         tracing::error!("LOST AT THE SCANNER: {detail}");
         sp.execute(
             "INSERT INTO incidents(at, kind, detail) VALUES (?1, 'scanner_gap', ?2)",
-            params![crate::now_ms() as i64, detail],
+            params![crate::clock::now_ms() as i64, detail],
         )?;
     }
     if s.refused {
@@ -343,7 +343,7 @@ pub(super) fn port_report(
         r.frames as i64,
         r.rejected as i64,
         r.last_reject,
-        crate::now_ms() as i64
+        crate::clock::now_ms() as i64
     ])?;
     Ok(())
 }

@@ -375,7 +375,7 @@ pub fn recover(config: &crate::config::Config, from: &Path) -> Result<Salvaged, 
     conn.execute(
         "INSERT INTO incidents(at, kind, detail) VALUES (?1, 'recovered', ?2)",
         params![
-            crate::now_ms() as i64,
+            crate::clock::now_ms() as i64,
             format!("darkleg recover {}: {s}", from.display())
         ],
     )

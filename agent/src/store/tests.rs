@@ -465,7 +465,7 @@ fn a_full_outbox_evicts_delivered_rows_first_and_never_an_undelivered_one() {
     s.send_blocking(WriteOp::Delivered {
         upstream: "a".into(),
         rows: delivered.clone(),
-        at_ms: crate::now_ms(),
+        at_ms: crate::clock::now_ms(),
     })
     .unwrap();
     // Capture resumes: the refused scan comes back (as a scanner's retransmit) and fits,
@@ -501,9 +501,7 @@ fn a_full_outbox_evicts_delivered_rows_first_and_never_an_undelivered_one() {
     assert!(pending
         .iter()
         .all(|p| p.event().unwrap().code == big(p.event().unwrap().seq).code));
-    assert!(
-        crate::observe::faults::EVICTED_FOR_ROOM.load(std::sync::atomic::Ordering::Relaxed) > 0
-    );
+    assert!(crate::faults::EVICTED_FOR_ROOM.load(std::sync::atomic::Ordering::Relaxed) > 0);
 }
 
 #[test]
@@ -511,7 +509,7 @@ fn a_gateway_clock_step_neither_reorders_nor_loses_and_device_offsets_are_kept()
     let f = Fixture::with_upstreams("clock", &["a"]);
     let (s, j) = f.open();
     hello(&s, "d", 0);
-    let now = crate::now_ms();
+    let now = crate::clock::now_ms();
     // Received times as a stepping clock would write them: normal, an hour back (NTP fixes
     // a fast RTC), a day ahead (a bad RTC), then normal again.
     let received = [

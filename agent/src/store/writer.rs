@@ -7,7 +7,7 @@ use super::derived::Routes;
 use super::devices::{Devices, Update};
 use super::ops;
 use super::StoreError;
-use crate::observe::faults;
+use crate::faults;
 use darkleg_protocol::Step;
 use rusqlite::{Connection, Transaction};
 use std::sync::atomic::Ordering::Relaxed;
@@ -413,7 +413,7 @@ fn apply_savepointed(
             let r = sp
                 .execute(
                     "INSERT INTO incidents(at, kind, detail) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![crate::now_ms() as i64, kind, detail],
+                    rusqlite::params![crate::clock::now_ms() as i64, kind, detail],
                 )
                 .map(|_| ());
             log_failure(finish(sp, r, "incident"));

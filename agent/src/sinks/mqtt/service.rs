@@ -38,7 +38,7 @@ pub async fn run(
             return;
         }
     };
-    let seed = crate::now_ms()
+    let seed = crate::clock::now_ms()
         ^ upstream
             .link
             .client_id
@@ -323,7 +323,7 @@ impl Session<'_> {
         let op = WriteOp::Delivered {
             upstream: self.upstream.name.clone(),
             rows,
-            at_ms: crate::now_ms(),
+            at_ms: crate::clock::now_ms(),
         };
         if self.store.send(op).await.is_err() {
             tracing::warn!(upstream = %self.upstream.name, "store writer gone; delivered rows will be resent");
@@ -335,7 +335,7 @@ impl Session<'_> {
             upstream: self.upstream.name.clone(),
             rows,
             reason,
-            at_ms: crate::now_ms(),
+            at_ms: crate::clock::now_ms(),
         };
         let _ = self.store.send(op).await;
     }

@@ -55,7 +55,7 @@ fn eviction_never_removes_an_event_the_deriver_has_not_read() {
     s.send_blocking(WriteOp::Delivered {
         upstream: "a".into(),
         rows: rows.clone(),
-        at_ms: crate::now_ms(),
+        at_ms: crate::clock::now_ms(),
     })
     .unwrap();
     drop(s);

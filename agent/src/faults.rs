@@ -1,4 +1,5 @@
-//! Fault counters the store and the clock watch feed and `/metrics` and the status page read:
+//! Fault counters the store and the clock watch feed and `/metrics` and the status page read
+//! (below all three, so the store does not import the observer):
 //! things that happen when the database cannot be written, so they live in memory.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
