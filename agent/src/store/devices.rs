@@ -46,14 +46,18 @@ struct Dirty {
 pub(super) struct Devices {
     known: HashMap<String, Device>,
     dirty: HashMap<String, Dirty>,
-    /// Where a device this store numbers itself (ASCII) starts: the store's incarnation in
-    /// the high 32 bits. A store lost and started afresh draws another, so its scans never
-    /// take the event ids of scans the lost one numbered and delivered.
+    /// Where a device this store numbers itself (ASCII) starts: the store's incarnation
+    /// (25 random bits) above 28 bits of count. A store lost and started afresh draws
+    /// another, so its scans never take the event ids of scans the lost one numbered and
+    /// delivered; seqs stay below 2^53, exact as a JSON number in every consumer.
     first_seq_base: u64,
     /// Per device: (acked, offered seq, times) — the same out-of-order seq offered again and
     /// again after go-back means the scanner no longer holds the ones before it.
     gaps: HashMap<String, (u64, u64, u32)>,
 }
+
+/// Bits of a gateway-numbered device's seq that count scans within one store (268M).
+pub(super) const OWN_SEQ_BITS: u32 = 28;
 
 /// Passes of go-back-N offering the same seq past a hole before the hole is accepted as
 /// lost at the scanner. High: a frame merely corrupted on the wire comes through long before.
@@ -64,7 +68,7 @@ impl Devices {
         Devices {
             known: HashMap::new(),
             dirty: HashMap::new(),
-            first_seq_base: incarnation << 32,
+            first_seq_base: incarnation << OWN_SEQ_BITS,
             gaps: HashMap::new(),
         }
     }

@@ -143,11 +143,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE store_info (
         id          INTEGER PRIMARY KEY CHECK (id = 1),
-        incarnation INTEGER NOT NULL,                -- 1 ..= 2^31 - 1
+        incarnation INTEGER NOT NULL,                -- 1 ..= 2^25 - 1
         created_at  INTEGER NOT NULL
     );
     INSERT INTO store_info(id, incarnation, created_at)
-        VALUES (1, abs(random() % 2147483647) + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+        VALUES (1, abs(random() % 33554431) + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
     ALTER TABLE upstreams ADD COLUMN refused INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE upstreams ADD COLUMN last_refusal TEXT;
     ALTER TABLE upstreams ADD COLUMN last_refusal_at INTEGER;

@@ -168,11 +168,13 @@ fn ascii_scans_are_numbered_by_the_gateway_across_restarts() {
     let f = Fixture::new("ascii");
     let (s, j) = f.open();
     let first = ascii(&s, "A", 1);
+    let count = (1u64 << super::devices::OWN_SEQ_BITS) - 1;
     assert_eq!(
-        first & 0xffff_ffff,
+        first & count,
         1,
         "a new device starts at 1 in this store's range"
     );
+    assert!(first < 1 << 53, "exact as a JSON number");
     assert_eq!(ascii(&s, "B", 2), first + 1);
     close(s, j);
     let (s, j) = f.open();
