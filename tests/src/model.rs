@@ -187,8 +187,8 @@ pub struct RelayPlan {
     /// The dock's upstream to the site broker.
     pub dock_batch: u64,
     pub dock_window: u64,
-    /// The relay's link to the site broker holds each chunk this long for the first
-    /// `slow_for_ms` of the round (the relay starts over it).
+    /// The relay's link to the site broker holds each chunk this long: the relay starts
+    /// and must connect over it; it stays slow `slow_for_ms` after that.
     pub slow_chunk_ms: Option<u64>,
     pub slow_for_ms: u64,
 }

@@ -153,6 +153,19 @@ fn ports_open(config: &Path, n: usize) -> bool {
     })
 }
 
+/// The relay's `relay:site` port in its status (`Null` if none).
+fn relay_port(config: &Path) -> Value {
+    try_status(config)
+        .and_then(|st| {
+            st["ports"]
+                .as_array()?
+                .iter()
+                .find(|p| p["port"] == "relay:site")
+                .cloned()
+        })
+        .unwrap_or_default()
+}
+
 fn relay_connected(config: &Path) -> bool {
     try_status(config).is_some_and(|st| {
         st["ports"].as_array().is_some_and(|p| {
@@ -438,24 +451,42 @@ fn run_round(plan: &Plan) -> Result<String, String> {
     if let (Some(rl), Some(r)) = (relay.as_mut(), plan.relay.as_ref()) {
         if let Some(ms) = r.slow_chunk_ms {
             rl.site_proxy.delay(Duration::from_millis(ms));
+        }
+        rl.agent = Some(Agent::start(&rl.config, &rl.log));
+        // A slow link is still a link: the relay must connect over it (the delay stays on
+        // until then), within the same bound as over a fast one.
+        if !wait_until(Duration::from_secs(20), || relay_connected(&rl.config)) {
+            return Err(format!(
+                "the relay did not connect to the site broker within 20 s{}; relay log:\n{}",
+                match r.slow_chunk_ms {
+                    Some(ms) => format!(" (over a slow link: {ms} ms per chunk)"),
+                    None => String::new(),
+                },
+                log_tail(&rl.log, 30)
+            ));
+        }
+        // "Connected" is reported on CONNACK; the subscription is in place only once the
+        // relay sees what is published — wait for a probe to be rejected, or the dock's
+        // first events could reach the site broker before the relay's first session
+        // subscribed.
+        let probed = wait_until(Duration::from_secs(20), || {
+            let _ = publish_as(rl.site.port, None, "darkleg/v1/e2e/probe/events", b"probe");
+            std::thread::sleep(Duration::from_millis(300));
+            relay_port(&rl.config)["rejected"].as_u64() > Some(0)
+        });
+        if !probed {
+            return Err(format!(
+                "the relay took no message from the site broker within 20 s of connecting; relay log:\n{}",
+                log_tail(&rl.log, 30)
+            ));
+        }
+        if r.slow_chunk_ms.is_some() {
             let p = rl.site_proxy.clone();
             let until = r.slow_for_ms;
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(until));
                 p.delay(Duration::ZERO);
             });
-        }
-        rl.agent = Some(Agent::start(&rl.config, &rl.log));
-        if !wait_until(Duration::from_secs(30), || relay_connected(&rl.config)) {
-            return Err(format!(
-                "the relay did not connect to the site broker within 30 s{}; relay log:\n{}",
-                if r.slow_chunk_ms.is_some() {
-                    " (over the slow link)"
-                } else {
-                    ""
-                },
-                log_tail(&rl.log, 30)
-            ));
         }
     }
     let mut dock = Some(Agent::start(&config, &log));
@@ -606,6 +637,9 @@ fn run_round(plan: &Plan) -> Result<String, String> {
                 }
             }
             Fault::DiskFull { ms } => {
+                // Plain scanners pause: a line refused now and stored later would make the
+                // next line look durable before it is.
+                let _g = gate.write().unwrap_or_else(|e| e.into_inner());
                 let b = fill(&data);
                 std::thread::sleep(Duration::from_millis(*ms));
                 let _ = std::fs::remove_file(&b);
@@ -787,6 +821,16 @@ fn run_round(plan: &Plan) -> Result<String, String> {
                 "reconnect storm: {n} \"upstream connected\" lines in the {name}'s log (bound {bound} for {ups} upstreams and {disruptive} faults)"
             ));
         }
+        if *name == "relay" {
+            let n = text.matches("relay source connected").count();
+            let bound = 3 + 3 * disruptive;
+            connects.push(format!("relay source {n}"));
+            if n > bound {
+                failures.push(format!(
+                    "reconnect storm: {n} \"relay source connected\" lines in the relay's log (bound {bound} for {disruptive} faults)"
+                ));
+            }
+        }
         if let Some(line) = text.lines().find(|l| l.contains("panicked")) {
             failures.push(format!("the {name} panicked: {line}"));
         }
@@ -830,4 +874,27 @@ fn run_round(plan: &Plan) -> Result<String, String> {
     report.push_str(&format!("scratch kept at {}\n", dir.0.display()));
     std::mem::forget(dir);
     Err(report)
+}
+
+/// Not a test: prints the one-line shape of the plans of seeds 1..=N (`DARKLEG_PLANS=N`,
+/// default 200) under the enabled fault kinds, to find a seed with a given config or fault:
+/// `cargo test -p darkleg-tests --test harness -- --ignored --nocapture list_plans | grep ...`
+#[test]
+#[ignore]
+fn list_plans() {
+    let enabled = Enabled::from_env();
+    for seed in 1..=env_u64("DARKLEG_PLANS").unwrap_or(200) {
+        let p = Plan::generate(seed, &enabled, !not_root());
+        let ups: Vec<String> = p
+            .upstreams
+            .iter()
+            .map(|u| format!("{:?}:b{}w{}", u.kind, u.batch, u.window))
+            .collect();
+        let scanners: Vec<&str> = p.scanners.iter().map(|s| s.name.as_str()).collect();
+        let faults: Vec<String> = p.faults.iter().map(|(_, f)| format!("{f:?}")).collect();
+        println!(
+            "seed {seed}: merchants {} relay {:?} ups {ups:?} scanners {scanners:?} faults {faults:?}",
+            p.merchants, p.relay
+        );
+    }
 }
