@@ -12,6 +12,8 @@ use std::time::Duration;
 #[derive(Default)]
 struct Control {
     stalled: AtomicBool,
+    /// Milliseconds each chunk waits before it is forwarded (a slow link); 0 = none.
+    delay_ms: AtomicU64,
     /// Bumped by `cut`: pumps from an older generation forward half a chunk and hang up.
     generation: AtomicU64,
     cuts_mid_packet: AtomicU64,
@@ -70,6 +72,13 @@ impl Proxy {
 
     pub fn resume(&self) {
         self.control.stalled.store(false, SeqCst);
+    }
+
+    /// Holds every chunk `per_chunk` before forwarding it, both ways (`ZERO`: full speed).
+    pub fn delay(&self, per_chunk: Duration) {
+        self.control
+            .delay_ms
+            .store(per_chunk.as_millis() as u64, SeqCst);
     }
 
     /// Cuts every open connection, each in the middle of its next chunk.
@@ -137,6 +146,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, c: &Control, generation: u64) {
                 c.cuts_mid_packet.fetch_add(1, SeqCst);
             }
             return hang_up(&from, &to);
+        }
+        let delay = c.delay_ms.load(SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
         }
         if to.write_all(&buf[..n]).is_err() {
             return hang_up(&from, &to);

@@ -108,31 +108,6 @@ fn a_full_outbox_refuses_loudly_keeps_every_scan_and_resumes_when_room_returns()
     );
 }
 
-/// A tmpfs mounted for the test (root only), unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &std::path::Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(Tmpfs(at.to_path_buf()))
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// The real thing: the data directory on a small filesystem that fills up (ENOSPC, not a
 /// page limit), mostly with someone else's file. Scans are refused, nothing stored is
 /// damaged; when the operator deletes that file, capture resumes by itself and every scan
@@ -190,12 +165,4 @@ fn a_full_filesystem_refuses_keeps_every_scan_and_resumes_when_space_is_freed() 
         "integrity check clean: {st}"
     );
     assert_eq!(st["events"].as_u64(), Some(expected as u64));
-}
-
-fn not_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() != "0")
-        .unwrap_or(true)
 }
