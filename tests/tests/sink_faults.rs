@@ -44,6 +44,15 @@ fn pack_station(n: u64) -> Vec<PlannedScan> {
         .collect()
 }
 
+/// Distinct event ids among the arrivals (batches opened).
+fn distinct_ids(c: &Collector) -> u64 {
+    expand_batches(&c.messages())
+        .iter()
+        .filter_map(|a| a.json["event_id"].as_str().map(String::from))
+        .collect::<HashSet<_>>()
+        .len() as u64
+}
+
 fn events_stored(rig: &Rig) -> u64 {
     status(&rig.config)["events"].as_u64().unwrap_or(0)
 }
@@ -77,13 +86,7 @@ fn drain_with_milestones(name: &str, batch: usize, window: usize) {
     let backlog = rig.backlog().unwrap();
     assert!(backlog > expected, "backlog {backlog} holds milestones too");
     rig.broker.restart().expect("mosquitto restart");
-    let arrived = || {
-        expand_batches(&rig.collector.messages())
-            .iter()
-            .filter_map(|a| a.json["event_id"].as_str().map(String::from))
-            .collect::<HashSet<_>>()
-            .len() as u64
-    };
+    let arrived = || distinct_ids(&rig.collector);
     assert!(
         wait_until(Duration::from_secs(90), || arrived() >= expected),
         "batch {batch} window {window}: {} of {expected} scans arrived, backlog {:?}",
@@ -186,14 +189,7 @@ fn refused_then_fixed(name: &str, version: &str, reasons: &[&str]) {
 
     std::fs::write(&acl, ALLOW).unwrap();
     broker.restart().expect("mosquitto restart");
-    let ids = || {
-        collector
-            .messages()
-            .iter()
-            .filter_map(|a| a.json["event_id"].as_str().map(String::from))
-            .collect::<HashSet<_>>()
-            .len() as u64
-    };
+    let ids = || distinct_ids(&collector);
     assert!(
         wait_until(Duration::from_secs(60), || ids() >= SCANS),
         "{} of {SCANS} after the ACL was fixed",

@@ -47,28 +47,12 @@ impl Link {
         let (client, driver) = if v5 {
             let mut o = crate::mqtt::options_v5(&u.link, &what)?;
             o.set_outgoing_inflight_upper_limit(u.window.min(u16::MAX as usize) as u16);
-            let (client, mut el) = rumqttc::v5::AsyncClient::new(o, cap);
-            let driver = tokio::spawn(async move {
-                loop {
-                    let ev = el.poll().await.map_err(|e| e.to_string());
-                    if !forward(&tx, ev.map(map_v5)).await {
-                        break;
-                    }
-                }
-            });
-            (Client::V5(client), driver)
+            let (client, el) = rumqttc::v5::AsyncClient::new(o, cap);
+            (Client::V5(client), drive(el, tx, map_v5))
         } else {
             let o = super::options::mqtt_options(u)?;
-            let (client, mut el) = rumqttc::AsyncClient::new(o, cap);
-            let driver = tokio::spawn(async move {
-                loop {
-                    let ev = el.poll().await.map_err(|e| e.to_string());
-                    if !forward(&tx, ev.map(map_v311)).await {
-                        break;
-                    }
-                }
-            });
-            (Client::V311(client), driver)
+            let (client, el) = rumqttc::AsyncClient::new(o, cap);
+            (Client::V311(client), drive(el, tx, map_v311))
         };
         Ok(Link {
             client,
@@ -116,6 +100,42 @@ impl Link {
     pub fn is_idle(&self) -> bool {
         self.events.is_empty()
     }
+}
+
+/// Either version's event loop, polled the same way.
+trait Poll: Send + 'static {
+    type Event;
+    fn next(&mut self) -> impl std::future::Future<Output = Result<Self::Event, String>> + Send;
+}
+
+impl Poll for rumqttc::EventLoop {
+    type Event = Event;
+    async fn next(&mut self) -> Result<Event, String> {
+        self.poll().await.map_err(|e| e.to_string())
+    }
+}
+
+impl Poll for rumqttc::v5::EventLoop {
+    type Event = rumqttc::v5::Event;
+    async fn next(&mut self) -> Result<rumqttc::v5::Event, String> {
+        self.poll().await.map_err(|e| e.to_string())
+    }
+}
+
+/// Polls `el` in a task of its own until the connection fails or nobody listens.
+fn drive<P: Poll>(
+    mut el: P,
+    tx: mpsc::Sender<Result<LinkEvent, String>>,
+    map: fn(P::Event) -> Option<LinkEvent>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let ev = el.next().await.map(map);
+            if !forward(&tx, ev).await {
+                break;
+            }
+        }
+    })
 }
 
 /// Sends an event on; false once the loop should stop (an error ends the connection).
