@@ -31,6 +31,10 @@ USAGE:
                      [--timeout-secs S] [--report FILE]
                                         K virtual scanners (the real firmware) against a
                                         running agent, with optional faults
+    darkleg recover FILE --config FILE  put the undelivered scans still readable in FILE (a
+                                        damaged copy, darkleg.db.damaged-*) back into the
+                                        configured store; the agent must be stopped. Safe to
+                                        repeat: event ids deduplicate
     darkleg --version | --help
 
 Logs go to stderr; RUST_LOG=debug for more.";
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
             );
             Ok(())
         }),
+        Some("recover") => cmd_recover(&args[1..]),
         Some("--version") | Some("-V") => {
             println!("darkleg {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -477,6 +482,20 @@ fn cmd_status_watch(path: PathBuf) -> Result<(), String> {
         let _ = std::io::Write::flush(&mut std::io::stdout());
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// `recover FILE --config CFG`: salvage into the configured store, then say what came back.
+fn cmd_recover(args: &[String]) -> Result<(), String> {
+    let file = args
+        .first()
+        .filter(|a| !a.starts_with("--"))
+        .ok_or_else(|| format!("recover needs a FILE (a damaged copy)\n\n{USAGE}"))?;
+    let c =
+        Config::load(&PathBuf::from(flag_value(args, "--config")?)).map_err(|e| e.to_string())?;
+    let s = darkleg_agent::store::salvage::recover(&c, &PathBuf::from(file))
+        .map_err(|e| e.to_string())?;
+    println!("{file} → {}: {s}", c.db_path().display());
+    Ok(())
 }
 
 /// Where a connection's secrets come from, and whether they are there — never their values.

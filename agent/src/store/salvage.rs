@@ -382,3 +382,65 @@ pub fn recover(config: &crate::config::Config, from: &Path) -> Result<Salvaged, 
     .map_err(|e| StoreError::new("recording the recovery", e))?;
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::walk;
+
+    /// Keys 1..=100 with 30..=39 on a damaged page: a range read stops there with an
+    /// error, a point read there fails; 50 and 51 never existed.
+    fn read(k: i64) -> Result<Option<i64>, ()> {
+        match k {
+            30..=39 => Err(()),
+            50 | 51 => Ok(None),
+            1..=100 => Ok(Some(k)),
+            _ => Ok(None),
+        }
+    }
+
+    #[test]
+    fn the_walk_skips_the_damaged_keys_one_by_one_and_reads_on() {
+        let mut ranges = 0;
+        let w = walk(
+            100,
+            |after, out: &mut Vec<(i64, ())>| {
+                ranges += 1;
+                for k in after + 1..=100 {
+                    match read(k) {
+                        Err(()) => return Err(rusqlite::Error::InvalidQuery),
+                        Ok(Some(k)) => out.push((k, ())),
+                        Ok(None) => {}
+                    }
+                }
+                Ok(())
+            },
+            |k, out| match read(k) {
+                Err(()) => Err(rusqlite::Error::InvalidQuery),
+                Ok(v) => {
+                    out.extend(v.map(|k| (k, ())));
+                    Ok(())
+                }
+            },
+        );
+        let keys: Vec<i64> = w.found.iter().map(|(k, _)| *k).collect();
+        let want: Vec<i64> = (1..=100)
+            .filter(|k| !(30..=39).contains(k) && *k != 50 && *k != 51)
+            .collect();
+        assert_eq!(keys, want);
+        let mut lost: Vec<i64> = w.unreadable.into_iter().collect();
+        lost.sort();
+        assert_eq!(lost, (30..=39).collect::<Vec<_>>());
+        assert_eq!(ranges, 2, "one range read before the damage, one after");
+    }
+
+    #[test]
+    fn the_walk_stops_at_the_last_known_key_when_everything_after_is_damaged() {
+        let w = walk(
+            20,
+            |_, _: &mut Vec<(i64, ())>| Err(rusqlite::Error::InvalidQuery),
+            |_, _| Err(rusqlite::Error::InvalidQuery),
+        );
+        assert!(w.found.is_empty());
+        assert_eq!(w.unreadable.len(), 20);
+    }
+}
