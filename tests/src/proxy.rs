@@ -1,7 +1,8 @@
 //! A TCP proxy between the agent and its broker that misbehaves on command: it stalls
 //! (keeps connections open, moves no bytes, so keep-alives time out and TCP buffers fill) or
 //! cuts every connection in the middle of whatever it is forwarding — half a packet
-//! delivered, then a reset. Plain threads and std sockets: it must fail exactly as told.
+//! delivered, then a reset — or holds every chunk for a while before passing it on (a
+//! congested VPN or LTE link). Plain threads and std sockets: it must fail exactly as told.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -12,6 +13,8 @@ use std::time::Duration;
 #[derive(Default)]
 struct Control {
     stalled: AtomicBool,
+    /// Each chunk read waits this long before it is forwarded (0: none).
+    delay_ms: AtomicU64,
     /// Bumped by `cut`: pumps from an older generation forward half a chunk and hang up.
     generation: AtomicU64,
     cuts_mid_packet: AtomicU64,
@@ -70,6 +73,14 @@ impl Proxy {
 
     pub fn resume(&self) {
         self.control.stalled.store(false, SeqCst);
+    }
+
+    /// Holds every chunk, either way, for `per_chunk` before forwarding it (zero: no delay).
+    /// A chunk is whatever one read returned, up to 4 KiB.
+    pub fn delay(&self, per_chunk: Duration) {
+        self.control
+            .delay_ms
+            .store(per_chunk.as_millis() as u64, SeqCst);
     }
 
     /// Cuts every open connection, each in the middle of its next chunk.
@@ -137,6 +148,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, c: &Control, generation: u64) {
                 c.cuts_mid_packet.fetch_add(1, SeqCst);
             }
             return hang_up(&from, &to);
+        }
+        let delay = c.delay_ms.load(SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
         }
         if to.write_all(&buf[..n]).is_err() {
             return hang_up(&from, &to);

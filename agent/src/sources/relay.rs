@@ -12,14 +12,31 @@ use crate::mqtt::backoff::Backoff;
 use crate::store::{PortReport, StoreError, StoreHandle, WriteOp};
 use darkleg_protocol::relay::{self, Limits};
 use darkleg_protocol::upstream::hop;
-use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, Packet, Publish, QoS};
 use std::collections::VecDeque;
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Messages handed to the store and not yet acknowledged to the broker: enough to fold
 /// many into one commit, few enough that a crash redelivers little.
 const MAX_PENDING: usize = 64;
+
+/// The largest packet MQTT can express (remaining length, §2.2.3). The relay accepts any
+/// incoming packet up to it: with a smaller bound rumqttc drops the connection on a bigger
+/// message before darkleg sees it, the persistent session redelivers it first, and the
+/// relay is wedged behind it for good. Read in full, a message over `max_payload_kb` is
+/// rejected, counted and acknowledged like any other junk. The price is memory: such a
+/// message is buffered whole (briefly: its payload is dropped as soon as it is read), so
+/// bound it on the site broker (Mosquitto's `message_size_limit`) where that matters.
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
+/// What the poll task hands the loop.
+enum Polled {
+    Event(Event),
+    /// A publish over `max_payload_bytes` and its size: the payload is dropped in the poll
+    /// task already, so a run of them is never held in memory.
+    TooBig(Publish, usize),
+}
 
 type Durable = oneshot::Receiver<Result<u64, StoreError>>;
 
@@ -90,23 +107,52 @@ impl Connection<'_> {
         let mut opts =
             crate::mqtt::options(&self.relay.link, &format!("relay {}", self.relay.name))?;
         opts.set_manual_acks(true);
-        let (client, mut events) = AsyncClient::new(opts, 1024);
-        let mut pending: VecDeque<(Durable, Publish, usize)> = VecDeque::new();
+        opts.set_max_packet_size(MQTT_MAX_PACKET, crate::mqtt::MAX_PACKET);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        // poll() runs in its own task, never cancelled mid-packet: dropping its future in a
+        // select! (a report tick, a store reply) would abort a CONNECT handshake still in
+        // progress, and on a slow link (over a second to CONNACK) the relay never connects.
+        // The channel is small: the task waits on it while the store is behind, so the
+        // broker is not read ahead (back-pressure, not memory).
+        let max_bytes = self.relay.max_payload_bytes;
+        let (tx, mut events) = mpsc::channel::<Result<Polled, ConnectionError>>(16);
+        let _driver = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let ev = eventloop.poll().await.map(|ev| match ev {
+                    Event::Incoming(Packet::Publish(mut p)) if p.payload.len() > max_bytes => {
+                        let n = p.payload.len();
+                        p.payload = Default::default();
+                        Polled::TooBig(p, n)
+                    }
+                    ev => Polled::Event(ev),
+                });
+                let failed = ev.is_err();
+                if tx.send(ev).await.is_err() || failed {
+                    break;
+                }
+            }
+        }));
+        let mut pending: Pending = VecDeque::new();
         // PUBACKs due, in arrival order, handed to the client without waiting: an `ack().await`
         // on a full request channel would block the very loop that drains it.
         let mut acks: VecDeque<Publish> = VecDeque::new();
         let mut report_tick = tokio::time::interval(Duration::from_secs(1));
         let limits = Limits {
-            max_bytes: self.relay.max_payload_bytes,
+            max_bytes,
             max_hops: self.relay.max_hops,
             me: self.me,
         };
         loop {
             tokio::select! {
                 // Only poll the broker while there is room: back-pressure instead of memory.
-                ev = events.poll(), if pending.len() < MAX_PENDING => match ev {
-                    Err(e) => return Err(e.to_string()),
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                ev = events.recv(), if pending.len() < MAX_PENDING => match ev {
+                    None => return Err("event loop ended".into()),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Ok(Polled::TooBig(p, bytes))) => {
+                        self.reject(&p.topic, &relay::RelayError::TooBig { bytes, max: max_bytes }.to_string());
+                        ack_in_order(&mut pending, &mut acks, p);
+                    }
+                    Some(Ok(Polled::Event(Event::Incoming(Packet::ConnAck(_))))) => {
                         backoff.reset();
                         self.report.connected = true;
                         self.flush_report().await;
@@ -115,8 +161,11 @@ impl Connection<'_> {
                         }
                         tracing::info!(relay = %self.relay.name, topics = ?self.relay.topics, "relay source connected");
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        match relay::parse(&p.payload, limits) {
+                    Some(Ok(Polled::Event(Event::Incoming(Packet::Publish(mut p))))) => {
+                        let parsed = relay::parse(&p.payload, limits);
+                        // Only the packet id is needed from here on, for the PUBACK.
+                        p.payload = Default::default();
+                        match parsed {
                             Ok(scans) => {
                                 let n = scans.len();
                                 let durable = self.store.request(|reply| WriteOp::Relayed { scans, reply }).await;
@@ -131,18 +180,11 @@ impl Connection<'_> {
                                     }
                                     _ => self.reject(&p.topic, &e.to_string()),
                                 }
-                                // Acked, in arrival order: redelivery would not make it better.
-                                if pending.is_empty() {
-                                    acks.push_back(p);
-                                } else {
-                                    let (tx, rx) = oneshot::channel();
-                                    let _ = tx.send(Ok(0));
-                                    pending.push_back((rx, p, 0));
-                                }
+                                ack_in_order(&mut pending, &mut acks, p);
                             }
                         }
                     }
-                    Ok(_) => {}
+                    Some(Ok(Polled::Event(_))) => {}
                 },
                 done = async { (&mut pending.front_mut().expect("guarded").0).await }, if !pending.is_empty() => {
                     let (_, p, n) = pending.pop_front().expect("guarded");
@@ -176,9 +218,9 @@ impl Connection<'_> {
                         let _ = client.try_ack(p);
                     }
                     let _ = client.try_disconnect();
-                    // Let the event loop write the acks and the disconnect.
+                    // Let the poll task write the acks and the disconnect.
                     let _ = tokio::time::timeout(Duration::from_millis(300), async {
-                        while events.poll().await.is_ok() {}
+                        while let Some(Ok(_)) = events.recv().await {}
                     }).await;
                     self.report.connected = false;
                     self.flush_report().await;
@@ -221,5 +263,27 @@ impl Connection<'_> {
                 report,
             })
             .await;
+    }
+}
+
+type Pending = VecDeque<(Durable, Publish, usize)>;
+
+/// A rejected message is acked, in arrival order (after what is still being stored):
+/// redelivering it would not make it better.
+fn ack_in_order(pending: &mut Pending, acks: &mut VecDeque<Publish>, p: Publish) {
+    if pending.is_empty() {
+        acks.push_back(p);
+    } else {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(0));
+        pending.push_back((rx, p, 0));
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
