@@ -5,7 +5,7 @@
 //! read from its own `status --json`, `/metrics` and log.
 
 use darkleg_agent::sim::broker::free_port;
-use darkleg_protocol::upstream::{scan_json, Origin};
+use darkleg_protocol::upstream::{batch_json, scan_json, Origin};
 use darkleg_protocol::{EventId, ScanEvent, Step};
 use darkleg_tests::proxy::Proxy;
 use darkleg_tests::*;
@@ -212,4 +212,70 @@ fn an_oversized_message_is_rejected_counted_and_acked_not_a_wedge() {
         metrics.contains("darkleg_relay_rejected_total{relay=\"site\"} 2\n"),
         "{metrics}"
     );
+}
+
+/// The store refuses every batch (outbox full, its one upstream unreachable): each attempt
+/// gets a CONNACK and then fails on the first message. The reconnect delay must keep
+/// growing — a CONNACK is not proof of a working relay — not reset to 200 ms every time.
+#[test]
+fn a_store_that_refuses_every_batch_does_not_become_a_fast_reconnect_loop() {
+    let dir = Scratch::new("relay-refused");
+    let site = Mosquitto::start(&dir.0.join("site-broker")).unwrap();
+    prime_session(site.port);
+    // ~3 MB of scans with long codes for a 1 MiB outbox: it fills and stays full.
+    let hops = hops();
+    let batches: Vec<Vec<u8>> = (0..40u64)
+        .map(|b| {
+            let evs: Vec<ScanEvent> = (1..=100u64)
+                .map(|i| {
+                    let seq = b * 100 + i;
+                    event("full-1", seq, &format!("{seq:08}-{}", "L".repeat(400)))
+                })
+                .collect();
+            let origin = || Origin {
+                site: "dock",
+                gateway: "gw-1",
+                hops: &hops,
+            };
+            batch_json(evs.iter().map(|e| (e, origin()))).into_bytes()
+        })
+        .collect();
+    publish_all(site.port, batches);
+    let http = free_port().unwrap();
+    let config = relay_config(
+        &dir.0.join("relay"),
+        &site.url(),
+        &format!(
+            "[store]\nmax_db_mb = 1\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[upstream]]\nname = \"away\"\nurl = \"mqtt://127.0.0.1:{}\"\n",
+            free_port().unwrap()
+        ),
+    );
+    let log = dir.0.join("relay.log");
+    let _relay = Agent::start(&config, &log);
+    let connects = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("relay source connected")
+            .count()
+    };
+    let full = || http_get(http, "/metrics").is_some_and(|m| m.contains("darkleg_store_full 1\n"));
+    assert!(
+        wait_until(Duration::from_secs(60), full),
+        "the outbox fills: {}\nlog:\n{}",
+        relay_port(&config),
+        log_tail(&log)
+    );
+    // Right at the ceiling a few more messages still fit (real progress: the delay starts
+    // over); give that a moment to end.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = connects();
+    std::thread::sleep(Duration::from_secs(8));
+    let during = connects() - before;
+    // Growing, 8 s hold a few attempts; with a reset on every CONNACK, ~45.
+    assert!(
+        during <= 8,
+        "{during} reconnects in 8 s while the store refused\nlog:\n{}",
+        log_tail(&log)
+    );
+    eprintln!("store refusing: {during} reconnects in 8 s");
 }

@@ -8,7 +8,7 @@
 //! Never talks to a sink: what it stores reaches upstreams through the outbox.
 
 use crate::config::{Gateway, Relay};
-use crate::mqtt::backoff::Backoff;
+use crate::mqtt::backoff::{Backoff, Reconnect};
 use crate::store::{PortReport, StoreError, StoreHandle, WriteOp};
 use darkleg_protocol::relay::{self, Limits};
 use darkleg_protocol::upstream::hop;
@@ -48,12 +48,14 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let me = hop(&gateway.site, &gateway.id);
-    let mut backoff = Backoff::new(
-        Duration::from_millis(200),
+    let mut reconnect = Reconnect::new(
+        Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+            crate::now_ms(),
+        ),
         Duration::from_secs(30),
-        crate::now_ms(),
     );
-    let mut failures = 0u32;
     let port = format!("relay:{}", relay.name);
     loop {
         if *stop.borrow() {
@@ -67,20 +69,22 @@ pub async fn run(
             report: PortReport::default(),
             rejected: 0,
         };
-        match conn.serve(&mut stop, &mut backoff).await {
+        let delay = match conn.serve(&mut stop, &mut reconnect).await {
             Ok(()) => return,
             Err(why) => {
-                failures += 1;
                 conn.report.connected = false;
                 conn.flush_report().await;
+                let delay = reconnect.lost(crate::now_ms());
+                let failures = reconnect.failures();
                 if failures.is_power_of_two() {
                     tracing::warn!(relay = %relay.name, broker = %relay.link.url(), failures,
                         "relay source unavailable: {why}; the broker keeps the session's messages");
                 }
+                delay
             }
-        }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
         }
     }
@@ -102,7 +106,7 @@ impl Connection<'_> {
     async fn serve(
         &mut self,
         stop: &mut watch::Receiver<bool>,
-        backoff: &mut Backoff,
+        reconnect: &mut Reconnect,
     ) -> Result<(), String> {
         let mut opts =
             crate::mqtt::options(&self.relay.link, &format!("relay {}", self.relay.name))?;
@@ -153,7 +157,9 @@ impl Connection<'_> {
                         ack_in_order(&mut pending, &mut acks, p);
                     }
                     Some(Ok(Polled::Event(Event::Incoming(Packet::ConnAck(_))))) => {
-                        backoff.reset();
+                        // Not a reset of the back-off yet: a store that refuses every
+                        // batch would make that a 200 ms reconnect loop.
+                        reconnect.connected(crate::now_ms());
                         self.report.connected = true;
                         self.flush_report().await;
                         for t in &self.relay.topics {
@@ -193,6 +199,12 @@ impl Connection<'_> {
                             // n = 0: a rejected message waiting for its turn to be acked.
                             if n > 0 {
                                 self.report.frames += 1;
+                            }
+                            // New scans stored: the connection works. (Not a redelivered
+                            // duplicate: its PUBACK may die with the connection again, and
+                            // it would reset the delay on every attempt.)
+                            if stored > 0 {
+                                reconnect.progress();
                             }
                             if (stored as usize) < n {
                                 tracing::debug!(relay = %self.relay.name, duplicates = n - stored as usize, "relayed scans already held");
