@@ -279,3 +279,64 @@ fn a_store_that_refuses_every_batch_does_not_become_a_fast_reconnect_loop() {
     );
     eprintln!("store refusing: {during} reconnects in 8 s");
 }
+
+/// A relayed scan whose event id is held by a different scan (a device id used by two
+/// scanners) is not stored, and says so: an error naming both, and a `conflicts` count in
+/// status, /metrics and the page. A true duplicate (same content) is no conflict.
+#[test]
+fn a_relayed_scan_whose_id_another_scan_holds_is_a_loud_conflict() {
+    let dir = Scratch::new("relay-conflict");
+    let site = Mosquitto::start(&dir.0.join("site-broker")).unwrap();
+    prime_session(site.port);
+    publish_all(
+        site.port,
+        vec![
+            scan("twin-1", 1, "CODE-FIRST"),
+            scan("twin-1", 1, "CODE-OTHER"),
+            scan("twin-1", 1, "CODE-FIRST"),
+            scan("twin-1", 2, "CODE-NEXT"),
+        ],
+    );
+    let http = free_port().unwrap();
+    let config = relay_config(
+        &dir.0.join("relay"),
+        &site.url(),
+        &format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"),
+    );
+    let log = dir.0.join("relay.log");
+    let _relay = Agent::start(&config, &log);
+    assert!(
+        wait_until(Duration::from_secs(30), || relay_port(&config)["frames"]
+            == 4),
+        "all four messages taken: {}",
+        relay_port(&config)
+    );
+    assert_eq!(events(&config), 2, "the first scan and the next one");
+    let port = relay_port(&config);
+    assert_eq!(
+        port["conflicts"], 1,
+        "one conflict, the duplicate is none: {port}"
+    );
+    assert_eq!(port["rejected"], 0, "{port}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let id = EventId::new("twin-1", 1).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains(&id))
+        .unwrap_or_else(|| panic!("an error naming {id}:\n{text}"));
+    for part in ["relay:site", "twin-1", "seq=1", "CODE-FIRST", "CODE-OTHER"] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+    assert_eq!(
+        text.matches(&id).count(),
+        1,
+        "only the conflict is an error:\n{text}"
+    );
+    let metrics = http_get(http, "/metrics").unwrap();
+    assert!(
+        metrics.contains("darkleg_relay_conflicts_total{relay=\"site\"} 1\n"),
+        "{metrics}"
+    );
+    let page = http_get(http, "/").unwrap();
+    assert!(page.contains("<th>conflicts</th>"), "{page}");
+}

@@ -174,7 +174,7 @@ impl Connection<'_> {
                         match parsed {
                             Ok(scans) => {
                                 let n = scans.len();
-                                let durable = self.store.request(|reply| WriteOp::Relayed { scans, reply }).await;
+                                let durable = self.store.request(|reply| WriteOp::Relayed { port: self.port.to_string(), scans, reply }).await;
                                 pending.push_back((durable, p, n));
                             }
                             Err(e) => {

@@ -137,6 +137,10 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     "#,
+    // v5: relayed scans not stored because a different scan holds their event id.
+    r#"
+    ALTER TABLE ports ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
