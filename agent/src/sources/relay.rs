@@ -3,8 +3,10 @@
 //! Subscribes with QoS 1 on a persistent session and acknowledges a message (PUBACK) only
 //! once its scans are durable here — so a relay that crashes, or whose disk is full, leaves
 //! the message with the broker to be delivered again. Duplicates (the sender's resends, a
-//! second path) are dropped by event id. A payload that is too big, malformed, forged or
-//! looping is rejected and counted, and acknowledged: redelivering it would not fix it.
+//! second path) are dropped by event id; a different scan under an id already held is a
+//! conflict, logged as an error and counted by the store. A payload that is too big,
+//! malformed, forged or looping is rejected and counted, and acknowledged: redelivering it
+//! would not fix it.
 //! Never talks to a sink: what it stores reaches upstreams through the outbox.
 
 use crate::config::{Gateway, Relay};
@@ -207,7 +209,7 @@ impl Connection<'_> {
                                 reconnect.progress();
                             }
                             if (stored as usize) < n {
-                                tracing::debug!(relay = %self.relay.name, duplicates = n - stored as usize, "relayed scans already held");
+                                tracing::debug!(relay = %self.relay.name, held = n - stored as usize, "relayed scans already held (duplicates; conflicts are logged by the store)");
                             }
                             acks.push_back(p);
                         }
