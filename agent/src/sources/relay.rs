@@ -150,7 +150,8 @@ impl Connection<'_> {
         };
         loop {
             tokio::select! {
-                // Only poll the broker while there is room: back-pressure instead of memory.
+                // Only take events while there is room: the poll task then waits on its
+                // channel, so the broker is not read ahead (back-pressure instead of memory).
                 ev = events.recv(), if pending.len() < MAX_PENDING => match ev {
                     None => return Err("event loop ended".into()),
                     Some(Err(e)) => return Err(e.to_string()),
