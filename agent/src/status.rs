@@ -58,7 +58,7 @@ pub fn render(s: &Status, now_ms: u64) -> String {
     for p in &s.ports {
         let _ = writeln!(
             out,
-            "  {:<24} {:<6} {:<12} frames {:>8}  rejected {:>6}{}  last seen {}",
+            "  {:<24} {:<6} {:<12} frames {:>8}  rejected {:>6}{}{}  last seen {}",
             p.port,
             p.protocol,
             if p.connected {
@@ -68,6 +68,11 @@ pub fn render(s: &Status, now_ms: u64) -> String {
             },
             p.frames,
             p.rejected,
+            if p.is_relay() {
+                format!("  conflicts {:>4}", p.conflicts)
+            } else {
+                String::new()
+            },
             p.last_reject
                 .as_deref()
                 .map(|r| format!(" (last: {r})"))
@@ -166,6 +171,7 @@ mod tests {
                 rejected: 1,
                 last_reject: Some("line longer than 512 bytes".into()),
                 last_seen_ms: Some(now as i64 - 8_000_000),
+                conflicts: 0,
             }],
             devices: vec![DeviceStatus {
                 device: "pack-1".into(),

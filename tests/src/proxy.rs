@@ -1,7 +1,8 @@
 //! A TCP proxy between the agent and its broker that misbehaves on command: it stalls
 //! (keeps connections open, moves no bytes, so keep-alives time out and TCP buffers fill) or
 //! cuts every connection in the middle of whatever it is forwarding — half a packet
-//! delivered, then a reset. Plain threads and std sockets: it must fail exactly as told.
+//! delivered, then a reset — or holds every chunk for a while before passing it on (a
+//! congested VPN or LTE link). Plain threads and std sockets: it must fail exactly as told.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -12,7 +13,7 @@ use std::time::Duration;
 #[derive(Default)]
 struct Control {
     stalled: AtomicBool,
-    /// Milliseconds each chunk waits before it is forwarded (a slow link); 0 = none.
+    /// Each chunk read waits this long before it is forwarded (0: none).
     delay_ms: AtomicU64,
     /// Bumped by `cut`: pumps from an older generation forward half a chunk and hang up.
     generation: AtomicU64,
@@ -74,7 +75,8 @@ impl Proxy {
         self.control.stalled.store(false, SeqCst);
     }
 
-    /// Holds every chunk `per_chunk` before forwarding it, both ways (`ZERO`: full speed).
+    /// Holds every chunk, either way, for `per_chunk` before forwarding it (zero: no delay).
+    /// A chunk is whatever one read returned, up to 4 KiB.
     pub fn delay(&self, per_chunk: Duration) {
         self.control
             .delay_ms

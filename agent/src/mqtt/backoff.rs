@@ -43,9 +43,91 @@ impl Backoff {
     }
 }
 
+/// A [`Backoff`] for a connection that must prove itself before the delay starts over: a
+/// CONNACK alone proves little — a relay whose every batch the store then refuses (outbox
+/// full) would reconnect every 200 ms. Progress (a message committed) or `healthy_after` of
+/// uptime does.
+pub struct Reconnect {
+    backoff: Backoff,
+    healthy_after_ms: u64,
+    up_since_ms: Option<u64>,
+    failures: u32,
+}
+
+impl Reconnect {
+    pub fn new(backoff: Backoff, healthy_after: Duration) -> Self {
+        Reconnect {
+            backoff,
+            healthy_after_ms: healthy_after.as_millis() as u64,
+            up_since_ms: None,
+            failures: 0,
+        }
+    }
+
+    /// A CONNACK: the connection is up, not yet proven.
+    pub fn connected(&mut self, now_ms: u64) {
+        self.up_since_ms = Some(now_ms);
+    }
+
+    /// The connection did what it is for: the next loss starts from the base delay.
+    pub fn progress(&mut self) {
+        self.backoff.reset();
+        self.failures = 0;
+    }
+
+    /// The connection (or the attempt) is gone: how long to wait before the next one.
+    pub fn lost(&mut self, now_ms: u64) -> Duration {
+        if let Some(up) = self.up_since_ms.take() {
+            if now_ms.saturating_sub(up) >= self.healthy_after_ms {
+                self.progress();
+            }
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.backoff.next_delay()
+    }
+
+    /// Losses since the last proven connection.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connack_alone_does_not_reset_the_delay_progress_or_uptime_does() {
+        let (base, cap) = (Duration::from_millis(200), Duration::from_secs(30));
+        let mut r = Reconnect::new(Backoff::new(base, cap, 7), Duration::from_secs(30));
+        // Connected, then refused by the store 10 ms later, ten times: the delay grows.
+        let mut now = 0;
+        let mut last = Duration::ZERO;
+        for i in 0..10u32 {
+            r.connected(now);
+            now += 10;
+            last = r.lost(now);
+            assert!(
+                last >= base.saturating_mul(1 << i).min(cap) / 2,
+                "attempt {i}: {last:?}"
+            );
+        }
+        assert!(last >= cap / 2);
+        assert_eq!(r.failures(), 10);
+        // A committed message: back to the base delay.
+        r.connected(now);
+        r.progress();
+        assert!(r.lost(now + 10) <= base);
+        assert_eq!(r.failures(), 1);
+        for _ in 0..6 {
+            r.lost(now);
+        }
+        // Up for the healthy span without traffic: proven as well.
+        r.connected(now);
+        assert!(r.lost(now + 30_000) <= base);
+        // A failed attempt without a CONNACK proves nothing: the delay grows again.
+        assert!(r.lost(now + 60_000) >= base);
+    }
 
     #[test]
     fn grows_to_the_cap_with_jitter_and_resets() {

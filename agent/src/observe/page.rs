@@ -182,6 +182,12 @@ pub fn metrics(s: &Snapshot) -> String {
             |p| p.rejected,
         ),
         (
+            "relay_conflicts_total",
+            "counter",
+            "Relayed scans not stored: a different scan holds their event id, per relay source.",
+            |p| p.conflicts,
+        ),
+        (
             "relay_connected",
             "gauge",
             "1 while the relay source is connected to its broker.",
@@ -287,7 +293,7 @@ td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}.ok{{colo
         );
     }
     if !relays.is_empty() {
-        h.push_str("</table><h2>Relayed gateways</h2><table id=\"relays\"><tr><th>source</th><th>state</th><th>messages</th><th>rejected</th><th>last rejection</th></tr>");
+        h.push_str("</table><h2>Relayed gateways</h2><table id=\"relays\"><tr><th>source</th><th>state</th><th>messages</th><th>rejected</th><th>conflicts</th><th>last rejection</th></tr>");
         for p in &relays {
             let (class, state) = if p.connected {
                 ("ok", "connected")
@@ -296,10 +302,11 @@ td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}.ok{{colo
             };
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td class=\"{class}\">{state}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td class=\"{class}\">{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&p.port),
                 p.frames,
                 p.rejected,
+                p.conflicts,
                 esc(p.last_reject.as_deref().unwrap_or(""))
             );
         }
@@ -408,6 +415,7 @@ mod tests {
                     rejected: 2,
                     last_reject: None,
                     last_seen_ms: None,
+                    conflicts: 0,
                 }],
                 devices: vec![],
             },

@@ -3,23 +3,42 @@
 //! Subscribes with QoS 1 on a persistent session and acknowledges a message (PUBACK) only
 //! once its scans are durable here — so a relay that crashes, or whose disk is full, leaves
 //! the message with the broker to be delivered again. Duplicates (the sender's resends, a
-//! second path) are dropped by event id. A payload that is too big, malformed, forged or
-//! looping is rejected and counted, and acknowledged: redelivering it would not fix it.
+//! second path) are dropped by event id; a different scan under an id already held is a
+//! conflict, logged as an error and counted by the store. A payload that is too big,
+//! malformed, forged or looping is rejected and counted, and acknowledged: redelivering it
+//! would not fix it.
 //! Never talks to a sink: what it stores reaches upstreams through the outbox.
 
 use crate::config::{Gateway, Relay};
-use crate::mqtt::backoff::Backoff;
+use crate::mqtt::backoff::{Backoff, Reconnect};
 use crate::store::{PortReport, StoreError, StoreHandle, WriteOp};
 use darkleg_protocol::relay::{self, Limits};
 use darkleg_protocol::upstream::hop;
-use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, ConnectionError, Event, Packet, Publish, QoS};
 use std::collections::VecDeque;
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Messages handed to the store and not yet acknowledged to the broker: enough to fold
 /// many into one commit, few enough that a crash redelivers little.
 const MAX_PENDING: usize = 64;
+
+/// The largest packet MQTT can express (remaining length, §2.2.3). The relay accepts any
+/// incoming packet up to it: with a smaller bound rumqttc drops the connection on a bigger
+/// message before darkleg sees it, the persistent session redelivers it first, and the
+/// relay is wedged behind it for good. Read in full, a message over `max_payload_kb` is
+/// rejected, counted and acknowledged like any other junk. The price is memory: such a
+/// message is buffered whole (briefly: its payload is dropped as soon as it is read), so
+/// bound it on the site broker (Mosquitto's `message_size_limit`) where that matters.
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
+/// What the poll task hands the loop.
+enum Polled {
+    Event(Event),
+    /// A publish over `max_payload_bytes` and its size: the payload is dropped in the poll
+    /// task already, so a run of them is never held in memory.
+    TooBig(Publish, usize),
+}
 
 type Durable = oneshot::Receiver<Result<u64, StoreError>>;
 
@@ -31,12 +50,14 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let me = hop(&gateway.site, &gateway.id);
-    let mut backoff = Backoff::new(
-        Duration::from_millis(200),
+    let mut reconnect = Reconnect::new(
+        Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+            crate::clock::now_ms(),
+        ),
         Duration::from_secs(30),
-        crate::clock::now_ms(),
     );
-    let mut failures = 0u32;
     let port = format!("relay:{}", relay.name);
     loop {
         if *stop.borrow() {
@@ -50,20 +71,22 @@ pub async fn run(
             report: PortReport::default(),
             rejected: 0,
         };
-        match conn.serve(&mut stop, &mut backoff).await {
+        let delay = match conn.serve(&mut stop, &mut reconnect).await {
             Ok(()) => return,
             Err(why) => {
-                failures += 1;
                 conn.report.connected = false;
                 conn.flush_report().await;
+                let delay = reconnect.lost(crate::clock::now_ms());
+                let failures = reconnect.failures();
                 if failures.is_power_of_two() {
                     tracing::warn!(relay = %relay.name, broker = %relay.link.url(), failures,
                         "relay source unavailable: {why}; the broker keeps the session's messages");
                 }
+                delay
             }
-        }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return,
         }
     }
@@ -85,29 +108,61 @@ impl Connection<'_> {
     async fn serve(
         &mut self,
         stop: &mut watch::Receiver<bool>,
-        backoff: &mut Backoff,
+        reconnect: &mut Reconnect,
     ) -> Result<(), String> {
         let mut opts =
             crate::mqtt::options(&self.relay.link, &format!("relay {}", self.relay.name))?;
         opts.set_manual_acks(true);
-        let (client, mut events) = AsyncClient::new(opts, 1024);
-        let mut pending: VecDeque<(Durable, Publish, usize)> = VecDeque::new();
+        opts.set_max_packet_size(MQTT_MAX_PACKET, crate::mqtt::MAX_PACKET);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        // poll() runs in its own task, never cancelled mid-packet: dropping its future in a
+        // select! (a report tick, a store reply) would abort a CONNECT handshake still in
+        // progress, and on a slow link (over a second to CONNACK) the relay never connects.
+        // The channel is small: the task waits on it while the store is behind, so the
+        // broker is not read ahead (back-pressure, not memory).
+        let max_bytes = self.relay.max_payload_bytes;
+        let (tx, mut events) = mpsc::channel::<Result<Polled, ConnectionError>>(16);
+        let _driver = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let ev = eventloop.poll().await.map(|ev| match ev {
+                    Event::Incoming(Packet::Publish(mut p)) if p.payload.len() > max_bytes => {
+                        let n = p.payload.len();
+                        p.payload = Default::default();
+                        Polled::TooBig(p, n)
+                    }
+                    ev => Polled::Event(ev),
+                });
+                let failed = ev.is_err();
+                if tx.send(ev).await.is_err() || failed {
+                    break;
+                }
+            }
+        }));
+        let mut pending: Pending = VecDeque::new();
         // PUBACKs due, in arrival order, handed to the client without waiting: an `ack().await`
         // on a full request channel would block the very loop that drains it.
         let mut acks: VecDeque<Publish> = VecDeque::new();
         let mut report_tick = tokio::time::interval(Duration::from_secs(1));
         let limits = Limits {
-            max_bytes: self.relay.max_payload_bytes,
+            max_bytes,
             max_hops: self.relay.max_hops,
             me: self.me,
         };
         loop {
             tokio::select! {
-                // Only poll the broker while there is room: back-pressure instead of memory.
-                ev = events.poll(), if pending.len() < MAX_PENDING => match ev {
-                    Err(e) => return Err(e.to_string()),
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        backoff.reset();
+                // Only take events while there is room: the poll task then waits on its
+                // channel, so the broker is not read ahead (back-pressure instead of memory).
+                ev = events.recv(), if pending.len() < MAX_PENDING => match ev {
+                    None => return Err("event loop ended".into()),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Ok(Polled::TooBig(p, bytes))) => {
+                        self.reject(&p.topic, &relay::RelayError::TooBig { bytes, max: max_bytes }.to_string());
+                        ack_in_order(&mut pending, &mut acks, p);
+                    }
+                    Some(Ok(Polled::Event(Event::Incoming(Packet::ConnAck(_))))) => {
+                        // Not a reset of the back-off yet: a store that refuses every
+                        // batch would make that a 200 ms reconnect loop.
+                        reconnect.connected(crate::clock::now_ms());
                         self.report.connected = true;
                         self.flush_report().await;
                         for t in &self.relay.topics {
@@ -115,11 +170,14 @@ impl Connection<'_> {
                         }
                         tracing::info!(relay = %self.relay.name, topics = ?self.relay.topics, "relay source connected");
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        match relay::parse(&p.payload, limits) {
+                    Some(Ok(Polled::Event(Event::Incoming(Packet::Publish(mut p))))) => {
+                        let parsed = relay::parse(&p.payload, limits);
+                        // Only the packet id is needed from here on, for the PUBACK.
+                        p.payload = Default::default();
+                        match parsed {
                             Ok(scans) => {
                                 let n = scans.len();
-                                let durable = self.store.request(|reply| WriteOp::Relayed { scans, reply }).await;
+                                let durable = self.store.request(|reply| WriteOp::Relayed { port: self.port.to_string(), scans, reply }).await;
                                 pending.push_back((durable, p, n));
                             }
                             Err(e) => {
@@ -131,18 +189,11 @@ impl Connection<'_> {
                                     }
                                     _ => self.reject(&p.topic, &e.to_string()),
                                 }
-                                // Acked, in arrival order: redelivery would not make it better.
-                                if pending.is_empty() {
-                                    acks.push_back(p);
-                                } else {
-                                    let (tx, rx) = oneshot::channel();
-                                    let _ = tx.send(Ok(0));
-                                    pending.push_back((rx, p, 0));
-                                }
+                                ack_in_order(&mut pending, &mut acks, p);
                             }
                         }
                     }
-                    Ok(_) => {}
+                    Some(Ok(Polled::Event(_))) => {}
                 },
                 done = async { (&mut pending.front_mut().expect("guarded").0).await }, if !pending.is_empty() => {
                     let (_, p, n) = pending.pop_front().expect("guarded");
@@ -152,8 +203,14 @@ impl Connection<'_> {
                             if n > 0 {
                                 self.report.frames += 1;
                             }
+                            // New scans stored: the connection works. (Not a redelivered
+                            // duplicate: its PUBACK may die with the connection again, and
+                            // it would reset the delay on every attempt.)
+                            if stored > 0 {
+                                reconnect.progress();
+                            }
                             if (stored as usize) < n {
-                                tracing::debug!(relay = %self.relay.name, duplicates = n - stored as usize, "relayed scans already held");
+                                tracing::debug!(relay = %self.relay.name, held = n - stored as usize, "relayed scans already held (duplicates; conflicts are logged by the store)");
                             }
                             acks.push_back(p);
                         }
@@ -176,9 +233,9 @@ impl Connection<'_> {
                         let _ = client.try_ack(p);
                     }
                     let _ = client.try_disconnect();
-                    // Let the event loop write the acks and the disconnect.
+                    // Let the poll task write the acks and the disconnect.
                     let _ = tokio::time::timeout(Duration::from_millis(300), async {
-                        while events.poll().await.is_ok() {}
+                        while let Some(Ok(_)) = events.recv().await {}
                     }).await;
                     self.report.connected = false;
                     self.flush_report().await;
@@ -221,5 +278,27 @@ impl Connection<'_> {
                 report,
             })
             .await;
+    }
+}
+
+type Pending = VecDeque<(Durable, Publish, usize)>;
+
+/// A rejected message is acked, in arrival order (after what is still being stored):
+/// redelivering it would not make it better.
+fn ack_in_order(pending: &mut Pending, acks: &mut VecDeque<Publish>, p: Publish) {
+    if pending.is_empty() {
+        acks.push_back(p);
+    } else {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Ok(0));
+        pending.push_back((rx, p, 0));
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

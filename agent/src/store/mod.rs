@@ -481,7 +481,7 @@ impl Reader {
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             let mut stmt = self.conn.prepare(
-                "SELECT port, protocol, connected, frames, rejected, last_reject, last_seen FROM ports ORDER BY port",
+                "SELECT port, protocol, connected, frames, rejected, last_reject, last_seen, conflicts FROM ports ORDER BY port",
             )?;
             let ports = stmt
                 .query_map([], |r| {
@@ -493,6 +493,7 @@ impl Reader {
                         rejected: r.get(4)?,
                         last_reject: r.get(5)?,
                         last_seen_ms: r.get(6)?,
+                        conflicts: r.get(7)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
@@ -599,6 +600,8 @@ pub struct PortStatus {
     pub rejected: i64,
     pub last_reject: Option<String>,
     pub last_seen_ms: Option<i64>,
+    /// Relay sources: scans not stored because a different scan holds their event id.
+    pub conflicts: i64,
 }
 
 #[derive(Debug, Serialize)]

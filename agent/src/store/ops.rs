@@ -213,13 +213,14 @@ fn id_collision(sp: &Connection, device: &str, seq: u64, code: &str) -> rusqlite
 pub(super) fn relayed(
     sp: &Connection,
     routes: &Routes<'_>,
+    port: &str,
     scans: &[Relayed],
 ) -> rusqlite::Result<u64> {
-    let mut stored = 0;
+    let (mut stored, mut conflicts) = (0, 0i64);
     for r in scans {
         let e = &r.event;
         let hops = serde_json::to_string(&r.hops).unwrap_or_default();
-        stored += insert_event(
+        let inserted = insert_event(
             sp,
             routes,
             &e.device,
@@ -232,9 +233,77 @@ pub(super) fn relayed(
             e.captured_at_ms,
             e.received_at_ms,
             Some((&r.site, &r.gateway, &hops)),
-        )? as u64;
+        )?;
+        if inserted {
+            stored += 1;
+        } else if relay_conflict(sp, port, r)? {
+            conflicts += 1;
+        }
+    }
+    if conflicts > 0 {
+        // In the same savepoint as the scans: counted once per message taken.
+        sp.prepare_cached(
+            "INSERT INTO ports(port, protocol, conflicts) VALUES (?1, 'relay', ?2)
+             ON CONFLICT(port) DO UPDATE SET conflicts = conflicts + ?2",
+        )?
+        .execute(params![port, conflicts])?;
     }
     Ok(stored)
+}
+
+/// A relayed scan whose event id is held by a different scan: a device id used by two
+/// scanners (or a sender that reused a sequence number). Only one can be stored under the
+/// id every hop derives; the other is lost here unless someone acts, so it is an error,
+/// never a silent duplicate. True when the held scan differs; a resend is no conflict.
+fn relay_conflict(sp: &Connection, port: &str, r: &Relayed) -> rusqlite::Result<bool> {
+    type Held = (
+        String,
+        i64,
+        String,
+        String,
+        i64,
+        Option<String>,
+        Option<String>,
+    );
+    let e = &r.event;
+    let held: Option<Held> = sp
+        .prepare_cached(
+            "SELECT device, seq, step, code, captured_at, origin_site, origin_gateway
+             FROM events WHERE event_id = ?1",
+        )?
+        .query_row([&e.event_id.0[..]], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
+        .optional()?;
+    let Some((device, seq, step, code, captured_at, site, gateway)) = held else {
+        return Ok(false);
+    };
+    let same = device == e.device
+        && seq == e.seq as i64
+        && step == e.step.as_str()
+        && code == e.code
+        && captured_at == e.captured_at_ms as i64;
+    if !same {
+        let held_from = match (site, gateway) {
+            (Some(s), Some(g)) => format!("{s}/{g}"),
+            _ => "captured here".into(),
+        };
+        tracing::error!(
+            relay = port, event_id = %e.event_id, device = %e.device, seq = e.seq,
+            held_code = %code, relayed_code = %e.code, held_from = %held_from,
+            relayed_from = %format!("{}/{}", r.site, r.gateway),
+            "relayed scan NOT stored: a different scan holds its event id (device id used by two scanners?) — give every scanner a device id unique across all sites"
+        );
+    }
+    Ok(!same)
 }
 
 /// `origin`: (site, gateway, hops JSON) of a relayed scan; `None` for one captured here.

@@ -152,6 +152,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE upstreams ADD COLUMN last_refusal TEXT;
     ALTER TABLE upstreams ADD COLUMN last_refusal_at INTEGER;
     ALTER TABLE devices ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+    -- relayed scans not stored because a different scan holds their event id
+    ALTER TABLE ports ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
     "#,
 ];
 

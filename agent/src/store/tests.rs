@@ -644,6 +644,7 @@ fn a_local_scan_whose_id_a_relayed_scan_holds_is_refused_not_silently_dropped() 
     };
     let stored = s
         .request_blocking(|reply| WriteOp::Relayed {
+            port: "relay:far".into(),
             scans: vec![relayed.clone(), relayed],
             reply,
         })

@@ -124,8 +124,9 @@ pub enum WriteOp {
     /// Drop delivered events received before this instant.
     Prune { before_ms: u64 },
     /// Scans another gateway relayed; the reply counts those stored (the rest were
-    /// duplicates). All of one message or none.
+    /// duplicates, or conflicts counted on `port`). All of one message or none.
     Relayed {
+        port: String,
         scans: Vec<darkleg_protocol::relay::Relayed>,
         reply: Reply<u64>,
     },
@@ -435,8 +436,8 @@ fn apply_savepointed(
             log_failure(finish(sp, r, "prune"));
             None
         }
-        WriteOp::Relayed { scans, reply } => {
-            let r = ops::relayed(&sp, routes, &scans);
+        WriteOp::Relayed { port, scans, reply } => {
+            let r = ops::relayed(&sp, routes, &port, &scans);
             Some(Answer::U64(reply, finish(sp, r, "relayed scans")))
         }
         WriteOp::Derived { batch, reply } => {
