@@ -52,10 +52,11 @@ pub fn round_seed(master: u64, round: u64) -> u64 {
 }
 
 /// Fault kinds, each behind its own switch (`DARKLEG_FAULTS=kill,broker,...`); `relay` and
-/// `slowlink` switch the two-hop topology and its slow site link.
-pub const FAULT_KINDS: [&str; 11] = [
+/// `slowlink` switch the two-hop topology and its slow site link, `batch` upstreams with
+/// `batch` > 1 (off: every upstream sends one scan per message).
+pub const FAULT_KINDS: [&str; 12] = [
     "kill", "broker", "freeze", "stall", "delay", "cut", "junk", "disk", "wipe", "relay",
-    "slowlink",
+    "slowlink", "batch",
 ];
 
 /// Which fault kinds may be generated: all, or those named in `DARKLEG_FAULTS` (`none` for
@@ -253,8 +254,9 @@ impl Plan {
         let merchants = r.chance(0.8);
         let relay = (enabled.on("relay") && r.chance(0.35)).then(|| {
             let slow = enabled.on("slowlink") && r.chance(0.35);
+            let dock_batch = r.pick(&[1, 1, 20, 100]);
             RelayPlan {
-                dock_batch: r.pick(&[1, 1, 20, 100]),
+                dock_batch: if enabled.on("batch") { dock_batch } else { 1 },
                 dock_window: r.pick(&[8, 64, 256]),
                 slow_chunk_ms: slow.then(|| r.pick(&[300, 500, 700, 900])),
                 slow_for_ms: r.range(3_000, 8_000),
@@ -284,7 +286,7 @@ impl Plan {
             upstreams.push(UpstreamPlan {
                 name,
                 prefix,
-                batch,
+                batch: if enabled.on("batch") { batch } else { 1 },
                 window,
                 kind,
             });
@@ -357,6 +359,21 @@ impl Plan {
             code,
             symbology: Some("]C1".into()),
         };
+        // Long labels full of characters JSON escapes (`"` and `\` take two bytes each on
+        // the wire): what a size estimate of a batch must count right.
+        let long_codes = r.chance(0.3);
+        let mut n_long = 0u64;
+        let mut long = |r: &mut Rng, step| {
+            n_long += 1;
+            PlannedScan {
+                step,
+                code: format!(
+                    "LBL-{n_long:05}-{}",
+                    "\"\\".repeat(r.range(20, 120) as usize)
+                ),
+                symbology: None,
+            }
+        };
         for o in &orders {
             // Plain scanners take fewer orders: each of their scans waits to be durable.
             let weighted = |r: &mut Rng, ks: &[usize]| loop {
@@ -370,6 +387,11 @@ impl Plan {
             let k = weighted(&mut r, &packers);
             per[k].push(gs1(Step::Pack, format!("400{}", o.number)));
             per[k].push(gs1(Step::Pack, format!("00{}", o.sscc)));
+            for (k, step) in [(p, Step::Pick), (k, Step::Pack)] {
+                if long_codes && matches!(kinds[k].1, ScannerKind::Framed { .. }) && r.chance(0.3) {
+                    per[k].push(long(&mut r, step));
+                }
+            }
         }
         let (mut nf, mut na) = (0, 0);
         for ((step, kind), scans) in kinds.into_iter().zip(per) {
@@ -516,14 +538,20 @@ impl fmt::Display for Plan {
         }
         for s in &self.scanners {
             let n_orders = s.scans.iter().filter(|s| s.code.starts_with("400")).count();
+            let n_long = s
+                .scans
+                .iter()
+                .filter(|s| s.code.starts_with("LBL-"))
+                .count();
             writeln!(
                 f,
-                "  scanner {:<10} {:?} at {} : {} scans ({} orders), one per {} ms, window {}, noise {}",
+                "  scanner {:<10} {:?} at {} : {} scans ({} orders, {} long labels), one per {} ms, window {}, noise {}",
                 s.name,
                 s.kind,
                 s.step.as_str(),
                 s.scans.len(),
                 n_orders,
+                n_long,
                 s.interval_ms,
                 s.window,
                 s.noise
