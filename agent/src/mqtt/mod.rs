@@ -13,6 +13,16 @@ use std::sync::Arc;
 /// Largest packet either way (rumqttc refuses more than 10 KiB by default).
 pub const MAX_PACKET: usize = 256 * 1024;
 
+/// How long a TCP + TLS + MQTT handshake, or one write, may take (rumqttc's default, 5 s,
+/// is shorter than a CONNECT over a congested LTE link that holds each chunk for seconds).
+pub const HANDSHAKE_SECS: u64 = 20;
+
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_connection_timeout(HANDSHAKE_SECS);
+    n
+}
+
 /// `what` names the config table in errors (`upstream central`, `relay site`).
 pub fn options(link: &BrokerLink, what: &str) -> Result<MqttOptions, String> {
     let mut o = MqttOptions::new(&link.client_id, &link.host, link.port);

@@ -115,6 +115,7 @@ impl Connection<'_> {
         opts.set_manual_acks(true);
         opts.set_max_packet_size(MQTT_MAX_PACKET, crate::mqtt::MAX_PACKET);
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        eventloop.set_network_options(crate::mqtt::network_options());
         // poll() runs in its own task, never cancelled mid-packet: dropping its future in a
         // select! (a report tick, a store reply) would abort a CONNECT handshake still in
         // progress, and on a slow link (over a second to CONNACK) the relay never connects.

@@ -47,11 +47,13 @@ impl Link {
         let (client, driver) = if v5 {
             let mut o = crate::mqtt::options_v5(&u.link, &what)?;
             o.set_outgoing_inflight_upper_limit(u.window.min(u16::MAX as usize) as u16);
+            o.set_connection_timeout(crate::mqtt::HANDSHAKE_SECS);
             let (client, el) = rumqttc::v5::AsyncClient::new(o, cap);
             (Client::V5(client), drive(el, tx, map_v5))
         } else {
             let o = super::options::mqtt_options(u)?;
-            let (client, el) = rumqttc::AsyncClient::new(o, cap);
+            let (client, mut el) = rumqttc::AsyncClient::new(o, cap);
+            el.set_network_options(crate::mqtt::network_options());
             (Client::V311(client), drive(el, tx, map_v311))
         };
         Ok(Link {

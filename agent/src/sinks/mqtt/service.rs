@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Past rumqttc's own handshake timeout ([`crate::mqtt::HANDSHAKE_SECS`]), which fires first.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Outbox rows read at a time.
 const MAX_ROWS_PER_READ: usize = 8192;
 
