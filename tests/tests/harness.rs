@@ -106,9 +106,16 @@ fn try_status(config: &Path) -> Option<Value> {
         .output()
         .ok()?;
     if !out.status.success() {
+        // Kept for the failure report: "None" alone says nothing about why.
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        LAST_STATUS_ERROR.with(|e| *e.borrow_mut() = Some(why));
         return None;
     }
     serde_json::from_slice(&out.stdout).ok()
+}
+
+thread_local! {
+    static LAST_STATUS_ERROR: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
 fn device_events(config: &Path, device: &str) -> Option<u64> {
@@ -871,7 +878,20 @@ fn run_round(plan: &Plan) -> Result<String, String> {
             log_tail(&rl.log, 25)
         ));
     }
-    report.push_str(&format!("scratch kept at {}\n", dir.0.display()));
+    if let Some(e) = LAST_STATUS_ERROR.with(|e| e.borrow_mut().take()) {
+        report.push_str(&format!("last `darkleg status` error: {e}\n"));
+    }
+    let listing: Vec<String> = std::fs::read_dir(&dir.0)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    report.push_str(&format!(
+        "scratch kept at {} (holds {listing:?})\n",
+        dir.0.display()
+    ));
     std::mem::forget(dir);
     Err(report)
 }

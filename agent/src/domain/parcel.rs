@@ -175,20 +175,32 @@ impl ParcelState {
     }
 }
 
-/// Which merchant a parcel belongs to: by order prefix, SSCC company prefix or client code.
+/// Which merchant a parcel belongs to: by what its own label says (SSCC company prefix,
+/// client code) first, then by the order it was packed for. The label wins because the
+/// order comes from the pack station's context, which can be stale (a plain scanner's
+/// order line lost in a restart): a label under another merchant's GS1 prefix must never
+/// publish that parcel to the order's merchant.
 pub fn merchant_of<'m>(
     parcel: &str,
     order: Option<&str>,
     merchants: &'m [Merchant],
 ) -> Option<&'m str> {
     let sscc = parcel.len() == 18 && parcel.bytes().all(|b| b.is_ascii_digit());
-    merchants
-        .iter()
-        .find(|m| {
-            order.is_some_and(|o| m.order_prefixes.iter().any(|p| o.starts_with(p.as_str())))
-                // An SSCC: extension digit, then the GS1 company prefix.
-                || (sscc && m.gs1_prefixes.iter().any(|p| parcel[1..].starts_with(p.as_str())))
-                || m.client_codes.iter().any(|c| parcel.starts_with(c.as_str()))
+    let by_label = merchants.iter().find(|m| {
+        // An SSCC: extension digit, then the GS1 company prefix.
+        (sscc
+            && m.gs1_prefixes
+                .iter()
+                .any(|p| parcel[1..].starts_with(p.as_str())))
+            || m.client_codes
+                .iter()
+                .any(|c| parcel.starts_with(c.as_str()))
+    });
+    by_label
+        .or_else(|| {
+            merchants.iter().find(|m| {
+                order.is_some_and(|o| m.order_prefixes.iter().any(|p| o.starts_with(p.as_str())))
+            })
         })
         .map(|m| m.id.as_str())
 }
@@ -348,6 +360,26 @@ mod tests {
             Some("acme")
         );
         assert_eq!(merchant_of("099999990000000017", None, &merchants()), None);
+    }
+
+    #[test]
+    fn a_label_under_another_merchants_prefix_beats_a_stale_order() {
+        // Found by the harness (seed 1297984252592124540): the pack station's order line was
+        // lost in a restart, so a globex label was packed "for" the previous, acme, order.
+        let mut ms = merchants();
+        ms.push(Merchant {
+            id: "globex".into(),
+            order_prefixes: vec!["GLX-".into()],
+            gs1_prefixes: vec!["8799999".into()],
+            client_codes: vec![],
+            carrier: None,
+        });
+        assert_eq!(
+            merchant_of("087999990245400436", Some("ACME-7"), &ms),
+            Some("globex")
+        );
+        assert_eq!(merchant_of("PARCEL-1", Some("GLX-7"), &ms), Some("globex"));
+        assert_eq!(merchant_of("PARCEL-1", Some("ACME-7"), &ms), Some("acme"));
     }
 
     proptest! {
