@@ -51,7 +51,7 @@ fn seeded_rounds_of_config_workload_and_faults_match_the_model() {
     };
     let budget = match env_u64("DARKLEG_SOAK_MINUTES") {
         Some(m) => Duration::from_secs(60 * m),
-        None => Duration::from_secs(170),
+        None => Duration::from_secs(150),
     };
     // A replayed seed runs that round alone (unless a soak is asked for too).
     let max_rounds = env_u64("DARKLEG_ROUNDS").unwrap_or(
