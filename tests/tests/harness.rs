@@ -171,6 +171,23 @@ fn relay_port(config: &Path) -> Value {
         .unwrap_or_default()
 }
 
+/// "scanner port opened" lines in an agent log so far.
+fn opened_lines(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("scanner port opened")
+        .count()
+}
+
+/// Waits until an agent started after the log had `before` "opened" lines has opened all
+/// `n` ports itself (the status page still shows the killed agent's ports as connected for
+/// a while).
+fn wait_reopened(config: &Path, log: &Path, before: usize, n: usize) -> bool {
+    wait_until(Duration::from_secs(20), || {
+        opened_lines(log) >= before + n && ports_open(config, n)
+    })
+}
+
 fn relay_connected(config: &Path) -> bool {
     try_status(config).is_some_and(|st| {
         st["ports"].as_array().is_some_and(|p| {
@@ -571,8 +588,9 @@ fn run_round(plan: &Plan) -> Result<String, String> {
                     a.kill9();
                 }
                 std::thread::sleep(Duration::from_millis(*down_ms));
+                let before = opened_lines(&log);
                 dock = Some(Agent::start(&config, &log));
-                if !wait_until(Duration::from_secs(20), || ports_open(&config, n_ports)) {
+                if !wait_reopened(&config, &log, before, n_ports) {
                     failures.push(format!(
                         "after a SIGKILL at {t} ms the dock did not reopen its ports within 20 s"
                     ));
@@ -680,8 +698,9 @@ fn run_round(plan: &Plan) -> Result<String, String> {
                         };
                     }
                 }
+                let before = opened_lines(&log);
                 dock = Some(Agent::start(&config, &log));
-                if !wait_until(Duration::from_secs(20), || ports_open(&config, n_ports)) {
+                if !wait_reopened(&config, &log, before, n_ports) {
                     failures.push(format!(
                         "after the wipe at {t} ms the dock did not reopen its ports within 20 s"
                     ));
