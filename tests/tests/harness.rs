@@ -261,7 +261,9 @@ fn fill(dir: &Path) -> PathBuf {
 }
 
 /// Writes plain-scanner scans one by one, each only while the agent is up (the gate), and
-/// counts a scan acked once the agent's store holds one more event of this device.
+/// counts a scan acked once the agent's store holds one more event of this device. The pty
+/// is handed back with the results: a scanner done with its plan stays plugged in (dropping
+/// the master would remove the port, and a restart later in the round would miss it).
 fn ascii_writer(
     mut pty: Pty,
     scans: Vec<PlannedScan>,
@@ -270,7 +272,7 @@ fn ascii_writer(
     gate: Arc<RwLock<()>>,
     config: PathBuf,
     seed: u64,
-) -> std::thread::JoinHandle<Vec<(PlannedScan, bool)>> {
+) -> std::thread::JoinHandle<(Vec<(PlannedScan, bool)>, Pty)> {
     std::thread::spawn(move || {
         let device = ascii_device(&pty.slave_path);
         let mut rng = model::Rng::new(seed);
@@ -299,7 +301,7 @@ fn ascii_writer(
             });
             out.push((scan, acked));
         }
-        out
+        (out, pty)
     })
 }
 
@@ -764,8 +766,11 @@ fn run_round(plan: &Plan) -> Result<String, String> {
     let mut ascii_acked = 0;
     let mut ascii_total = 0;
     let mut ascii_unacked = Vec::new();
+    let mut plugged = Vec::new();
     for (device, h) in ascii {
-        for (scan, ok) in h.join().expect("plain scanner thread") {
+        let (results, pty) = h.join().expect("plain scanner thread");
+        plugged.push(pty);
+        for (scan, ok) in results {
             ascii_total += 1;
             if ok {
                 ascii_acked += 1;
