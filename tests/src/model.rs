@@ -217,17 +217,8 @@ pub struct Order {
     pub sscc: String,
 }
 
-pub const MERCHANTS: &str = r#"
-[[merchant]]
-id = "acme"
-order_prefixes = ["ACME-"]
-gs1_prefixes = ["8712345"]
-
-[[merchant]]
-id = "globex"
-order_prefixes = ["GLX-"]
-gs1_prefixes = ["8799999"]
-"#;
+/// The two merchants of every round (the same tables the fixed tests use).
+pub const MERCHANTS: &str = crate::TWO_MERCHANTS;
 
 /// The merchant a scanned code names (order prefix, SSCC company prefix), as routing sees it.
 pub fn merchant_of_code(code: &str) -> Option<&'static str> {
