@@ -73,17 +73,21 @@ impl Devices {
         }
     }
 
-    /// Counts one more offer of `seq` while `acked` + 1 is awaited; true once it is clear the
-    /// scanner cannot send what lies between.
+    /// Counts go-back passes that start past a hole while `acked` + 1 is awaited; true once it
+    /// is clear the scanner cannot send what lies between. A pass is recognised by its first
+    /// frame, the lowest seq the scanner still holds: a window offers `first..first + w` on
+    /// every pass, and only `first` counts.
     pub fn hole_is_permanent(&mut self, device: &str, acked: u64, seq: u64) -> bool {
         let e = self
             .gaps
             .entry(device.to_string())
             .or_insert((acked, seq, 0));
-        if (e.0, e.1) != (acked, seq) {
+        if e.0 != acked || seq < e.1 {
             *e = (acked, seq, 0);
         }
-        e.2 += 1;
+        if seq == e.1 {
+            e.2 += 1;
+        }
         e.2 >= GAP_PASSES
     }
 

@@ -72,6 +72,20 @@ impl Dispatcher {
         self.unassigned.len() + self.in_flight.len()
     }
 
+    /// The oldest row handed over and not yet acknowledged.
+    pub fn oldest_unacked(&self) -> Option<i64> {
+        self.in_flight
+            .values()
+            .chain(self.unassigned.iter())
+            .min()
+            .copied()
+    }
+
+    /// Rows up to `row` are passed over on this connection (held back, not handed over).
+    pub fn skip_to(&mut self, row: i64) {
+        self.cursor = self.cursor.max(row);
+    }
+
     /// `row` was handed to the client (rows arrive in increasing order).
     pub fn handed(&mut self, row: i64) {
         debug_assert!(row > self.cursor);

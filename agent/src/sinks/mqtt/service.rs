@@ -54,6 +54,8 @@ pub async fn run(
         backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30), seed),
         failures: 0,
         try_v5: true,
+        parked: HashMap::new(),
+        suspect: None,
     };
     if !upstream.link.tls && upstream.link.password.is_some() {
         tracing::warn!(upstream = %upstream.name, broker = %upstream.link.url(),
@@ -96,7 +98,19 @@ struct Session<'a> {
     failures: u32,
     /// With `mqtt_version = "auto"`: try MQTT 5 on the next attempt.
     try_v5: bool,
+    /// Rows the broker refused, held back until the instant given: the rest of the backlog
+    /// flows past them (one row a broker never takes must not stop an upstream).
+    parked: HashMap<i64, (Instant, u32)>,
+    /// The oldest unacked row when a connection last closed on a publish, and how many times
+    /// in a row it was that one: a row a broker answers by closing (Mosquitto 2.0 and an ACL)
+    /// would otherwise stop the upstream at its head for ever.
+    suspect: Option<(i64, u32)>,
 }
+
+/// How long a refused row first waits before it is offered to the broker again; each new
+/// refusal of the same row doubles it, up to [`PARK_MAX`].
+const PARK: Duration = Duration::from_secs(10);
+const PARK_MAX: Duration = Duration::from_secs(300);
 
 /// A 3.1.1 broker that will not take a publication (Mosquitto and an ACL) acks it and closes
 /// the connection. Acks received this close to a connection loss are not trusted: the rows
@@ -143,17 +157,14 @@ impl Session<'_> {
                 self.try_v5 = true;
             }
             Ok(Err(e)) => {
-                if self.upstream.mqtt_version == MqttVersion::Auto {
+                // Try the other version only when a broker was there and turned the CONNECT
+                // down; a broker that is simply down says nothing about its MQTT.
+                if self.upstream.mqtt_version == MqttVersion::Auto && !unreachable(&e) {
                     self.try_v5 = !v5;
                 }
                 return Ended::Lost(format!("MQTT {version} connect: {e}"));
             }
-            Err(_) => {
-                if self.upstream.mqtt_version == MqttVersion::Auto {
-                    self.try_v5 = !v5;
-                }
-                return Ended::Lost(format!("no CONNACK within {CONNECT_TIMEOUT:?}"));
-            }
+            Err(_) => return Ended::Lost(format!("no CONNACK within {CONNECT_TIMEOUT:?}")),
         }
         d.reset();
         let mut c = Conn {
@@ -162,13 +173,13 @@ impl Session<'_> {
             batches: HashMap::new(),
             trust_acks_at_once: link.is_v5(),
             last_sent: None,
+            named_refusal: false,
         };
         let ended = self.deliver(&mut link, d, &mut c, stop).await;
-        if matches!(ended, Ended::Stop) {
-            // We closed it: every ack received is the broker's word.
-            c.release(Duration::ZERO);
-        } else {
-            c.release(ACK_GRACE_311);
+        // Even when we close it, an ack younger than the grace may be a refusing broker's last
+        // word: it is resent (a duplicate at worst) rather than trusted.
+        c.release(ACK_GRACE_311);
+        if !matches!(ended, Ended::Stop) && !c.named_refusal {
             let doubted: usize = c.held.iter().map(|(_, rows)| rows.len()).sum();
             // A broker that will not take a publication may ack and close, or just close
             // (Mosquitto 2.0 does, in 3.1.1 and — its 0x87 PUBACK often lost to the reset —
@@ -180,6 +191,7 @@ impl Session<'_> {
                 tracing::warn!(upstream = %self.upstream.name, rows,
                     "the broker closed the connection right after receiving publications; that is how some brokers refuse one (an ACL on the topic?): they stay in the outbox and are resent");
                 self.refused(rows, "connection was closed on receiving a publication (no reason given: an ACL on the topic?)".into()).await;
+                self.suspect(d.oldest_unacked());
             }
         }
         // Whatever was PUBACKed before the connection ended is delivered: record it, so a
@@ -223,11 +235,27 @@ impl Session<'_> {
                     Err(e) => return Ended::Lost(e),
                 };
                 let fetched = rows.len();
+                let last_fetched = rows.last().map(|p| p.row);
+                let now = Instant::now();
+                let rows: Vec<_> = rows
+                    .into_iter()
+                    .filter(|p| {
+                        self.parked
+                            .get(&p.row)
+                            .is_none_or(|(until, _)| *until <= now)
+                    })
+                    .collect();
+                let offered = rows.len();
                 let publishes = plan(rows, room, &shape);
                 let consumed: usize = publishes.iter().map(|p| p.rows.len()).sum();
                 // Rows past the room are read again next time, after the cursor.
-                more = fetched == want || consumed < fetched;
+                more = fetched == want || consumed < offered;
                 if publishes.is_empty() {
+                    // All parked: read on past them.
+                    if let Some(last) = last_fetched.filter(|_| offered == 0) {
+                        d.skip_to(last);
+                        continue;
+                    }
                     break;
                 }
                 for publish in publishes {
@@ -242,6 +270,16 @@ impl Session<'_> {
                     d.handed(last);
                 }
             }
+            // A held-back row whose time came is below this connection's cursor: a fresh
+            // connection reads the outbox from its first owed row again.
+            let now = Instant::now();
+            if self
+                .parked
+                .values()
+                .any(|(until, _)| *until > connected_at && *until <= now)
+            {
+                return Ended::Lost("offering held-back rows again".into());
+            }
             let until_release = c.next_release(ACK_GRACE_311);
             let ended = tokio::select! {
                 ev = link.recv() => match ev {
@@ -254,7 +292,8 @@ impl Session<'_> {
                     Some(Ok(LinkEvent::Acked(pkid))) => {
                         if let Some(row) = d.on_puback(pkid) {
                             c.acked(row);
-                            if !healthy {
+                            // A 3.1.1 ack proves nothing until it outlived the grace.
+                            if !healthy && c.trust_acks_at_once {
                                 healthy = true;
                                 self.backoff.reset();
                                 self.failures = 0;
@@ -263,11 +302,15 @@ impl Session<'_> {
                         None
                     }
                     Some(Ok(LinkEvent::Refused { pkid, reason })) => {
-                        let rows = d.on_puback(pkid).map_or(0, |row| c.refused(row));
-                        tracing::error!(upstream = %self.upstream.name, broker = %self.upstream.link.url(), rows,
-                            "the broker refused a publication: {reason}; it stays in the outbox and is retried after a back-off");
-                        self.refused(rows, reason.clone()).await;
-                        Some(Ended::Lost(format!("the broker refused a publication: {reason}")))
+                        let rows = d.on_puback(pkid).map(|row| c.rows(row)).unwrap_or_default();
+                        tracing::error!(upstream = %self.upstream.name, broker = %self.upstream.link.url(), rows = rows.len(),
+                            "the broker refused a publication: {reason}; it stays in the outbox and is offered again later (10 s, doubling up to 5 min), the rest of the backlog goes on");
+                        self.refused(rows.len(), reason.clone()).await;
+                        c.named_refusal = true;
+                        for r in rows {
+                            self.park(r);
+                        }
+                        None
                     }
                     Some(Ok(LinkEvent::Connected { .. })) => None,
                 },
@@ -297,12 +340,47 @@ impl Session<'_> {
                 self.backoff.reset();
                 self.failures = 0;
             }
-            c.release(ACK_GRACE_311);
+            if c.release(ACK_GRACE_311) && !healthy {
+                healthy = true;
+                self.backoff.reset();
+                self.failures = 0;
+            }
             // Fold a burst of PUBACKs into one delivery mark (one commit).
             if !c.delivered.is_empty() && (c.delivered.len() >= 512 || link.is_idle()) {
                 self.mark(&mut c.delivered).await;
             }
         }
+    }
+
+    /// Counts one more close on `row`; the second in a row parks it so the rest flows.
+    fn suspect(&mut self, row: Option<i64>) {
+        let Some(row) = row else { return };
+        let n = match self.suspect {
+            Some((r, n)) if r == row => n + 1,
+            _ => 1,
+        };
+        self.suspect = Some((row, n));
+        if n >= 2 {
+            let wait = self.park(row);
+            tracing::error!(upstream = %self.upstream.name, row,
+                "the broker closed the connection {n} times in a row on this row: held back {wait:?} so the rest of the backlog flows (it stays owed)");
+            // The back-off goes on growing: it resets only once the rows behind it are taken,
+            // so a broker that refuses everything is not asked ever faster.
+            self.suspect = None;
+        }
+    }
+
+    /// Holds `row` back; returns for how long.
+    fn park(&mut self, row: i64) -> Duration {
+        let now = Instant::now();
+        // Forget rows parked long ago (delivered since, most likely).
+        if self.parked.len() > 4096 {
+            self.parked.retain(|_, (until, _)| *until + PARK_MAX > now);
+        }
+        let times = self.parked.get(&row).map_or(0, |(_, n)| n + 1);
+        let wait = PARK.saturating_mul(1 << times.min(5)).min(PARK_MAX);
+        self.parked.insert(row, (now + wait, times));
+        wait
     }
 
     async fn fetch(&self, after: i64, limit: usize) -> Result<Vec<crate::store::Pending>, String> {
@@ -353,6 +431,24 @@ struct Conn {
     trust_acks_at_once: bool,
     /// When the client last wrote a publish.
     last_sent: Option<Instant>,
+    /// The broker named a refusal on this connection (MQTT 5): no guessing at its close.
+    named_refusal: bool,
+}
+
+/// A connect error that means no broker answered (down, unreachable, refused at TCP).
+fn unreachable(e: &str) -> bool {
+    let e = e.to_ascii_lowercase();
+    [
+        "connection refused",
+        "timed out",
+        "timeout",
+        "no route",
+        "unreachable",
+        "dns",
+        "failed to lookup",
+    ]
+    .iter()
+    .any(|k| e.contains(k))
 }
 
 impl Conn {
@@ -369,20 +465,18 @@ impl Conn {
         }
     }
 
-    /// A refused publish: its rows stay owed. Returns how many.
-    fn refused(&mut self, row: i64) -> usize {
-        self.rows(row).len()
-    }
-
-    /// Trusts the acks older than `grace`.
-    fn release(&mut self, grace: Duration) {
+    /// Trusts the acks older than `grace`; true if any was.
+    fn release(&mut self, grace: Duration) -> bool {
+        let mut any = false;
         while let Some((at, _)) = self.held.front() {
             if at.elapsed() < grace {
                 break;
             }
             let (_, rows) = self.held.pop_front().expect("front exists");
             self.delivered.extend(rows);
+            any = true;
         }
+        any
     }
 
     fn next_release(&self, grace: Duration) -> Option<Duration> {
