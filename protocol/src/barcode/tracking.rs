@@ -4,8 +4,8 @@
 //! `Some(true)` check digit holds, `Some(false)` it fails, `None` the format has no check
 //! digit. Several formats can match one number (a 12-digit number may be FedEx Express or
 //! GLS); [`classify`] picks the best and keeps the others as candidates. Formats and check
-//! digit rules come from the carriers' label specifications as collected in
-//! `../shared/docs/domain.md`; test numbers are the published examples.
+//! digit rules come from the carriers' label specifications (as collected in the team's
+//! domain notes); test numbers are the published examples.
 
 use super::gs1;
 
