@@ -116,46 +116,87 @@ fn a_batched_backlog_with_milestones_drains_through_a_narrow_window() {
 const DENY: &str = "topic read #\ntopic write elsewhere/#\n";
 const ALLOW: &str = "topic readwrite #\n";
 
+/// A site whose broker runs `acl`: a subscriber on the events, one ASCII scanner at
+/// `station`, the agent's config (with `upstream_keys` in its upstream table and `extra` at
+/// the top) and the agent started with every port open.
+struct AclSite {
+    _dir: Scratch,
+    acl: std::path::PathBuf,
+    broker: Mosquitto,
+    collector: Collector,
+    pty: scanner::Pty,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    _agent: Agent,
+}
+
+impl AclSite {
+    fn start(name: &str, acl: &str, station: &str, upstream_keys: &str, extra: &str) -> AclSite {
+        let dir = Scratch::new(name);
+        let acl_file = dir.0.join("acl");
+        std::fs::write(&acl_file, acl).unwrap();
+        let broker = Mosquitto::start_with(
+            &dir.0.join("broker"),
+            &format!("acl_file {}\n", acl_file.display()),
+        )
+        .expect("mosquitto with an ACL");
+        let collector =
+            Collector::start(broker.port, "darkleg/v1/+/+/events", &format!("sub-{name}"));
+        assert!(collector.wait_subscribed(Duration::from_secs(10)));
+        let pty = scanner::Pty::open().unwrap();
+        let config = write_config_with(
+            &dir.0,
+            &[ScannerEntry {
+                port: &pty.slave_path,
+                protocol: "ascii",
+                station: Some(station),
+            }],
+            Some(&broker.url()),
+            extra,
+        );
+        let text = std::fs::read_to_string(&config).unwrap();
+        let keys = format!("keep_alive_secs = 5\n{upstream_keys}");
+        std::fs::write(&config, text.replace("keep_alive_secs = 5\n", &keys)).unwrap();
+        let log = dir.0.join("agent.log");
+        let agent = Agent::start(&config, &log);
+        assert!(wait_until(Duration::from_secs(20), || status(&config)
+            ["ports"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["connected"] == true))));
+        AclSite {
+            _dir: dir,
+            acl: acl_file,
+            broker,
+            collector,
+            pty,
+            config,
+            log,
+            _agent: agent,
+        }
+    }
+}
+
 /// `reasons`: what status may name (Mosquitto 2.0 resets the connection after its 0x87
 /// PUBACK, which then may or may not reach us).
 fn refused_then_fixed(name: &str, version: &str, reasons: &[&str]) {
     const SCANS: u64 = 100;
-    let dir = Scratch::new(name);
-    let acl = dir.0.join("acl");
-    std::fs::write(&acl, DENY).unwrap();
-    let mut broker = Mosquitto::start_with(
-        &dir.0.join("broker"),
-        &format!("acl_file {}\n", acl.display()),
-    )
-    .expect("mosquitto with an ACL");
-    let collector = Collector::start(broker.port, "darkleg/v1/+/+/events", &format!("sub-{name}"));
-    assert!(collector.wait_subscribed(Duration::from_secs(10)));
-    let mut pty = scanner::Pty::open().unwrap();
-    let config = write_config_with(
-        &dir.0,
-        &[ScannerEntry {
-            port: &pty.slave_path,
-            protocol: "ascii",
-            station: Some("handover"),
-        }],
-        Some(&broker.url()),
+    let mut site = AclSite::start(
+        name,
+        DENY,
+        "handover",
+        &format!("mqtt_version = \"{version}\"\n"),
         "",
     );
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace(
-            "keep_alive_secs = 5\n",
-            &format!("keep_alive_secs = 5\nmqtt_version = \"{version}\"\n"),
-        ),
-    )
-    .unwrap();
-    let log = dir.0.join("agent.log");
-    let _agent = Agent::start(&config, &log);
-    assert!(wait_until(Duration::from_secs(20), || status(&config)
-        ["ports"]
-        .as_array()
-        .is_some_and(|p| p.iter().any(|p| p["connected"] == true))));
+    // Borrowed, not moved out: the site (its agent, its scratch) lives to the end.
+    let AclSite {
+        acl,
+        broker,
+        collector,
+        pty,
+        config,
+        log,
+        ..
+    } = &mut site;
     for i in 0..SCANS {
         let scan = PlannedScan {
             step: Step::Handover,
@@ -164,12 +205,12 @@ fn refused_then_fixed(name: &str, version: &str, reasons: &[&str]) {
         };
         write_ascii_scan(&mut pty.master, &scan).unwrap();
     }
-    let up = |k: &str| status(&config)["upstreams"][0][k].clone();
+    let up = |k: &str| status(config)["upstreams"][0][k].clone();
     assert!(
         wait_until(Duration::from_secs(20), || up("refused").as_i64()
             >= Some(1)),
         "the refusal is on record: {}",
-        status(&config)["upstreams"]
+        status(config)["upstreams"]
     );
     // A while of refusals: nothing counted delivered, nothing seen, everything still owed.
     std::thread::sleep(Duration::from_secs(4));
@@ -183,13 +224,13 @@ fn refused_then_fixed(name: &str, version: &str, reasons: &[&str]) {
     let reason = up("last_refusal").as_str().unwrap_or_default().to_string();
     assert!(reasons.iter().any(|r| reason.contains(r)), "{reason}");
     // No reconnect storm while refused: the back-off grows.
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
     let connects = text.matches("upstream connected").count();
     assert!(connects <= 15, "{connects} connections in ~5 s");
 
-    std::fs::write(&acl, ALLOW).unwrap();
+    std::fs::write(acl, ALLOW).unwrap();
     broker.restart().expect("mosquitto restart");
-    let ids = || distinct_ids(&collector);
+    let ids = || distinct_ids(collector);
     assert!(
         wait_until(Duration::from_secs(120), || ids() >= SCANS),
         "{} of {SCANS} after the ACL was fixed",
@@ -222,37 +263,21 @@ fn rows_the_broker_refuses_do_not_hold_back_the_rest() {
     // Ten refused milestones between twenty scans: against Mosquitto 2.0, which resets the
     // connection on a denied publish, each costs about two connections to find.
     const PARCELS: u64 = 10;
-    let dir = Scratch::new("refused-head");
-    let acl = dir.0.join("acl");
-    std::fs::write(
-        &acl,
+    let mut site = AclSite::start(
+        "refused-head",
         "topic read #\ntopic readwrite darkleg/v1/+/+/events\n",
-    )
-    .unwrap();
-    let mut broker = Mosquitto::start_with(
-        &dir.0.join("broker"),
-        &format!("acl_file {}\n", acl.display()),
-    )
-    .expect("mosquitto with an ACL");
-    let collector = Collector::start(broker.port, "darkleg/v1/+/+/events", "sub-refused-head");
-    assert!(collector.wait_subscribed(Duration::from_secs(10)));
-    let mut pty = scanner::Pty::open().unwrap();
-    let config = write_config_with(
-        &dir.0,
-        &[ScannerEntry {
-            port: &pty.slave_path,
-            protocol: "ascii",
-            station: Some("pack"),
-        }],
-        Some(&broker.url()),
+        "pack",
+        "",
         MERCHANT,
     );
-    let log = dir.0.join("agent.log");
-    let _agent = Agent::start(&config, &log);
-    assert!(wait_until(Duration::from_secs(20), || status(&config)
-        ["ports"]
-        .as_array()
-        .is_some_and(|p| p.iter().any(|p| p["connected"] == true))));
+    let AclSite {
+        broker,
+        collector,
+        pty,
+        config,
+        log,
+        ..
+    } = &mut site;
     // The backlog builds with the broker away: a refused milestone at its head, scans behind.
     broker.stop();
     let plan = pack_station(PARCELS);
@@ -262,7 +287,7 @@ fn rows_the_broker_refuses_do_not_hold_back_the_rest() {
             write_ascii_scan(&mut pty.master, s).unwrap();
         }
         let n = 2 * (i as u64 + 1);
-        assert!(wait_until(Duration::from_secs(10), || status(&config)
+        assert!(wait_until(Duration::from_secs(10), || status(config)
             ["events"]
             .as_u64()
             .unwrap_or(0)
@@ -270,20 +295,20 @@ fn rows_the_broker_refuses_do_not_hold_back_the_rest() {
         std::thread::sleep(Duration::from_millis(40));
     }
     let expected = plan.len() as u64;
-    assert!(wait_until(Duration::from_secs(30), || status(&config)
+    assert!(wait_until(Duration::from_secs(30), || status(config)
         ["events"]
         .as_u64()
         .unwrap_or(0)
         >= expected));
     broker.restart().expect("mosquitto restart");
     assert!(
-        wait_until(Duration::from_secs(90), || distinct_ids(&collector)
+        wait_until(Duration::from_secs(90), || distinct_ids(collector)
             >= expected),
         "{} of {expected} scans arrived past the refused milestones; log:\n{}",
-        distinct_ids(&collector),
+        distinct_ids(collector),
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let up = status(&config)["upstreams"][0].clone();
+    let up = status(config)["upstreams"][0].clone();
     assert!(up["refused"].as_i64() > Some(0), "{up}");
     // The refused rows were set aside for the others to pass, by name (a 0x87 PUBACK) or
     // after the broker closed on the same row twice (Mosquitto 2.0 resets the link).
