@@ -293,10 +293,8 @@ impl Session<'_> {
                         if let Some(row) = d.on_puback(pkid) {
                             c.acked(row);
                             // A 3.1.1 ack proves nothing until it outlived the grace.
-                            if !healthy && c.trust_acks_at_once {
-                                healthy = true;
-                                self.backoff.reset();
-                                self.failures = 0;
+                            if c.trust_acks_at_once {
+                                self.proved_healthy(&mut healthy);
                             }
                         }
                         None
@@ -335,20 +333,24 @@ impl Session<'_> {
             if let Some(ended) = ended {
                 return ended;
             }
-            if !healthy && connected_at.elapsed() >= HEALTHY_AFTER {
-                healthy = true;
-                self.backoff.reset();
-                self.failures = 0;
-            }
-            if c.release(ACK_GRACE_311) && !healthy {
-                healthy = true;
-                self.backoff.reset();
-                self.failures = 0;
+            // Released acks are trusted ones (release runs every turn, so none is left behind).
+            if c.release(ACK_GRACE_311) || connected_at.elapsed() >= HEALTHY_AFTER {
+                self.proved_healthy(&mut healthy);
             }
             // Fold a burst of PUBACKs into one delivery mark (one commit).
             if !c.delivered.is_empty() && (c.delivered.len() >= 512 || link.is_idle()) {
                 self.mark(&mut c.delivered).await;
             }
+        }
+    }
+
+    /// The connection has proved itself (a trusted ack, or long enough up): back-off starts
+    /// over, once per connection.
+    fn proved_healthy(&mut self, healthy: &mut bool) {
+        if !*healthy {
+            *healthy = true;
+            self.backoff.reset();
+            self.failures = 0;
         }
     }
 
