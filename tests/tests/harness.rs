@@ -944,6 +944,14 @@ fn run_round(plan: &Plan) -> Result<String, String> {
     if let Some(rl) = relay.as_mut() {
         rl.agent = None;
     }
+    if tmpfs.is_some() && !failures.is_empty() {
+        // The tmpfs goes with its mount: keep what the store held for the post-mortem.
+        let keep = dir.0.join("data-at-failure");
+        let _ = std::fs::create_dir_all(&keep);
+        for e in std::fs::read_dir(&data).into_iter().flatten().flatten() {
+            let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+        }
+    }
     drop(tmpfs);
     let summary = format!(
         "{} framed scans on {framed_n} scanners + {ascii_acked}/{ascii_total} plain ones acked; \

@@ -118,6 +118,7 @@ impl StoreHandle {
             committed: committed_tx,
             _lock: lock,
             devices: devices::Devices::new(incarnation as u64),
+            retry: Vec::new(),
         };
         let join = std::thread::Builder::new()
             .name("store-writer".into())

@@ -722,3 +722,66 @@ fn an_ordinary_go_back_is_not_mistaken_for_a_hole() {
     ));
     close(s, j);
 }
+
+#[test]
+fn a_delivery_mark_whose_commit_failed_is_applied_once_the_store_takes_writes_again() {
+    // The harness found it: a mark lost to a full disk left a delivered row owed for as long
+    // as the connection that read past it lasted. Here the write lock is held elsewhere past
+    // the busy timeout, which fails the mark's batch as a full disk would.
+    let f = Fixture::with_upstreams("mark-retry", &["a"]);
+    let (s, j) = f.open();
+    hello(&s, "d", 0);
+    for seq in 1..=3 {
+        assert_eq!(framed(&s, "d", seq), FramedOutcome::Stored { acked: seq });
+    }
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    let rows: Vec<i64> = r
+        .pending("a", 0, 10)
+        .unwrap()
+        .iter()
+        .map(|p| p.row)
+        .collect();
+    assert_eq!(rows.len(), 3);
+
+    let mut other = rusqlite::Connection::open(f.config.db_path()).unwrap();
+    let lock = other
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    s.send_blocking(WriteOp::Delivered {
+        upstream: "a".into(),
+        rows: rows[..2].to_vec(),
+        at_ms: crate::clock::now_ms(),
+    })
+    .unwrap();
+    // Past the writer's 5 s busy timeout: the mark's batch has failed by now.
+    std::thread::sleep(std::time::Duration::from_millis(5_600));
+    assert_eq!(
+        r.pending("a", 0, 10).unwrap().len(),
+        3,
+        "not applied while locked out"
+    );
+    drop(lock);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let left = loop {
+        let left: Vec<i64> = r
+            .pending("a", 0, 10)
+            .unwrap()
+            .iter()
+            .map(|p| p.row)
+            .collect();
+        if left.len() < 3 || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        left,
+        rows[2..],
+        "the held-back mark was applied, and only it"
+    );
+    let st = r.status().unwrap();
+    assert_eq!(st.upstreams[0].delivered, 2, "counted once");
+    drop(r);
+    close(s, j);
+}

@@ -153,20 +153,65 @@ pub(super) struct Writer {
     /// Held for as long as the writer runs.
     pub _lock: std::fs::File,
     pub devices: Devices,
+    /// Reply-less bookkeeping (delivery marks, counters) whose batch did not commit: applied
+    /// again with the next batch. A lost delivery mark would leave a delivered row owed
+    /// forever on a connection that already read past it (found by the harness: a full disk
+    /// left one row in the backlog until the next reconnect resent it).
+    pub retry: Vec<WriteOp>,
 }
+
+/// How long the writer waits for new work before applying held-back bookkeeping alone.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Held-back bookkeeping ops kept at most; past that the oldest go, loudly (a delivery mark
+/// lost means a resend on the next connection, never a lost scan).
+const MAX_RETRY: usize = 4096;
 
 impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<WriteOp>) {
         let mut batch = Vec::with_capacity(self.max_batch);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
+        let mut closed = false;
+        loop {
+            if self.retry.is_empty() {
+                match rx.blocking_recv() {
+                    Some(first) => batch.push(first),
+                    None => break,
+                }
+            } else {
+                // Something waits to be applied again: new work or the retry tick, first.
+                let deadline = std::time::Instant::now() + RETRY_EVERY;
+                loop {
+                    match rx.try_recv() {
+                        Ok(op) => {
+                            batch.push(op);
+                            break;
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            if std::time::Instant::now() >= deadline {
+                                break;
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(10));
+                        }
+                    }
+                }
+                batch.splice(0..0, std::mem::take(&mut self.retry));
+            }
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
                     Ok(op) => batch.push(op),
                     Err(_) => break,
                 }
             }
+            if batch.is_empty() {
+                break; // senders gone and nothing held back
+            }
             self.apply_batch(&mut batch);
+            if closed {
+                break; // one last try for what was held back; then the process ends
+            }
         }
         tracing::debug!("store writer: all senders gone, stopping");
     }
@@ -192,14 +237,15 @@ impl Writer {
             .iter()
             .filter(|op| matches!(op, WriteOp::Ascii { .. } | WriteOp::Relayed { .. }))
             .count();
+        // Copies of this batch's reply-less bookkeeping, with whether its savepoint took.
+        let mut bookkeeping: Vec<(WriteOp, bool)> = Vec::new();
         for op in batch.drain(..) {
+            let copy = op.bookkeeping_copy();
             // After a full disk SQLite may roll the whole transaction back; a savepoint
             // then would start (and commit) a transaction of its own. Refuse the rest.
-            let answer = if tx.is_autocommit() {
-                fail(
-                    op,
-                    StoreError::new("batch", "rolled back by an earlier failure in it"),
-                )
+            let (answer, ok) = if tx.is_autocommit() {
+                let err = StoreError::new("batch", "rolled back by an earlier failure in it");
+                (fail(op, err), false)
             } else {
                 let routes = Routes {
                     router: &self.router,
@@ -207,6 +253,9 @@ impl Writer {
                 };
                 apply_savepointed(&mut tx, &mut self.devices, &routes, op)
             };
+            if let Some(copy) = copy {
+                bookkeeping.push((copy, ok));
+            }
             answers.extend(answer);
         }
         // SQLite rolls the whole transaction back on some errors (SQLITE_FULL among them):
@@ -244,6 +293,12 @@ impl Writer {
             Err(_) => answers.len(),
             Ok(_) => answers.iter().filter(|a| a.error().is_some()).count(),
         };
+        // What did not become durable is applied again with the next batch.
+        let failed = bookkeeping
+            .into_iter()
+            .filter(|(_, ok)| committed.is_err() || !ok)
+            .map(|(op, _)| op);
+        self.hold_back(failed);
         match committed {
             Ok(max_row) => {
                 if !full && captures > 0 && faults::STORE_FULL.swap(false, Relaxed) {
@@ -276,6 +331,18 @@ impl Writer {
         }
         if full {
             self.make_room(refused as u64);
+        }
+    }
+
+    fn hold_back(&mut self, ops: impl Iterator<Item = WriteOp>) {
+        self.retry.extend(ops);
+        if self.retry.len() > MAX_RETRY {
+            let dropped = self.retry.len() - MAX_RETRY;
+            self.retry.drain(..dropped);
+            tracing::error!(
+                dropped,
+                "store: bookkeeping that kept failing was dropped (delivery marks among it: those rows are sent again after a reconnect)"
+            );
         }
     }
 
@@ -316,6 +383,50 @@ impl Writer {
     }
 }
 
+impl WriteOp {
+    /// A copy of a reply-less op whose loss would be wrong (a delivery mark left undone
+    /// leaves a row owed; a lost counter under-reports); `None` for ops with a reply (their
+    /// sender retries) and for a prune (the next one does its work).
+    fn bookkeeping_copy(&self) -> Option<WriteOp> {
+        match self {
+            WriteOp::Delivered {
+                upstream,
+                rows,
+                at_ms,
+            } => Some(WriteOp::Delivered {
+                upstream: upstream.clone(),
+                rows: rows.clone(),
+                at_ms: *at_ms,
+            }),
+            WriteOp::Refused {
+                upstream,
+                rows,
+                reason,
+                at_ms,
+            } => Some(WriteOp::Refused {
+                upstream: upstream.clone(),
+                rows: *rows,
+                reason: reason.clone(),
+                at_ms: *at_ms,
+            }),
+            WriteOp::Port {
+                port,
+                protocol,
+                report,
+            } => Some(WriteOp::Port {
+                port: port.clone(),
+                protocol,
+                report: report.clone(),
+            }),
+            WriteOp::Incident { kind, detail } => Some(WriteOp::Incident {
+                kind,
+                detail: detail.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 impl Answer {
     fn error(&self) -> Option<&StoreError> {
         match self {
@@ -344,11 +455,15 @@ fn apply_savepointed(
     devices: &mut Devices,
     routes: &Routes<'_>,
     op: WriteOp,
-) -> Option<Answer> {
+) -> (Option<Answer>, bool) {
     let upstreams = routes.router.upstreams();
     let mut sp = match tx.savepoint() {
         Ok(sp) => sp,
-        Err(e) => return fail(op, StoreError::new("savepoint", e)),
+        Err(e) => return (fail(op, StoreError::new("savepoint", e)), false),
+    };
+    let answer = |a: Answer| {
+        let ok = a.error().is_none();
+        (Some(a), ok)
     };
     match op {
         WriteOp::Hello {
@@ -360,7 +475,7 @@ fn apply_savepointed(
         } => {
             let r = ops::hello(&sp, devices, &device, &firmware, last_acked);
             let r = settle(sp, r, "hello", devices, &device, "framed", &port);
-            Some(Answer::U64(reply, r))
+            answer(Answer::U64(reply, r))
         }
         WriteOp::Framed {
             device,
@@ -370,7 +485,7 @@ fn apply_savepointed(
         } => {
             let r = ops::framed(&sp, devices, routes, &device, &scan);
             let r = settle(sp, r, "framed scan", devices, &device, "framed", &port);
-            Some(Answer::Framed(reply, r))
+            answer(Answer::Framed(reply, r))
         }
         WriteOp::Ascii {
             device,
@@ -380,7 +495,7 @@ fn apply_savepointed(
         } => {
             let r = ops::ascii(&sp, devices, routes, &device, &scan);
             let r = settle(sp, r, "ascii scan", devices, &device, "ascii", &port);
-            Some(Answer::U64(reply, r))
+            answer(Answer::U64(reply, r))
         }
         WriteOp::Delivered {
             upstream,
@@ -388,8 +503,7 @@ fn apply_savepointed(
             at_ms,
         } => {
             let r = ops::delivered(&sp, &upstream, &rows, at_ms);
-            log_failure(finish(sp, r, "delivery marks"));
-            None
+            (None, log_failure(finish(sp, r, "delivery marks")))
         }
         WriteOp::Port {
             port,
@@ -397,8 +511,7 @@ fn apply_savepointed(
             report,
         } => {
             let r = ops::port_report(&sp, &port, protocol, &report);
-            log_failure(finish(sp, r, "port counters"));
-            None
+            (None, log_failure(finish(sp, r, "port counters")))
         }
         WriteOp::Refused {
             upstream,
@@ -407,8 +520,7 @@ fn apply_savepointed(
             at_ms,
         } => {
             let r = ops::refused(&sp, &upstream, rows, &reason, at_ms);
-            log_failure(finish(sp, r, "refusal counters"));
-            None
+            (None, log_failure(finish(sp, r, "refusal counters")))
         }
         WriteOp::Incident { kind, detail } => {
             let r = sp
@@ -417,8 +529,7 @@ fn apply_savepointed(
                     rusqlite::params![crate::clock::now_ms() as i64, kind, detail],
                 )
                 .map(|_| ());
-            log_failure(finish(sp, r, "incident"));
-            None
+            (None, log_failure(finish(sp, r, "incident")))
         }
         WriteOp::Prune { before_ms } => {
             // With no upstream, nothing was ever delivered: keep everything for the first
@@ -433,16 +544,15 @@ fn apply_savepointed(
                     tracing::info!(events = n, "pruned delivered events past retention");
                 }
             }
-            log_failure(finish(sp, r, "prune"));
-            None
+            (None, log_failure(finish(sp, r, "prune")))
         }
         WriteOp::Relayed { port, scans, reply } => {
             let r = ops::relayed(&sp, routes, &port, &scans);
-            Some(Answer::U64(reply, finish(sp, r, "relayed scans")))
+            answer(Answer::U64(reply, finish(sp, r, "relayed scans")))
         }
         WriteOp::Derived { batch, reply } => {
             let r = super::derived::apply(&sp, routes, &batch).map(|()| 0);
-            Some(Answer::U64(reply, finish(sp, r, "derived parcel state")))
+            answer(Answer::U64(reply, finish(sp, r, "derived parcel state")))
         }
     }
 }
@@ -478,9 +588,14 @@ fn settle<T>(
     })
 }
 
-fn log_failure<T>(r: Result<T, StoreError>) {
-    if let Err(e) = r {
-        tracing::error!("{e}");
+/// Logs a reply-less op's failure; whether it took.
+fn log_failure<T>(r: Result<T, StoreError>) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!("{e}");
+            false
+        }
     }
 }
 
