@@ -60,9 +60,9 @@ pub const FAULT_KINDS: [&str; 12] = [
 ];
 
 /// Fault kinds that still find an open defect, left out unless asked for (`DARKLEG_FAULTS=all`
-/// or by name), so CI stays a signal: `disk` — after a full disk one outbox row can stay
-/// owed and undelivered (soak seed 11633750056875389587, `backlog 1` for good).
-pub const KNOWN_OPEN: [&str; 1] = ["disk"];
+/// or by name), so CI stays a signal. None today: `disk` was here until a delivery mark lost
+/// to a full disk was made to be applied again (soak seed 11633750056875389587).
+pub const KNOWN_OPEN: [&str; 0] = [];
 
 /// Which fault kinds may be generated: all but [`KNOWN_OPEN`] by default, `all`, or those
 /// named in `DARKLEG_FAULTS` (`none` for a fault-free run).
@@ -87,6 +87,9 @@ impl Enabled {
                 Enabled(set)
             }
             Ok(v) if v.trim() == "all" => {
+                Enabled(FAULT_KINDS.iter().map(|s| s.to_string()).collect())
+            }
+            _ if KNOWN_OPEN.is_empty() => {
                 Enabled(FAULT_KINDS.iter().map(|s| s.to_string()).collect())
             }
             _ => {
