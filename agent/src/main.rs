@@ -1,14 +1,14 @@
-//! `darkleg`: the gateway agent's command line.
-
-use darkleg_agent::config::Config;
-use std::path::PathBuf;
-use std::process::ExitCode;
-use std::time::Duration;
+//! `darkleg`: the gateway agent's command line. What it accepts is defined in `cli.rs`; this
+//! file runs each subcommand.
 
 mod cli;
 
 use clap::Parser;
 use cli::{Cli, Command};
+use darkleg_agent::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 fn main() -> ExitCode {
     // Help, version and usage errors (exit 2, with a "did you mean") are clap's to print.

@@ -244,6 +244,28 @@ fn completions_and_the_man_page_are_generated_from_the_same_definitions() {
     ] {
         assert!(script.contains(word), "bash completion lacks {word}");
     }
+    // And bash, given the script, completes with it.
+    let dir = Scratch::new("cli-completions");
+    let file = dir.0.join("darkleg.bash");
+    std::fs::write(&file, &bash.stdout).unwrap();
+    let complete = |words: &str| {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+                 _darkleg darkleg \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; \
+                 echo \"${{COMPREPLY[@]}}\"",
+                file.display()
+            ))
+            .output()
+            .expect("running bash");
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(complete("darkleg sta"), "status");
+    assert_eq!(complete("darkleg status --js"), "--json");
+    assert_eq!(complete("darkleg simulate --power"), "--power-cut-every-ms");
+
     for shell in ["zsh", "fish", "elvish", "powershell"] {
         let out = darkleg(&["completions", shell]);
         assert!(out.status.success(), "{shell}: {}", stderr(&out));
@@ -266,7 +288,6 @@ fn completions_and_the_man_page_are_generated_from_the_same_definitions() {
     assert_eq!(control_bytes(&man.stdout), b"");
 
     // One page per subcommand into a directory, for packagers.
-    let dir = Scratch::new("cli-man");
     let out = darkleg(&["man", "--dir", dir.0.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let status_page = std::fs::read_to_string(dir.0.join("darkleg-status.1")).unwrap();
