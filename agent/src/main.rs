@@ -1,47 +1,19 @@
-//! `darkleg`: the gateway agent's command line.
+//! `darkleg`: the gateway agent's command line. What it accepts is defined in `cli.rs`; this
+//! file runs each subcommand.
 
+mod cli;
+
+use clap::Parser;
+use cli::{Cli, Command};
 use darkleg_agent::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "\
-darkleg — closes the dark leg between 'order paid' and the carrier's first scan
-
-USAGE:
-    darkleg run --config FILE [--log-json]
-                                        run the gateway agent (JSON logs: --log-json or
-                                        DARKLEG_LOG_FORMAT=json)
-    darkleg check-config FILE           validate a config and print what it means
-    darkleg status --config FILE [--json | --watch]
-                                        backlog, last sync, per-scanner counters
-    darkleg demo [--parcels N] [--scan-interval-ms MS] [--offline]
-                                        a small warehouse on this machine
-    darkleg export --epcis --config FILE [--since T] [--until T] [--output PATH]
-                                        GS1 EPCIS 2.0 JSON-LD document of the stored scans
-                                        (T: RFC 3339, e.g. 2026-11-22T00:00:00Z)
-    darkleg report --config FILE [--json]
-                                        per carrier and station: parcels, valid tracking rate,
-                                        pack → handover dwell p50/p95, on time before cut-off
-    darkleg inspect-barcode CODE...     what each code is (GS1, SSCC, GTIN, Digital Link, carrier
-                                        tracking number) and whether its check digits hold;
-                                        one JSON object per line. GS separators as \x1d
-    darkleg simulate --config FILE [--scanners K] [--parcels M] [--scan-interval-ms MS]
-                     [--power-cut-every-ms MS] [--link-drop-every-ms MS] [--garbage P]
-                     [--timeout-secs S] [--report FILE]
-                                        K virtual scanners (the real firmware) against a
-                                        running agent, with optional faults
-    darkleg recover FILE --config FILE  put the undelivered scans still readable in FILE (a
-                                        damaged copy, darkleg.db.damaged-*) back into the
-                                        configured store; the agent must be stopped. Safe to
-                                        repeat: event ids deduplicate
-    darkleg --version | --help
-
-Logs go to stderr; RUST_LOG=debug for more.";
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().is_some_and(|a| a != "run" && a != "demo") {
+    // Help, version and usage errors (exit 2, with a "did you mean") are clap's to print.
+    let cli = Cli::parse();
+    if cli.command.is_one_shot() {
         // A one-shot command piped into `head` should end quietly, as other Unix tools do.
         // Not for the daemon: a closed socket must be an error it handles, not a signal.
         // SAFETY: called before any other thread exists; SIG_DFL is async-signal-safe.
@@ -52,49 +24,47 @@ fn main() -> ExitCode {
             );
         }
     }
-    let result = match args.first().map(String::as_str) {
-        Some("run") => flag_value(&args[1..], "--config")
-            .and_then(|p| cmd_run(PathBuf::from(p), args.iter().any(|a| a == "--log-json"))),
-        Some("check-config") => args
-            .get(1)
-            .ok_or_else(|| "check-config needs a FILE".to_string())
-            .and_then(|p| cmd_check(PathBuf::from(p))),
-        Some("status") => flag_value(&args[1..], "--config").and_then(|p| {
-            if args.iter().any(|a| a == "--watch") {
-                cmd_status_watch(PathBuf::from(p))
-            } else {
-                cmd_status(PathBuf::from(p), args.iter().any(|a| a == "--json"))
-            }
+    let result = match cli.command {
+        Command::Run { config, log_json } => cmd_run(config, log_json),
+        Command::CheckConfig { file } => cmd_check(file),
+        Command::Status {
+            config,
+            watch: true,
+            ..
+        } => cmd_status_watch(config),
+        Command::Status { config, json, .. } => cmd_status(config, json),
+        Command::Demo {
+            parcels,
+            scan_interval_ms,
+            offline,
+        } => cmd_demo(darkleg_agent::demo::DemoOptions {
+            parcels,
+            scan_interval: Duration::from_millis(scan_interval_ms),
+            offline,
         }),
-        Some("demo") => cmd_demo(&args[1..]),
-        Some("simulate") => cmd_simulate(&args[1..]),
-        Some("inspect-barcode") => cmd_inspect(&args[1..]),
-        Some("export") => cmd_export(&args[1..]),
-        Some("report") => flag_value(&args[1..], "--config").and_then(|p| {
-            let c = Config::load(&PathBuf::from(p)).map_err(|e| e.to_string())?;
-            if !c.db_path().exists() {
-                return Err(format!(
-                    "no database at {} (hint: has `darkleg run` started with this config?)",
-                    c.db_path().display()
-                ));
-            }
-            print!(
-                "{}",
-                darkleg_agent::report::run(&c, args.iter().any(|a| a == "--json"))?
-            );
-            Ok(())
-        }),
-        Some("recover") => cmd_recover(&args[1..]),
-        Some("--version") | Some("-V") => {
-            println!("darkleg {}", env!("CARGO_PKG_VERSION"));
+        Command::Simulate(args) => cmd_simulate(args),
+        Command::InspectBarcode { codes } => cmd_inspect(&codes),
+        Command::Export {
+            epcis: _,
+            config,
+            since,
+            until,
+            output,
+        } => cmd_export(
+            config,
+            darkleg_agent::epcis::export::ExportOptions {
+                since_ms: since,
+                until_ms: until,
+                output,
+            },
+        ),
+        Command::Report { config, json } => cmd_report(config, json),
+        Command::Recover { file, config } => cmd_recover(file, config),
+        Command::Completions { shell } => {
+            cli::print_completions(shell);
             Ok(())
         }
-        Some("--help") | Some("-h") | Some("help") => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => Err(format!("unknown command {other:?}\n\n{USAGE}")),
-        None => Err(USAGE.to_string()),
+        Command::Man { dir } => cli::man(dir.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,14 +73,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn flag_value(args: &[String], flag: &str) -> Result<String, String> {
-    args.iter()
-        .position(|a| a == flag)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .ok_or_else(|| format!("missing {flag} FILE\n\n{USAGE}"))
 }
 
 /// Human-readable logs by default (colours on a terminal only); one JSON object per line with
@@ -271,14 +233,8 @@ fn cmd_check(path: PathBuf) -> Result<(), String> {
 }
 
 fn cmd_status(path: PathBuf, json: bool) -> Result<(), String> {
-    let c = Config::load(&path).map_err(|e| e.to_string())?;
+    let c = load_with_db(&path)?;
     let db = c.db_path();
-    if !db.exists() {
-        return Err(format!(
-            "no database at {} (hint: has `darkleg run` started with this config?)",
-            db.display()
-        ));
-    }
     let status = darkleg_agent::store::Reader::open(&db)
         .and_then(|r| r.status())
         .map_err(|e| e.to_string())?;
@@ -302,72 +258,53 @@ fn cmd_status(path: PathBuf, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn cmd_demo(args: &[String]) -> Result<(), String> {
-    let num = |flag: &str, default: u64| num_flag(args, flag, default);
+fn cmd_demo(opts: darkleg_agent::demo::DemoOptions) -> Result<(), String> {
     if std::env::var_os("RUST_LOG").is_some() {
         init_logs();
     }
-    darkleg_agent::demo::run(darkleg_agent::demo::DemoOptions {
-        parcels: num("--parcels", 12)?.max(1),
-        scan_interval: Duration::from_millis(num("--scan-interval-ms", 150)?),
-        offline: args.iter().any(|a| a == "--offline"),
-    })
+    darkleg_agent::demo::run(opts)
 }
 
-/// `--flag N` as a number, `default` when absent.
-fn num_flag<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> Result<T, String> {
-    match args.iter().position(|a| a == flag) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{flag} needs a number")),
-    }
-}
-
-fn cmd_simulate(args: &[String]) -> Result<(), String> {
+fn cmd_simulate(args: cli::SimulateArgs) -> Result<(), String> {
     use darkleg_agent::sim::scanner::Faults;
     use darkleg_agent::simulate::{FleetOptions, SimulateOptions};
+    let cli::SimulateArgs {
+        config,
+        scanners,
+        parcels,
+        scan_interval_ms,
+        power_cut_every_ms,
+        link_drop_every_ms,
+        garbage,
+        timeout_secs,
+        report,
+    } = args;
     if std::env::var_os("RUST_LOG").is_some() {
         init_logs();
     }
-    let every = |flag: &str| -> Result<Option<Duration>, String> {
-        let ms: u64 = num_flag(args, flag, 0)?;
-        Ok((ms > 0).then(|| Duration::from_millis(ms)))
-    };
-    let garbage: f64 = num_flag(args, "--garbage", 0.0)?;
-    if !(0.0..=1.0).contains(&garbage) {
-        return Err("--garbage is a probability per frame, 0 to 1".into());
-    }
+    let every = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
     let run_id = darkleg_agent::clock::now_ms() / 1000 % 1_000_000;
     darkleg_agent::simulate::run(SimulateOptions {
-        config: PathBuf::from(flag_value(args, "--config")?),
+        config,
         fleet: FleetOptions {
-            scanners: num_flag(args, "--scanners", 4usize)?.clamp(1, 64),
-            parcels: num_flag(args, "--parcels", 50u64)?.max(1),
-            scan_interval: Duration::from_millis(num_flag(args, "--scan-interval-ms", 50)?),
+            scanners: scanners.into(),
+            parcels,
+            scan_interval: Duration::from_millis(scan_interval_ms),
             faults: Faults {
-                power_cut_every: every("--power-cut-every-ms")?,
-                link_drop_every: every("--link-drop-every-ms")?,
+                power_cut_every: every(power_cut_every_ms),
+                link_drop_every: every(link_drop_every_ms),
             },
             garbage,
             seed: run_id,
             device_prefix: format!("sim{run_id}"),
         },
-        timeout: Duration::from_secs(num_flag(args, "--timeout-secs", 120)?),
-        report: args
-            .iter()
-            .position(|a| a == "--report")
-            .and_then(|i| args.get(i + 1))
-            .map(PathBuf::from),
+        timeout: Duration::from_secs(timeout_secs),
+        report,
     })
 }
 
 fn cmd_inspect(codes: &[String]) -> Result<(), String> {
     use darkleg_protocol::barcode::{self, json::inspection_json, Kind};
-    if codes.is_empty() {
-        return Err("inspect-barcode needs at least one CODE".into());
-    }
     for code in codes {
         // A shell cannot easily pass GS (0x1D): accept it written as \x1d.
         let raw = code.replace("\\x1d", "\u{1d}").replace("\\x1D", "\u{1d}");
@@ -391,43 +328,34 @@ fn cmd_inspect(codes: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn cmd_export(args: &[String]) -> Result<(), String> {
-    if !args.iter().any(|a| a == "--epcis") {
-        return Err("export needs a format: --epcis (GS1 EPCIS 2.0 JSON-LD)".into());
+fn cmd_export(
+    config: PathBuf,
+    opts: darkleg_agent::epcis::export::ExportOptions,
+) -> Result<(), String> {
+    let c = load_with_db(&config)?;
+    let n = darkleg_agent::epcis::export::export(&c, &opts)?;
+    if let Some(p) = &opts.output {
+        eprintln!("{n} events written to {}", p.display());
     }
-    let c =
-        Config::load(&PathBuf::from(flag_value(args, "--config")?)).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn cmd_report(config: PathBuf, json: bool) -> Result<(), String> {
+    let c = load_with_db(&config)?;
+    print!("{}", darkleg_agent::report::run(&c, json)?);
+    Ok(())
+}
+
+/// The config, for a command that reads the store the agent has written.
+fn load_with_db(path: &std::path::Path) -> Result<Config, String> {
+    let c = Config::load(path).map_err(|e| e.to_string())?;
     if !c.db_path().exists() {
         return Err(format!(
             "no database at {} (hint: has `darkleg run` started with this config?)",
             c.db_path().display()
         ));
     }
-    let time = |flag: &str| -> Result<Option<u64>, String> {
-        let Some(i) = args.iter().position(|a| a == flag) else {
-            return Ok(None);
-        };
-        let v = args
-            .get(i + 1)
-            .ok_or_else(|| format!("{flag} needs a time"))?;
-        v.parse::<jiff::Timestamp>()
-            .map(|t| Some(t.as_millisecond().max(0) as u64))
-            .map_err(|e| format!("{flag} {v:?}: {e} (hint: RFC 3339, e.g. 2026-11-22T00:00:00Z)"))
-    };
-    let opts = darkleg_agent::epcis::export::ExportOptions {
-        since_ms: time("--since")?,
-        until_ms: time("--until")?,
-        output: args
-            .iter()
-            .position(|a| a == "--output")
-            .and_then(|i| args.get(i + 1))
-            .map(PathBuf::from),
-    };
-    let n = darkleg_agent::epcis::export::export(&c, &opts)?;
-    if let Some(p) = &opts.output {
-        eprintln!("{n} events written to {}", p.display());
-    }
-    Ok(())
+    Ok(c)
 }
 
 /// `status --watch`: the status every second, with a progress bar per draining backlog.
@@ -485,16 +413,10 @@ fn cmd_status_watch(path: PathBuf) -> Result<(), String> {
 }
 
 /// `recover FILE --config CFG`: salvage into the configured store, then say what came back.
-fn cmd_recover(args: &[String]) -> Result<(), String> {
-    let file = args
-        .first()
-        .filter(|a| !a.starts_with("--"))
-        .ok_or_else(|| format!("recover needs a FILE (a damaged copy)\n\n{USAGE}"))?;
-    let c =
-        Config::load(&PathBuf::from(flag_value(args, "--config")?)).map_err(|e| e.to_string())?;
-    let s = darkleg_agent::store::salvage::recover(&c, &PathBuf::from(file))
-        .map_err(|e| e.to_string())?;
-    println!("{file} → {}: {s}", c.db_path().display());
+fn cmd_recover(file: PathBuf, config: PathBuf) -> Result<(), String> {
+    let c = Config::load(&config).map_err(|e| e.to_string())?;
+    let s = darkleg_agent::store::salvage::recover(&c, &file).map_err(|e| e.to_string())?;
+    println!("{} → {}: {s}", file.display(), c.db_path().display());
     Ok(())
 }
 
