@@ -5,6 +5,7 @@
 
 pub mod derived;
 mod devices;
+mod held;
 pub mod integrity;
 mod ops;
 pub mod salvage;
@@ -118,7 +119,7 @@ impl StoreHandle {
             committed: committed_tx,
             _lock: lock,
             devices: devices::Devices::new(incarnation as u64),
-            retry: Vec::new(),
+            held: held::Held::default(),
         };
         let join = std::thread::Builder::new()
             .name("store-writer".into())

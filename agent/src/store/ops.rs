@@ -392,6 +392,17 @@ pub(super) fn refused(
     Ok(())
 }
 
+pub(super) fn incident(
+    sp: &Connection,
+    at_ms: u64,
+    kind: &str,
+    detail: &str,
+) -> rusqlite::Result<()> {
+    sp.prepare_cached("INSERT INTO incidents(at, kind, detail) VALUES (?1, ?2, ?3)")?
+        .execute(params![at_ms as i64, kind, detail])?;
+    Ok(())
+}
+
 pub(super) fn port_report(
     sp: &Connection,
     port: &str,

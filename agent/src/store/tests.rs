@@ -785,3 +785,74 @@ fn a_delivery_mark_whose_commit_failed_is_applied_once_the_store_takes_writes_ag
     drop(r);
     close(s, j);
 }
+
+#[test]
+fn bookkeeping_that_does_not_fit_never_refuses_scans_nor_holds_back_delivery_marks() {
+    // Review finding: a held port report whose write fails on a full store (a long last
+    // reject) was retried at the head of every batch, rolled each back, and kept the marks
+    // that make room from ever landing. Counters now commit on their own, after the scans.
+    let mut f = Fixture::with_upstreams("held-full", &["a"]);
+    f.config = Fixture::config(&f.dir, &["a"], "[store]\nmax_db_mb = 1\n");
+    let (s, j) = f.open();
+    hello(&s, "d", 0);
+    let mut stored = 0u64;
+    while submit(&s, stored + 1).is_ok() {
+        stored += 1;
+        assert!(stored < 10_000);
+    }
+    rusqlite::Connection::open(f.config.db_path())
+        .unwrap()
+        .execute("UPDATE derive_watermark SET last_row = ?1", [i64::MAX])
+        .unwrap();
+    // A report that cannot fit in a full store, then the upstream confirms everything.
+    s.send_blocking(WriteOp::Port {
+        port: "p".into(),
+        protocol: "framed",
+        report: PortReport {
+            connected: true,
+            frames: 1,
+            rejected: 1,
+            last_reject: Some("x".repeat(200_000)),
+        },
+    })
+    .unwrap();
+    let rows: Vec<i64> = {
+        let r = Reader::open(&f.config.db_path()).unwrap();
+        r.pending("a", 0, 100_000)
+            .unwrap()
+            .iter()
+            .map(|p| p.row)
+            .collect()
+    };
+    assert_eq!(rows.len() as u64, stored);
+    s.send_blocking(WriteOp::Delivered {
+        upstream: "a".into(),
+        rows,
+        at_ms: crate::clock::now_ms(),
+    })
+    .unwrap();
+    // Capture comes back: the marks landed and eviction made room behind them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let next = loop {
+        match submit(&s, stored + 1) {
+            Ok(o) => break o,
+            Err(e) => {
+                assert!(e.full, "only the full store refuses: {e}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "capture never resumed"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    };
+    assert_eq!(next, FramedOutcome::Stored { acked: stored + 1 });
+    close(s, j);
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    let st = r.status().unwrap();
+    assert_eq!(
+        st.upstreams[0].delivered, stored as i64,
+        "every mark counted once"
+    );
+    assert_eq!(st.upstreams[0].backlog, 1, "only the new scan is owed");
+}

@@ -153,51 +153,40 @@ pub(super) struct Writer {
     /// Held for as long as the writer runs.
     pub _lock: std::fs::File,
     pub devices: Devices,
-    /// Reply-less bookkeeping (delivery marks, counters) whose batch did not commit: applied
-    /// again with the next batch. A lost delivery mark would leave a delivered row owed
-    /// forever on a connection that already read past it (found by the harness: a full disk
-    /// left one row in the backlog until the next reconnect resent it).
-    pub retry: Vec<WriteOp>,
+    /// Delivery marks and counters not yet durable (see `held`).
+    pub held: super::held::Held,
 }
 
-/// How long the writer waits for new work before applying held-back bookkeeping alone.
+/// How long the writer waits for new work before trying held-back bookkeeping alone.
 const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-/// Held-back bookkeeping ops kept at most; past that the oldest go, loudly (a delivery mark
-/// lost means a resend on the next connection, never a lost scan).
-const MAX_RETRY: usize = 4096;
 
 impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<WriteOp>) {
         let mut batch = Vec::with_capacity(self.max_batch);
-        let mut closed = false;
+        // Only to wait for an op with a timeout while bookkeeping is held back.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime for the store writer's timer");
         loop {
-            if self.retry.is_empty() {
-                match rx.blocking_recv() {
-                    Some(first) => batch.push(first),
-                    None => break,
-                }
+            let next = if self.held.is_empty() {
+                Some(rx.blocking_recv())
             } else {
-                // Something waits to be applied again: new work or the retry tick, first.
-                let deadline = std::time::Instant::now() + RETRY_EVERY;
-                loop {
-                    match rx.try_recv() {
-                        Ok(op) => {
-                            batch.push(op);
-                            break;
-                        }
-                        Err(mpsc::error::TryRecvError::Disconnected) => {
-                            closed = true;
-                            break;
-                        }
-                        Err(mpsc::error::TryRecvError::Empty) => {
-                            if std::time::Instant::now() >= deadline {
-                                break;
-                            }
-                            std::thread::sleep(std::time::Duration::from_millis(10));
-                        }
+                // The timeout is made inside the runtime: its timer needs the context.
+                timer
+                    .block_on(async { tokio::time::timeout(RETRY_EVERY, rx.recv()).await })
+                    .ok()
+            };
+            match next {
+                Some(Some(op)) => batch.push(op),
+                Some(None) => {
+                    if !self.held.is_empty() {
+                        self.apply_batch(&mut batch); // one last try
+                        self.held.report_lost();
                     }
+                    break;
                 }
-                batch.splice(0..0, std::mem::take(&mut self.retry));
+                None => {} // the retry tick: held-back bookkeeping alone
             }
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
@@ -205,47 +194,110 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if batch.is_empty() {
-                break; // senders gone and nothing held back
-            }
             self.apply_batch(&mut batch);
-            if closed {
-                break; // one last try for what was held back; then the process ends
-            }
         }
         tracing::debug!("store writer: all senders gone, stopping");
     }
 
     fn apply_batch(&mut self, batch: &mut Vec<WriteOp>) {
+        // Bookkeeping joins the fold; what is left needs the transaction.
+        let ops: Vec<WriteOp> = batch
+            .drain(..)
+            .filter_map(|op| self.held.fold(op))
+            .collect();
+        // A transaction a failed rollback left open would make every BEGIN fail.
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        let mut held_full = false;
+        // Marks that failed inside a batch before try on their own first.
+        if self.held.marks_alone && self.held.has_marks() {
+            match self.held.apply_marks(&self.conn) {
+                Ok(()) => self.held.marks_durable(),
+                Err(e) => {
+                    held_full |= e.full;
+                    self.held.failed(&e);
+                }
+            }
+        }
+        let marks_here = !self.held.marks_alone && self.held.has_marks();
+        let (mut full, refused) = if ops.is_empty() && !marks_here {
+            (held_full, 0)
+        } else {
+            let (full, refused) = self.commit_ops(ops, marks_here);
+            (full || held_full, refused)
+        };
+        // Counters in a transaction of their own, after the answers: a counter that does not
+        // fit must never refuse a scan.
+        if self.held.has_counters() {
+            match self.held.apply_counters(&self.conn) {
+                Ok(()) => self.held.counters_durable(),
+                Err(e) => {
+                    full |= e.full;
+                    self.held.failed(&e);
+                    if !self.conn.is_autocommit() {
+                        let _ = self.conn.execute_batch("ROLLBACK");
+                    }
+                }
+            }
+        }
+        self.held.succeeded();
+        if full {
+            self.make_room(refused as u64);
+        }
+    }
+
+    /// One transaction for the ops that answer (and the held marks when `marks_here`), then
+    /// the answers. Returns whether the disk was full and how many ops were refused.
+    fn commit_ops(&mut self, ops: Vec<WriteOp>, marks_here: bool) -> (bool, usize) {
         let mut tx = match self.conn.transaction() {
             Ok(tx) => tx,
             Err(e) => {
-                let err = StoreError::new("begin", e);
-                tracing::error!("{err}");
-                for op in batch.drain(..) {
-                    if let Some(a) = fail(op, err.clone()) {
-                        a.send();
-                    }
-                }
-                return;
+                let n = ops.len();
+                refuse_all(ops, StoreError::new("begin", e));
+                return (false, n);
             }
         };
-        let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+        let mut full = false;
+        // Marks first: deletes make room for the scans behind them.
+        let mut marks_in_batch = false;
+        if marks_here {
+            match self.held.apply_marks(&tx) {
+                Ok(()) => marks_in_batch = true,
+                Err(e) => {
+                    full |= e.full;
+                    self.held.failed(&e);
+                    self.held.marks_alone = true;
+                    if tx.is_autocommit() {
+                        // SQLite rolled the transaction back: start the batch afresh.
+                        drop(tx);
+                        tx = match self.conn.transaction() {
+                            Ok(tx) => tx,
+                            Err(e) => {
+                                let n = ops.len();
+                                refuse_all(ops, StoreError::new("begin", e));
+                                return (full, n);
+                            }
+                        };
+                    }
+                }
+            }
+        }
+        let mut answers: Vec<Answer> = Vec::with_capacity(ops.len());
         // Only a stored scan shows the outbox has room again (a counter update, a duplicate
         // or an out-of-order retransmit writes nothing that needs it).
-        let mut captures = batch
+        let mut captures = ops
             .iter()
             .filter(|op| matches!(op, WriteOp::Ascii { .. } | WriteOp::Relayed { .. }))
             .count();
-        // Copies of this batch's reply-less bookkeeping, with whether its savepoint took.
-        let mut bookkeeping: Vec<(WriteOp, bool)> = Vec::new();
-        for op in batch.drain(..) {
-            let copy = op.bookkeeping_copy();
+        for op in ops {
             // After a full disk SQLite may roll the whole transaction back; a savepoint
             // then would start (and commit) a transaction of its own. Refuse the rest.
-            let (answer, ok) = if tx.is_autocommit() {
-                let err = StoreError::new("batch", "rolled back by an earlier failure in it");
-                (fail(op, err), false)
+            let answer = if tx.is_autocommit() {
+                fail(
+                    op,
+                    StoreError::new("batch", "rolled back by an earlier failure in it"),
+                )
             } else {
                 let routes = Routes {
                     router: &self.router,
@@ -253,9 +305,6 @@ impl Writer {
                 };
                 apply_savepointed(&mut tx, &mut self.devices, &routes, op)
             };
-            if let Some(copy) = copy {
-                bookkeeping.push((copy, ok));
-            }
             answers.extend(answer);
         }
         // SQLite rolls the whole transaction back on some errors (SQLITE_FULL among them):
@@ -286,19 +335,22 @@ impl Writer {
             .iter()
             .filter(|a| matches!(a, Answer::Framed(_, Ok(FramedOutcome::Stored { .. }))))
             .count();
-        let full = matches!(&committed, Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull))
+        full = full
+            || matches!(&committed, Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull))
             || answers.iter().any(|a| a.error().is_some_and(|e| e.full));
+        if marks_in_batch {
+            if committed.is_ok() {
+                self.held.marks_durable();
+            } else {
+                // Scans that do not fit must not keep the marks that make room from landing.
+                self.held.marks_alone = true;
+            }
+        }
         // After a failed commit every answer is a refusal; otherwise only the failed ops.
         let refused = match &committed {
             Err(_) => answers.len(),
             Ok(_) => answers.iter().filter(|a| a.error().is_some()).count(),
         };
-        // What did not become durable is applied again with the next batch.
-        let failed = bookkeeping
-            .into_iter()
-            .filter(|(_, ok)| committed.is_err() || !ok)
-            .map(|(op, _)| op);
-        self.hold_back(failed);
         match committed {
             Ok(max_row) => {
                 if !full && captures > 0 && faults::STORE_FULL.swap(false, Relaxed) {
@@ -329,21 +381,7 @@ impl Writer {
                 }
             }
         }
-        if full {
-            self.make_room(refused as u64);
-        }
-    }
-
-    fn hold_back(&mut self, ops: impl Iterator<Item = WriteOp>) {
-        self.retry.extend(ops);
-        if self.retry.len() > MAX_RETRY {
-            let dropped = self.retry.len() - MAX_RETRY;
-            self.retry.drain(..dropped);
-            tracing::error!(
-                dropped,
-                "store: bookkeeping that kept failing was dropped (delivery marks among it: those rows are sent again after a reconnect)"
-            );
-        }
+        (full, refused)
     }
 
     /// The outbox hit the disk or `max_db_mb`: scans just got refused (framed scanners keep
@@ -383,50 +421,6 @@ impl Writer {
     }
 }
 
-impl WriteOp {
-    /// A copy of a reply-less op whose loss would be wrong (a delivery mark left undone
-    /// leaves a row owed; a lost counter under-reports); `None` for ops with a reply (their
-    /// sender retries) and for a prune (the next one does its work).
-    fn bookkeeping_copy(&self) -> Option<WriteOp> {
-        match self {
-            WriteOp::Delivered {
-                upstream,
-                rows,
-                at_ms,
-            } => Some(WriteOp::Delivered {
-                upstream: upstream.clone(),
-                rows: rows.clone(),
-                at_ms: *at_ms,
-            }),
-            WriteOp::Refused {
-                upstream,
-                rows,
-                reason,
-                at_ms,
-            } => Some(WriteOp::Refused {
-                upstream: upstream.clone(),
-                rows: *rows,
-                reason: reason.clone(),
-                at_ms: *at_ms,
-            }),
-            WriteOp::Port {
-                port,
-                protocol,
-                report,
-            } => Some(WriteOp::Port {
-                port: port.clone(),
-                protocol,
-                report: report.clone(),
-            }),
-            WriteOp::Incident { kind, detail } => Some(WriteOp::Incident {
-                kind,
-                detail: detail.clone(),
-            }),
-            _ => None,
-        }
-    }
-}
-
 impl Answer {
     fn error(&self) -> Option<&StoreError> {
         match self {
@@ -455,17 +449,21 @@ fn apply_savepointed(
     devices: &mut Devices,
     routes: &Routes<'_>,
     op: WriteOp,
-) -> (Option<Answer>, bool) {
+) -> Option<Answer> {
     let upstreams = routes.router.upstreams();
     let mut sp = match tx.savepoint() {
         Ok(sp) => sp,
-        Err(e) => return (fail(op, StoreError::new("savepoint", e)), false),
-    };
-    let answer = |a: Answer| {
-        let ok = a.error().is_none();
-        (Some(a), ok)
+        Err(e) => return fail(op, StoreError::new("savepoint", e)),
     };
     match op {
+        // Folded into `held` before a batch's transaction; never applied here.
+        WriteOp::Delivered { .. }
+        | WriteOp::Port { .. }
+        | WriteOp::Refused { .. }
+        | WriteOp::Incident { .. } => {
+            tracing::error!("store: bookkeeping reached the batch path");
+            None
+        }
         WriteOp::Hello {
             device,
             firmware,
@@ -475,7 +473,7 @@ fn apply_savepointed(
         } => {
             let r = ops::hello(&sp, devices, &device, &firmware, last_acked);
             let r = settle(sp, r, "hello", devices, &device, "framed", &port);
-            answer(Answer::U64(reply, r))
+            Some(Answer::U64(reply, r))
         }
         WriteOp::Framed {
             device,
@@ -485,7 +483,7 @@ fn apply_savepointed(
         } => {
             let r = ops::framed(&sp, devices, routes, &device, &scan);
             let r = settle(sp, r, "framed scan", devices, &device, "framed", &port);
-            answer(Answer::Framed(reply, r))
+            Some(Answer::Framed(reply, r))
         }
         WriteOp::Ascii {
             device,
@@ -495,41 +493,7 @@ fn apply_savepointed(
         } => {
             let r = ops::ascii(&sp, devices, routes, &device, &scan);
             let r = settle(sp, r, "ascii scan", devices, &device, "ascii", &port);
-            answer(Answer::U64(reply, r))
-        }
-        WriteOp::Delivered {
-            upstream,
-            rows,
-            at_ms,
-        } => {
-            let r = ops::delivered(&sp, &upstream, &rows, at_ms);
-            (None, log_failure(finish(sp, r, "delivery marks")))
-        }
-        WriteOp::Port {
-            port,
-            protocol,
-            report,
-        } => {
-            let r = ops::port_report(&sp, &port, protocol, &report);
-            (None, log_failure(finish(sp, r, "port counters")))
-        }
-        WriteOp::Refused {
-            upstream,
-            rows,
-            reason,
-            at_ms,
-        } => {
-            let r = ops::refused(&sp, &upstream, rows, &reason, at_ms);
-            (None, log_failure(finish(sp, r, "refusal counters")))
-        }
-        WriteOp::Incident { kind, detail } => {
-            let r = sp
-                .execute(
-                    "INSERT INTO incidents(at, kind, detail) VALUES (?1, ?2, ?3)",
-                    rusqlite::params![crate::clock::now_ms() as i64, kind, detail],
-                )
-                .map(|_| ());
-            (None, log_failure(finish(sp, r, "incident")))
+            Some(Answer::U64(reply, r))
         }
         WriteOp::Prune { before_ms } => {
             // With no upstream, nothing was ever delivered: keep everything for the first
@@ -544,15 +508,16 @@ fn apply_savepointed(
                     tracing::info!(events = n, "pruned delivered events past retention");
                 }
             }
-            (None, log_failure(finish(sp, r, "prune")))
+            log_failure(finish(sp, r, "prune"));
+            None
         }
         WriteOp::Relayed { port, scans, reply } => {
             let r = ops::relayed(&sp, routes, &port, &scans);
-            answer(Answer::U64(reply, finish(sp, r, "relayed scans")))
+            Some(Answer::U64(reply, finish(sp, r, "relayed scans")))
         }
         WriteOp::Derived { batch, reply } => {
             let r = super::derived::apply(&sp, routes, &batch).map(|()| 0);
-            answer(Answer::U64(reply, finish(sp, r, "derived parcel state")))
+            Some(Answer::U64(reply, finish(sp, r, "derived parcel state")))
         }
     }
 }
@@ -588,13 +553,18 @@ fn settle<T>(
     })
 }
 
-/// Logs a reply-less op's failure; whether it took.
-fn log_failure<T>(r: Result<T, StoreError>) -> bool {
-    match r {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::error!("{e}");
-            false
+fn log_failure<T>(r: Result<T, StoreError>) {
+    if let Err(e) = r {
+        tracing::error!("{e}");
+    }
+}
+
+/// The batch could not start: every op with a reply is refused (senders retry).
+fn refuse_all(ops: Vec<WriteOp>, err: StoreError) {
+    tracing::error!("{err}");
+    for op in ops {
+        if let Some(a) = fail(op, err.clone()) {
+            a.send();
         }
     }
 }
