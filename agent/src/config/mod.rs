@@ -4,6 +4,7 @@
 
 mod broker;
 mod dark_leg;
+mod deser;
 mod relay;
 mod upstream;
 
@@ -128,16 +129,7 @@ impl Config {
                 hint: "pass the path of a darkleg TOML config, e.g. configs/gateway.toml",
             });
         }
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start));
-            ConfigError {
-                file: file.to_string(),
-                line,
-                key: String::new(),
-                message: e.message().trim().to_string(),
-                hint: "see configs/gateway.toml for every key with a comment",
-            }
-        })?;
+        let raw: RawConfig = deser::from_toml(text, file)?;
         let v = Validator { text, file };
         v.build(raw)
     }

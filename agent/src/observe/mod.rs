@@ -7,6 +7,7 @@
 
 pub mod errors;
 pub mod latency;
+pub mod metrics;
 pub mod page;
 
 use crate::config::Config;
@@ -22,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 /// Everything a page or a scrape shows, read in one go.
+#[derive(Debug)]
 pub struct Snapshot {
     pub status: Status,
     /// (parcel, rule, opened_at, detail).
@@ -139,7 +141,10 @@ async fn answer(
             }
             ("/healthz", Ok(Ok(_))) => (200, "text/plain", "ok\n".into()),
             ("/healthz", _) => (503, "text/plain", "store unreadable\n".into()),
-            ("/metrics", Ok(Ok(s))) => (200, "text/plain; version=0.0.4", page::metrics(&s)),
+            ("/metrics", Ok(Ok(s))) => {
+                let (ctype, body) = metrics::render(s, header(&head, "accept"));
+                (200, ctype, body)
+            }
             ("/", Ok(Ok(s))) => (200, "text/html; charset=utf-8", page::html(&s, config)),
             ("/" | "/metrics", Ok(Err(e))) => {
                 (503, "text/plain", format!("store unreadable: {e}\n"))
@@ -166,6 +171,14 @@ async fn answer(
         let _ = sock.shutdown().await;
     })
     .await;
+}
+
+/// The value of header `name` (lower case) in a request head.
+fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 /// Binds `listen` now, so a taken port is a start-up error, not a silent missing page.
