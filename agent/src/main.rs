@@ -15,7 +15,7 @@ USAGE:
     darkleg check-config FILE           validate a config and print what it means
     darkleg status --config FILE [--json | --watch]
                                         backlog, last sync, per-scanner counters
-    darkleg demo [--parcels N] [--scan-interval-ms MS] [--offline]
+    darkleg demo [--parcels N] [--scan-interval-ms MS] [--offline | --embedded-broker]
                                         a small warehouse on this machine
     darkleg export --epcis --config FILE [--since T] [--until T] [--output PATH]
                                         GS1 EPCIS 2.0 JSON-LD document of the stored scans
@@ -311,6 +311,7 @@ fn cmd_demo(args: &[String]) -> Result<(), String> {
         parcels: num("--parcels", 12)?.max(1),
         scan_interval: Duration::from_millis(num("--scan-interval-ms", 150)?),
         offline: args.iter().any(|a| a == "--offline"),
+        embedded_broker: args.iter().any(|a| a == "--embedded-broker"),
     })
 }
 
