@@ -229,7 +229,7 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
                         .map(|s| s.upstreams.iter().map(|u| u.backlog).sum::<i64>())
                         .unwrap_or(-1);
                     let what = b.come_back()?;
-                    println!("  ✓ {what} after 3 s — {backlog} events waited in the outbox, draining now");
+                    println!("  ✓ {what} after 3 s — {backlog} messages waited in the outbox, draining now");
                     outage = None;
                     outage_done = true;
                 }
@@ -289,7 +289,7 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
         );
     } else {
         println!(
-            "  backlog             {} events waiting in the outbox for an upstream",
+            "  backlog             {} messages (scan events, milestones) waiting in the outbox for an upstream",
             status.upstreams.iter().map(|u| u.backlog).sum::<i64>()
         );
     }

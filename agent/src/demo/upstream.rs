@@ -38,7 +38,7 @@ pub fn choose(
         }
         Err(e) if cfg!(feature = "embedded-broker") => {
             let b = start_embedded()?;
-            let why = format!("{} ({e})", b.describe());
+            let why = format!("{}; no Mosquitto: {e}", b.describe());
             Ok((Some(b), why))
         }
         Err(e) => Ok((None, format!("none: {e}"))),
