@@ -58,8 +58,12 @@ pub enum Command {
         #[arg(long, value_name = "MS", default_value_t = 150)]
         scan_interval_ms: u64,
         /// Run without a broker even when Mosquitto is installed: the backlog waits in the outbox
-        #[arg(long)]
+        #[arg(long, conflicts_with = "embedded_broker")]
         offline: bool,
+        /// Use the broker built into darkleg even when Mosquitto is installed (it is used
+        /// anyway when Mosquitto is not)
+        #[arg(long)]
+        embedded_broker: bool,
     },
     /// GS1 EPCIS 2.0 JSON-LD document of the stored scans (to stdout or --output)
     Export {

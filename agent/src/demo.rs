@@ -1,16 +1,19 @@
 //! `darkleg demo`: a small warehouse on this machine. Two framed scanners (pick, pack) and a
-//! plain ASCII scanner (handover) on pseudo-terminals, the real agent, and a real Mosquitto
-//! on a free port when one is installed — otherwise the agent runs offline and the demo
-//! shows the backlog waiting in the outbox.
+//! plain ASCII scanner (handover) on pseudo-terminals, the real agent, and a broker started
+//! for the demo: a private Mosquitto when one is installed, else one inside this process
+//! (feature `embedded-broker`) — failing both, the agent runs offline and the demo shows
+//! the backlog waiting in the outbox.
+
+mod story;
+mod upstream;
 
 use crate::config::Config;
-use crate::sim::broker::Mosquitto;
 use crate::sim::collector::Collector;
-use crate::sim::scanner::{write_ascii_scan, FramedConfig, FramedScanner, Pty};
+use crate::sim::scanner::{write_ascii_scan, FramedConfig, FramedScanner, Pty, ScannerStats};
 use crate::sim::workload::{parcel_scans, PlannedScan};
-use darkleg_protocol::time::parse_rfc3339_ms;
 use darkleg_protocol::Step;
-use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub struct DemoOptions {
@@ -19,6 +22,8 @@ pub struct DemoOptions {
     pub scan_interval: Duration,
     /// Run without a broker even when Mosquitto is installed.
     pub offline: bool,
+    /// Use the broker inside this process even when Mosquitto is installed.
+    pub embedded_broker: bool,
 }
 
 pub fn run(opts: DemoOptions) -> Result<(), String> {
@@ -30,39 +35,36 @@ pub fn run(opts: DemoOptions) -> Result<(), String> {
     result
 }
 
+/// Parcels that have left a station: every scan of theirs there made and acked by the
+/// gateway, so they are durable in its store before the next station sees the parcel.
+fn parcels_through(s: &ScannerStats, scans_per_parcel: usize) -> usize {
+    (s.scanned.saturating_sub(s.pending) as usize) / scans_per_parcel.max(1)
+}
+
 fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
     println!(
         "darkleg demo: {} parcels through pick → pack → handover",
         opts.parcels
     );
-    let mut broker = match if opts.offline {
-        Err("--offline given".to_string())
-    } else {
-        Mosquitto::start(&dir.join("broker"))
-    } {
-        Ok(b) => {
-            println!("  broker     Mosquitto on 127.0.0.1:{} (started for this demo, stopped at the end)", b.port);
-            Some(b)
-        }
-        Err(e) => {
-            println!("  broker     none: {e}");
-            println!("             running OFFLINE: the agent keeps capturing and the backlog waits in the outbox");
-            None
-        }
-    };
+    let (mut broker, why) = upstream::choose(dir, opts.offline, opts.embedded_broker)?;
+    println!("  broker     {why}");
+    if broker.is_none() {
+        println!("             running OFFLINE: the agent keeps capturing and the backlog waits in the outbox");
+    }
     let pick = Pty::open()?;
     let pack = Pty::open()?;
     let mut handover = Pty::open()?;
     // Offline, the upstream points at a port nobody listens on: the agent retries with
     // backoff while the outbox fills, exactly as with a broker that is down.
-    let upstream_url = match &broker {
-        Some(b) => b.url(),
+    let upstream_keys = match &broker {
+        Some(b) => b.upstream_keys(),
         None => format!(
-            "mqtt://127.0.0.1:{}",
+            "url = \"mqtt://127.0.0.1:{}\"\n",
             crate::sim::broker::free_port().map_err(|e| e.to_string())?
         ),
     };
-    let upstream = format!("[[upstream]]\nname = \"central\"\nurl = \"{upstream_url}\"\ntopic_prefix = \"darkleg/v1\"\n");
+    let upstream =
+        format!("[[upstream]]\nname = \"central\"\n{upstream_keys}topic_prefix = \"darkleg/v1\"\n");
     let config_text = format!(
         "[gateway]\nsite = \"demo1\"\nid = \"gw-01\"\ndata_dir = \"{data}\"\n\n\
          [[scanner]]\nport = \"{pick}\"\nprotocol = \"framed\"\nname = \"pick-a\"\n\n\
@@ -90,7 +92,7 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
 
     let collector = broker
         .as_ref()
-        .map(|b| Collector::start(b.port, "darkleg/v1/#", "darkleg-demo-merchant"));
+        .map(|b| Collector::start(b.merchant_port(), "darkleg/v1/#", "darkleg-demo-merchant"));
     if let Some(c) = &collector {
         if !c.wait_subscribed(Duration::from_secs(5)) {
             return Err("demo subscriber could not subscribe".into());
@@ -132,13 +134,30 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
         scan_interval: opts.scan_interval,
         ..FramedConfig::new(device, seed)
     };
+    // One parcel at a time moves down the line: the packer scans a parcel only once the
+    // gateway holds all its pick scans, the dock only once it holds its pack scans. (All
+    // three stations starting at once had the dock scan parcel 1 before it was picked.)
+    let per_parcel = |plan: &[PlannedScan]| plan.len() / opts.parcels as usize;
+    let (pick_per, pack_per, hand_per) = (
+        per_parcel(&pick_plan),
+        per_parcel(&pack_plan),
+        per_parcel(&hand_plan),
+    );
+    let pack_released = Arc::new(AtomicUsize::new(0));
     let mut scanners = [
         (
             FramedScanner::start(pick.master, framed("pick-a", 1), pick_plan.clone()),
             pick_plan.len(),
         ),
         (
-            FramedScanner::start(pack.master, framed("pack-1", 2), pack_plan.clone()),
+            FramedScanner::start(
+                pack.master,
+                FramedConfig {
+                    released: Some(pack_released.clone()),
+                    ..framed("pack-1", 2)
+                },
+                pack_plan.clone(),
+            ),
             pack_plan.len(),
         ),
     ];
@@ -157,16 +176,25 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
     let mut hand_next = 0usize;
     let mut last_hand = Instant::now();
     let mut shown = 0usize;
-    let mut seen = HashSet::new();
-    let mut latencies = Vec::new();
-    // Halfway, the broker goes away for a few seconds: capture goes on, the backlog waits.
+    let mut story = story::Story::default();
+    // A third of the way in, the broker goes away for a few seconds: capture goes on, the
+    // backlog waits.
     let mut outage: Option<Instant> = None;
     let mut outage_done = false;
     // Two thirds in, the pick scanner's battery is pulled: its flash keeps what is unacked.
     let mut battery_pulled = false;
     let deadline = started + Duration::from_secs(30) + opts.scan_interval * (expected as u32);
     loop {
-        if hand_next < hand_plan.len() && last_hand.elapsed() >= opts.scan_interval * 2 {
+        let pick_stats = scanners[0].0.stats();
+        let pack_stats = scanners[1].0.stats();
+        pack_released.store(
+            parcels_through(&pick_stats, pick_per) * pack_per,
+            Ordering::Relaxed,
+        );
+        let hand_released = parcels_through(&pack_stats, pack_per) * hand_per;
+        if hand_next < hand_plan.len().min(hand_released)
+            && last_hand.elapsed() >= opts.scan_interval * 2
+        {
             write_ascii_scan(&mut handover.master, &hand_plan[hand_next])
                 .map_err(|e| e.to_string())?;
             hand_next += 1;
@@ -175,48 +203,11 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
         if let Some(c) = &collector {
             for a in c.messages().into_iter().skip(shown) {
                 shown += 1;
-                let j = &a.json;
-                if j["schema"] == "darkleg.milestone.v1" {
-                    println!(
-                        "  ★ {:<12} parcel {} (order {}, merchant {}){}",
-                        j["milestone"].as_str().unwrap_or("?"),
-                        j["parcel"].as_str().unwrap_or("-"),
-                        j["order"].as_str().unwrap_or("-"),
-                        j["merchant"].as_str().unwrap_or("-"),
-                        match (j["carrier"].as_str(), j["tracking_number"].as_str()) {
-                            (Some(c), Some(t)) => format!(" → {c} {t}"),
-                            _ => String::new(),
-                        }
-                    );
-                    continue;
+                for line in story.arrive(&a) {
+                    println!("{line}");
                 }
-                if j["schema"] != "darkleg.scan.v1" {
-                    continue;
-                }
-                let id = j["event_id"].as_str().unwrap_or("").to_string();
-                let dup = !seen.insert(id.clone());
-                let captured = j["captured_at"].as_str().unwrap_or("");
-                let lat = latency_ms(captured, a.at_ms);
-                if !dup {
-                    latencies.extend(lat);
-                }
-                println!(
-                    "  ↑ {:<9} {:<16} #{:<4} {:<22} {}{}",
-                    j["step"].as_str().unwrap_or("?"),
-                    j["device"].as_str().unwrap_or("?"),
-                    j["seq"].as_u64().unwrap_or(0),
-                    j["code"].as_str().unwrap_or("?"),
-                    lat.map(|l| format!("{l} ms after the scan"))
-                        .unwrap_or_default(),
-                    if dup {
-                        "  (duplicate, dropped by event id)"
-                    } else {
-                        ""
-                    }
-                );
             }
         }
-        let pick_stats = scanners[0].0.stats();
         if !battery_pulled && pick_stats.scanned as usize >= pick_plan.len() * 2 / 3 {
             battery_pulled = true;
             scanners[0].0.pull_battery();
@@ -226,10 +217,10 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
             );
         }
         if let Some(b) = broker.as_mut() {
-            if outage.is_none() && !outage_done && seen.len() >= expected / 3 {
-                b.stop();
+            if outage.is_none() && !outage_done && story.unique_events() >= expected / 3 {
+                let what = b.go_down();
                 outage = Some(Instant::now());
-                println!("  ✗ broker stopped — scanners keep scanning, the gateway keeps acking");
+                println!("  ✗ {what} — scanners keep scanning, the gateway keeps acking");
             }
             if let Some(t) = outage {
                 if t.elapsed() >= Duration::from_secs(3) {
@@ -237,8 +228,8 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
                         .and_then(|r| r.status())
                         .map(|s| s.upstreams.iter().map(|u| u.backlog).sum::<i64>())
                         .unwrap_or(-1);
-                    println!("  ✓ broker back after 3 s — {backlog} events waited in the outbox, draining now");
-                    b.restart()?;
+                    let what = b.come_back()?;
+                    println!("  ✓ {what} after 3 s — {backlog} messages waited in the outbox, draining now");
                     outage = None;
                     outage_done = true;
                 }
@@ -246,7 +237,10 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
         }
         let scanners_done =
             scanners.iter().all(|(s, n)| s.done(*n)) && hand_next == hand_plan.len();
-        let upstream_done = collector.is_none() || (seen.len() >= expected && outage_done);
+        let upstream_done = collector.is_none()
+            || (story.unique_events() >= expected
+                && story.parcels_told() >= opts.parcels as usize
+                && outage_done);
         if (scanners_done && upstream_done) || Instant::now() > deadline {
             break;
         }
@@ -266,30 +260,38 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
     println!("summary after {:.1} s", elapsed.as_secs_f64());
     println!("  scans made          {expected}");
     println!("  stored on gateway   {}", status.events);
-    match &collector {
-        Some(c) => {
-            latencies.sort_unstable();
-            let p = |q: f64| {
-                latencies
-                    .get(((latencies.len() as f64 - 1.0) * q) as usize)
-                    .copied()
-                    .unwrap_or(0)
-            };
-            println!(
-                "  arrived upstream    {} unique, {} duplicate deliveries",
-                seen.len(),
-                c.len() - seen.len()
-            );
-            println!(
-                "  scan → upstream     p50 {} ms, p95 {} ms (scans made during the outage included)",
-                p(0.5),
-                p(0.95)
-            );
+    if collector.is_some() {
+        println!(
+            "  arrived upstream    {} of {expected} scan events; {} of {} parcels told picked → packed → handed over",
+            story.unique_events(),
+            story.parcels_told(),
+            opts.parcels
+        );
+        println!(
+            "  other messages      {} order picks (before the parcel had a label), {} milestone updates, {} alerts",
+            story.order_picks, story.milestone_updates, story.alerts
+        );
+        for line in story.repeats_explained() {
+            println!("{line}");
         }
-        None => println!(
-            "  backlog             {} events waiting in the outbox for an upstream",
+        let mut latencies = std::mem::take(&mut story.latencies_ms);
+        latencies.sort_unstable();
+        let p = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 - 1.0) * q) as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        println!(
+            "  scan → upstream     p50 {} ms, p95 {} ms (scans made during the outage included)",
+            p(0.5),
+            p(0.95)
+        );
+    } else {
+        println!(
+            "  backlog             {} messages (scan events, milestones) waiting in the outbox for an upstream",
             status.upstreams.iter().map(|u| u.backlog).sum::<i64>()
-        ),
+        );
     }
     print!(
         "{}",
@@ -298,17 +300,22 @@ fn run_in(dir: &std::path::Path, opts: &DemoOptions) -> Result<(), String> {
             .map(|l| format!("  {l}\n"))
             .collect::<String>()
     );
+    let had_upstream = collector.is_some();
+    drop(collector);
     drop(broker);
-    if collector.is_some() && seen.len() < expected {
+    if had_upstream && story.unique_events() < expected {
         return Err(format!(
             "only {} of {expected} scans arrived upstream",
-            seen.len()
+            story.unique_events()
+        ));
+    }
+    if had_upstream && story.parcels_told() < opts.parcels as usize {
+        return Err(format!(
+            "only {} of {} parcels' milestones arrived upstream ({} held for an earlier one)",
+            story.parcels_told(),
+            opts.parcels,
+            story.milestones_held()
         ));
     }
     Ok(())
-}
-
-/// Milliseconds from an RFC 3339 `captured_at` (as we render it) to `at_ms`.
-fn latency_ms(captured: &str, at_ms: u64) -> Option<u64> {
-    Some(at_ms.saturating_sub(parse_rfc3339_ms(captured)?))
 }

@@ -37,10 +37,12 @@ fn main() -> ExitCode {
             parcels,
             scan_interval_ms,
             offline,
+            embedded_broker,
         } => cmd_demo(darkleg_agent::demo::DemoOptions {
             parcels,
             scan_interval: Duration::from_millis(scan_interval_ms),
             offline,
+            embedded_broker,
         }),
         Command::Simulate(args) => cmd_simulate(args),
         Command::InspectBarcode { codes } => cmd_inspect(&codes),

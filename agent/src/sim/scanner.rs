@@ -14,7 +14,7 @@ use darkleg_firmware::link::LinkConfig;
 use darkleg_firmware::{Config, Parts, ScanOutcome, Scanner, TriggerMode};
 use serialport::{SerialPort, TTYPort};
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -96,6 +96,9 @@ pub struct FramedConfig {
     /// The operator starts only once the scanner shows it is connected (a bench load: no
     /// error tones while a new scanner pairs).
     pub wait_online: bool,
+    /// How many of the plan's scans the operator may have made so far; `None` = all. A
+    /// station upstream raises it as parcels reach this one (the demo's pick → pack line).
+    pub released: Option<Arc<AtomicUsize>>,
 }
 
 impl FramedConfig {
@@ -113,6 +116,7 @@ impl FramedConfig {
             flash: None,
             faults: Faults::default(),
             wait_online: false,
+            released: None,
         }
     }
 }
@@ -329,7 +333,17 @@ impl Operator {
                     || u64::from(fw.pending) < 2 * u64::from(self.cfg.window))
                     && (!self.cfg.wait_online || fw.online);
                 let mut scanned = false;
-                if self.next < self.plan.len() && now >= next_scan && keeping_up {
+                let arrived = self
+                    .cfg
+                    .released
+                    .as_ref()
+                    .is_none_or(|r| r.load(Ordering::Relaxed) > self.next);
+                if !arrived {
+                    // Waiting for the parcel: the next scan comes when it arrives, not in a
+                    // burst of the scans the wait "saved".
+                    next_scan = next_scan.max(now);
+                }
+                if self.next < self.plan.len() && now >= next_scan && keeping_up && arrived {
                     scanned = true;
                     let scan = self.plan[self.next].clone();
                     if scanner.stats().step != scan.step {
@@ -340,8 +354,11 @@ impl Operator {
                             self.next += 1;
                             next_scan += self.cfg.scan_interval;
                             let n = self.next as u64;
+                            // With `scanned`, so `scanned - pending` (acked) is never ahead.
+                            let pending = u64::from(scanner.stats().pending);
                             self.stat(|s| {
                                 s.scanned = n;
+                                s.pending = pending;
                                 s.stored.push((seq, scan.code.clone()));
                                 if !online {
                                     s.stored_offline += 1;
