@@ -129,3 +129,74 @@ fn garbage_between_frames_is_counted_and_costs_no_valid_frame() {
         );
     }
 }
+
+#[test]
+fn a_scan_numbered_past_two_to_the_63_is_a_counted_rejection_never_a_wrapped_id() {
+    // The store keeps sequences as SQLite integers (i64): a seq above that would wrap
+    // negative. The frame protocol document tells vendors to stay below 2^63.
+    use darkleg_protocol::frame::{EventFrame, Frame};
+    let mut rig = Rig::new("seq-bound", &[PortKind::Framed]);
+    let _agent = rig.start_agent();
+    rig.wait_ports_open();
+    let mut pty = rig.take_ptys().pop().unwrap();
+    let send = |master: &mut dyn Write, f: &Frame| {
+        let mut buf = [0u8; 600];
+        let n = f.encode(&mut buf).unwrap();
+        master.write_all(&buf[..n]).unwrap();
+    };
+    let event = |seq: u64, code: &'static str| {
+        Frame::Event(EventFrame {
+            seq,
+            step: Step::Pick,
+            code,
+            symbology: None,
+            operator: None,
+            captured_at_ms: 0,
+        })
+    };
+    send(
+        &mut pty.master,
+        &Frame::Hello {
+            device: "vendor-x",
+            firmware: "x/1",
+            last_acked: i64::MAX as u64,
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    send(&mut pty.master, &event(i64::MAX as u64 + 1, "SO-HUGE-1"));
+    std::thread::sleep(Duration::from_millis(300));
+    // A second device on the same line, numbered normally, is taken.
+    send(
+        &mut pty.master,
+        &Frame::Hello {
+            device: "vendor-y",
+            firmware: "x/1",
+            last_acked: 0,
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    send(&mut pty.master, &event(1, "SO-FINE-1"));
+    let arrived = wait_until(Duration::from_secs(20), || {
+        rig.collector
+            .messages()
+            .iter()
+            .any(|a| a.json["code"] == "SO-FINE-1")
+    });
+    assert!(arrived, "the normally numbered scan arrives");
+    let path = pty.slave_path.clone();
+    let rejected = wait_until(Duration::from_secs(10), || {
+        let st = status(&rig.config);
+        st["ports"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["port"] == path.as_str() && p["rejected"] == 1)
+        })
+    });
+    assert!(rejected, "one counted rejection: {}", status(&rig.config));
+    assert!(
+        !rig.collector
+            .messages()
+            .iter()
+            .any(|a| a.json["code"] == "SO-HUGE-1"),
+        "the impossible seq is never stored under a wrapped id"
+    );
+}

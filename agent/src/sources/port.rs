@@ -294,6 +294,13 @@ fn framed_loop<P: Read + Write>(
                         )?;
                         continue;
                     };
+                    // As for a hello's ack: SQLite keeps sequences as i64 (the frame
+                    // protocol document tells vendors to stay below 2^63).
+                    if ev.seq > i64::MAX as u64 {
+                        counters
+                            .reject(format!("scan from {dev} with an impossible seq {}", ev.seq));
+                        continue;
+                    }
                     let received_at_ms = crate::clock::now_ms();
                     let mut scan = FramedScan {
                         seq: ev.seq,
