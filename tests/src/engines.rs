@@ -33,6 +33,16 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(out.split_once("\r\n\r\n")?.1.to_string())
 }
 
+/// nats-server on PATH, or Debian's /usr/sbin (often not on a user's PATH).
+fn nats_server() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
 /// One nats-server process.
 pub struct Nats {
     child: Option<Child>,
@@ -96,7 +106,7 @@ impl Nats {
         );
         std::fs::write(&conf, text).map_err(|e| e.to_string())?;
         let log = dir.join("nats.log");
-        let child = Command::new("nats-server")
+        let child = Command::new(nats_server())
             .arg("-c")
             .arg(&conf)
             .arg("-l")

@@ -262,3 +262,23 @@ fn a_steady_nats_cluster_delivers_every_scan() {
         assert!(lacks.is_empty(), "subscriber on {node} lacks {lacks:?}");
     }
 }
+
+/// `urls` with the first broker down: the sink moves on to the next and delivers there.
+#[test]
+fn an_upstream_whose_first_broker_is_down_delivers_through_the_next_of_its_urls() {
+    let dir = Scratch::new("engines-urls");
+    let broker = Mosquitto::start(&dir.0.join("broker")).expect("mosquitto");
+    // A port nobody listens on: connection refused.
+    let dead = darkleg_agent::sim::broker::free_port().unwrap();
+    let (events, milestones) = collectors(broker.port, "urls");
+    let keys = format!("urls = [\"mqtt://127.0.0.1:{dead}\", \"{}\"]", broker.url());
+    let c = Capture::start("urls", &keys, 20, ms(5));
+    let duplicates = c.wait_delivered(&events, Duration::from_secs(30));
+    c.wait_milestones(&milestones, Duration::from_secs(10));
+    assert_eq!(duplicates, 0, "nothing was in flight on the dead broker");
+    let log = std::fs::read_to_string(&c.log).unwrap();
+    assert!(
+        log.contains(&format!("; trying {} next", broker.url())),
+        "{log}"
+    );
+}
