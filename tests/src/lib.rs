@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub use darkleg_agent::sim::{broker::Mosquitto, collector::Collector, scanner, workload};
+pub mod engines;
 pub mod model;
 pub mod proxy;
 pub mod tls;

@@ -46,7 +46,8 @@ pub struct Route {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRelay {
     name: Spanned<String>,
-    url: Spanned<String>,
+    url: Option<Spanned<String>>,
+    urls: Option<Spanned<Vec<Spanned<String>>>>,
     topics: Option<Vec<Spanned<String>>>,
     client_id: Option<Spanned<String>>,
     username: Option<String>,
@@ -106,7 +107,7 @@ impl Validator<'_> {
                     }
                     if out.is_empty() {
                         return Err(self.err(
-                            &r.url,
+                            &r.name,
                             key("topics"),
                             "is empty".into(),
                             "leave it out for darkleg/v1/+/+/events",

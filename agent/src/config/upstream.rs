@@ -45,7 +45,8 @@ impl Upstream {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawUpstream {
     name: Spanned<String>,
-    url: Spanned<String>,
+    url: Option<Spanned<String>>,
+    urls: Option<Spanned<Vec<Spanned<String>>>>,
     topic_prefix: Option<Spanned<String>>,
     client_id: Option<Spanned<String>>,
     username: Option<String>,

@@ -4,6 +4,7 @@
 //! (rumqttc has none).
 
 pub mod backoff;
+pub mod failover;
 
 use crate::config::BrokerLink;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};

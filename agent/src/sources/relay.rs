@@ -9,8 +9,9 @@
 //! would not fix it.
 //! Never talks to a sink: what it stores reaches upstreams through the outbox.
 
-use crate::config::{Gateway, Relay};
+use crate::config::{BrokerLink, Gateway, Relay};
 use crate::mqtt::backoff::{Backoff, Reconnect};
+use crate::mqtt::failover::{self, Failover};
 use crate::store::{PortReport, StoreError, StoreHandle, WriteOp};
 use darkleg_protocol::relay::{self, Limits};
 use darkleg_protocol::upstream::hop;
@@ -59,12 +60,16 @@ pub async fn run(
         Duration::from_secs(30),
     );
     let port = format!("relay:{}", relay.name);
+    // Several site brokers (`urls`): a failed or lost connection moves on to the next.
+    let mut failover = Failover::new(relay.link.brokers());
     loop {
         if *stop.borrow() {
             return;
         }
+        let broker = relay.link.at(failover.current());
         let mut conn = Connection {
             relay: &relay,
+            broker: &broker,
             store: &store,
             me: &me,
             port: &port,
@@ -78,9 +83,11 @@ pub async fn run(
                 conn.flush_report().await;
                 let delay = reconnect.lost(crate::clock::now_ms());
                 let failures = reconnect.failures();
-                if failures.is_power_of_two() {
-                    tracing::warn!(relay = %relay.name, broker = %relay.link.url(), failures,
-                        "relay source unavailable: {why}; the broker keeps the session's messages");
+                let moved = failover.ended(failover::Ended::Failed);
+                if failures.is_power_of_two() || moved {
+                    tracing::warn!(relay = %relay.name, broker = %broker.url(), failures,
+                        "relay source unavailable: {why}; the broker keeps the session's messages{}",
+                        if moved { format!("; trying {} next", relay.link.at(failover.current()).url()) } else { String::new() });
                 }
                 delay
             }
@@ -94,6 +101,8 @@ pub async fn run(
 
 struct Connection<'a> {
     relay: &'a Relay,
+    /// Which of the relay's brokers this connection goes to.
+    broker: &'a BrokerLink,
     store: &'a StoreHandle,
     me: &'a str,
     port: &'a str,
@@ -110,8 +119,7 @@ impl Connection<'_> {
         stop: &mut watch::Receiver<bool>,
         reconnect: &mut Reconnect,
     ) -> Result<(), String> {
-        let mut opts =
-            crate::mqtt::options(&self.relay.link, &format!("relay {}", self.relay.name))?;
+        let mut opts = crate::mqtt::options(self.broker, &format!("relay {}", self.relay.name))?;
         opts.set_manual_acks(true);
         opts.set_max_packet_size(MQTT_MAX_PACKET, crate::mqtt::MAX_PACKET);
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);

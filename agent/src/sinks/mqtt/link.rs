@@ -6,7 +6,7 @@
 //! `poll()` runs in its own task and is never cancelled mid-packet: a `select!` beside a
 //! timer would drop a handshake in progress on a slow link.
 
-use crate::config::Upstream;
+use crate::config::{BrokerLink, Upstream};
 use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason};
 use rumqttc::{Event, Outgoing, Packet, QoS};
 use tokio::sync::mpsc;
@@ -38,20 +38,21 @@ pub struct Link {
 }
 
 impl Link {
-    /// Starts connecting; the first event is `Connected` or an error.
-    pub fn open(u: &Upstream, v5: bool) -> Result<Link, String> {
+    /// Starts connecting to `broker` (one of `u`'s); the first event is `Connected` or an
+    /// error.
+    pub fn open(u: &Upstream, broker: &BrokerLink, v5: bool) -> Result<Link, String> {
         // The channel holds every publish the window allows, plus a disconnect.
         let cap = u.window + 16;
         let (tx, events) = mpsc::channel::<Result<LinkEvent, String>>(1024);
         let what = format!("upstream {}", u.name);
         let (client, driver) = if v5 {
-            let mut o = crate::mqtt::options_v5(&u.link, &what)?;
+            let mut o = crate::mqtt::options_v5(broker, &what)?;
             o.set_outgoing_inflight_upper_limit(u.window.min(u16::MAX as usize) as u16);
             o.set_connection_timeout(crate::mqtt::HANDSHAKE_SECS);
             let (client, el) = rumqttc::v5::AsyncClient::new(o, cap);
             (Client::V5(client), drive(el, tx, map_v5))
         } else {
-            let o = super::options::mqtt_options(u)?;
+            let o = super::options::mqtt_options(u, broker)?;
             let (client, mut el) = rumqttc::AsyncClient::new(o, cap);
             el.set_network_options(crate::mqtt::network_options());
             (Client::V311(client), drive(el, tx, map_v311))

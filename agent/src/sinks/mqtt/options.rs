@@ -1,11 +1,12 @@
 //! Upstream config → `rumqttc::MqttOptions`: the broker connection plus the window as the
 //! client's in-flight limit.
 
-use crate::config::Upstream;
+use crate::config::{BrokerLink, Upstream};
 use rumqttc::MqttOptions;
 
-pub fn mqtt_options(u: &Upstream) -> Result<MqttOptions, String> {
-    let mut o = crate::mqtt::options(&u.link, &format!("upstream {}", u.name))?;
+/// Options for `broker`, one of `u`'s ([`BrokerLink::at`]).
+pub fn mqtt_options(u: &Upstream, broker: &BrokerLink) -> Result<MqttOptions, String> {
+    let mut o = crate::mqtt::options(broker, &format!("upstream {}", u.name))?;
     o.set_inflight(u.window.min(u16::MAX as usize) as u16);
     // A batch under `max_message_kb` must also fit the client's own limit, or it would be
     // rebuilt and refused on every reconnect.

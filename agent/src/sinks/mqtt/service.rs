@@ -9,6 +9,7 @@ use super::dispatcher::Dispatcher;
 use super::link::{Link, LinkEvent};
 use crate::config::{Gateway, MqttVersion, Upstream};
 use crate::mqtt::backoff::Backoff;
+use crate::mqtt::failover::{self, Failover};
 use crate::store::{Reader, StoreHandle, WriteOp};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,10 @@ const MAX_ROWS_PER_READ: usize = 8192;
 
 enum Ended {
     Stop,
+    /// Failed or lost: the next broker of `urls` is tried.
     Lost(String),
+    /// Ended with the broker in good standing: the same one is tried again.
+    Retry(String, failover::Ended),
 }
 
 /// Delivers `upstream`'s outbox until `stop` turns true.
@@ -54,6 +58,7 @@ pub async fn run(
         backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(30), seed),
         failures: 0,
         try_v5: true,
+        failover: Failover::new(upstream.link.brokers()),
         parked: HashMap::new(),
         suspect: None,
     };
@@ -65,20 +70,27 @@ pub async fn run(
         if *stop.borrow() {
             return;
         }
-        match session.connection(&mut dispatcher, &mut stop).await {
+        let broker = session.broker().url();
+        let (why, how) = match session.connection(&mut dispatcher, &mut stop).await {
             Ended::Stop => return,
-            Ended::Lost(why) => {
-                session.failures += 1;
-                let n = session.failures;
-                // A broker down for hours should not write a warning every 30 s: log the
-                // first failure, then the 2nd, 4th, 8th… (debug in between).
-                if n.is_power_of_two() {
-                    tracing::warn!(upstream = %upstream.name, broker = %upstream.link.url(),
-                        failures = n, "upstream unavailable: {why}; capture continues, the outbox keeps the backlog");
-                } else {
-                    tracing::debug!(upstream = %upstream.name, failures = n, "upstream unavailable: {why}");
-                }
-            }
+            Ended::Lost(why) => (why, failover::Ended::Failed),
+            Ended::Retry(why, how) => (why, how),
+        };
+        session.failures += 1;
+        let n = session.failures;
+        let moved = session.failover.ended(how);
+        let next = if moved {
+            format!("; trying {} next", session.broker().url())
+        } else {
+            String::new()
+        };
+        // A broker down for hours should not write a warning every 30 s: log the first
+        // failure, then the 2nd, 4th, 8th… (debug in between) — and every move to another.
+        if n.is_power_of_two() || moved {
+            tracing::warn!(upstream = %upstream.name, broker = %broker,
+                failures = n, "upstream unavailable: {why}{next}; capture continues, the outbox keeps the backlog");
+        } else {
+            tracing::debug!(upstream = %upstream.name, broker = %broker, failures = n, "upstream unavailable: {why}{next}");
         }
         let delay = session.backoff.next_delay();
         tokio::select! {
@@ -98,6 +110,8 @@ struct Session<'a> {
     failures: u32,
     /// With `mqtt_version = "auto"`: try MQTT 5 on the next attempt.
     try_v5: bool,
+    /// Which of the upstream's brokers (`urls`) the next attempt goes to.
+    failover: Failover,
     /// Rows the broker refused, held back until the instant given: the rest of the backlog
     /// flows past them (one row a broker never takes must not stop an upstream).
     parked: HashMap<i64, (Instant, u32)>,
@@ -126,7 +140,8 @@ impl Session<'_> {
             MqttVersion::V311 => false,
             MqttVersion::Auto => self.try_v5,
         };
-        let mut link = match Link::open(self.upstream, v5) {
+        let broker = self.broker();
+        let mut link = match Link::open(self.upstream, &broker, v5) {
             Ok(l) => l,
             Err(e) => return Ended::Lost(e),
         };
@@ -147,7 +162,7 @@ impl Session<'_> {
         let version = if v5 { "5" } else { "3.1.1" };
         match connack {
             Ok(Ok(session_present)) => {
-                tracing::info!(upstream = %self.upstream.name, session_present, mqtt = version, "upstream connected");
+                tracing::info!(upstream = %self.upstream.name, broker = %broker.url(), session_present, mqtt = version, "upstream connected");
                 if self.upstream.mqtt_version == MqttVersion::Auto && !v5 {
                     tracing::info!(upstream = %self.upstream.name,
                         "the broker did not take an MQTT 5 connect: speaking 3.1.1, where a refused publication is acked and dropped — darkleg trusts no ack followed by a close (set mqtt_version = \"3.1.1\" to skip the v5 attempt)");
@@ -159,10 +174,16 @@ impl Session<'_> {
             Ok(Err(e)) => {
                 // Try the other version only when a broker was there and turned the CONNECT
                 // down; a broker that is simply down says nothing about its MQTT.
+                let why = format!("MQTT {version} connect: {e}");
                 if self.upstream.mqtt_version == MqttVersion::Auto && !unreachable(&e) {
                     self.try_v5 = !v5;
+                    // The broker was there and turned MQTT 5 down: ask it in 3.1.1 before
+                    // moving on (one that refuses both is in trouble: the next one, then).
+                    if v5 {
+                        return Ended::Retry(why, failover::Ended::RetryOtherVersion);
+                    }
                 }
-                return Ended::Lost(format!("MQTT {version} connect: {e}"));
+                return Ended::Lost(why);
             }
             Err(_) => return Ended::Lost(format!("no CONNACK within {CONNECT_TIMEOUT:?}")),
         }
@@ -278,7 +299,10 @@ impl Session<'_> {
                 .values()
                 .any(|(until, _)| *until > connected_at && *until <= now)
             {
-                return Ended::Lost("offering held-back rows again".into());
+                return Ended::Retry(
+                    "offering held-back rows again".into(),
+                    failover::Ended::Deliberate,
+                );
             }
             let until_release = c.next_release(ACK_GRACE_311);
             let ended = tokio::select! {
@@ -301,7 +325,7 @@ impl Session<'_> {
                     }
                     Some(Ok(LinkEvent::Refused { pkid, reason })) => {
                         let rows = d.on_puback(pkid).map(|row| c.rows(row)).unwrap_or_default();
-                        tracing::error!(upstream = %self.upstream.name, broker = %self.upstream.link.url(), rows = rows.len(),
+                        tracing::error!(upstream = %self.upstream.name, broker = %self.broker().url(), rows = rows.len(),
                             "the broker refused a publication: {reason}; it stays in the outbox and is offered again later (10 s, doubling up to 5 min), the rest of the backlog goes on");
                         self.refused(rows.len(), reason.clone()).await;
                         c.named_refusal = true;
@@ -342,6 +366,11 @@ impl Session<'_> {
                 self.mark(&mut c.delivered).await;
             }
         }
+    }
+
+    /// The broker the next (or current) connection goes to.
+    fn broker(&self) -> crate::config::BrokerLink {
+        self.upstream.link.at(self.failover.current())
     }
 
     /// The connection has proved itself (a trusted ack, or long enough up): back-off starts
