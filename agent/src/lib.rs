@@ -143,6 +143,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         sources::supervise(config.clone(), store.clone(), stop.clone()),
     );
     let mut links = Vec::new();
+    if !config.hid_scanners.is_empty() {
+        links.push(health.spawn(
+            "keyboard-wedge supervisor",
+            sources::hid::supervise(config.clone(), store.clone(), stop.clone()),
+        ));
+    }
     for u in &config.upstreams {
         let (u, gateway, store, stop) = (
             u.clone(),

@@ -7,6 +7,7 @@
 //! one on a matching path) is picked up without a restart.
 
 pub mod glob;
+pub mod hid;
 pub mod network;
 mod port;
 pub mod relay;
