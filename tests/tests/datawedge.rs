@@ -64,7 +64,7 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
          [[network_scanner]]\nlisten = \"127.0.0.1:{idle}\"\nstation = \"pick\"\nidle_secs = 1\n"
     );
     let rig = Rig::with_store("datawedge", &[], &extra);
-    let _agent = rig.start_agent();
+    let mut agent = rig.start_agent();
     let tcp_name = format!("tcp://127.0.0.1:{tcp}");
     let udp_name = format!("udp://127.0.0.1:{udp}");
     assert!(
@@ -284,4 +284,18 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
             .is_some_and(|d| d.iter().any(|d| d["device"] == "tc52-dock-3")),
         "the mapped device is on status: {devices}"
     );
+    // A clean stop with handhelds still connected: their tasks end, the writer is not held.
+    let t = std::time::Instant::now();
+    let exit = agent.stop();
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "SIGTERM with {} connections open: {exit:?}",
+        open.len()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "stopped in {:?}",
+        t.elapsed()
+    );
+    drop(open);
 }
