@@ -115,6 +115,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     );
     // Parts stop on this: the caller's shutdown, or a part's death.
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Bound before anything else starts: a taken port is an error at start, not a dead part.
+    let mut network = Vec::new();
+    for n in &config.network_scanners {
+        network.push((n.clone(), sources::network::bind(n).await?));
+    }
     let http = match config.http {
         Some(addr) => {
             let listener = observe::bind(addr).await?;
@@ -138,6 +143,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
         sources::supervise(config.clone(), store.clone(), stop.clone()),
     );
     let mut links = Vec::new();
+    if !config.hid_scanners.is_empty() {
+        links.push(health.spawn(
+            "keyboard-wedge supervisor",
+            sources::hid::supervise(config.clone(), store.clone(), stop.clone()),
+        ));
+    }
     for u in &config.upstreams {
         let (u, gateway, store, stop) = (
             u.clone(),
@@ -156,6 +167,18 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             sources::relay::run(
                 r.clone(),
                 config.gateway.clone(),
+                store.clone(),
+                stop_rx.clone(),
+            ),
+        ));
+    }
+    for (n, bound) in network {
+        links.push(health.spawn(
+            format!("network scanner {}", n.port_name()),
+            sources::network::run(
+                n,
+                bound,
+                config.gateway.id.clone(),
                 store.clone(),
                 stop_rx.clone(),
             ),

@@ -5,12 +5,16 @@
 mod broker;
 mod dark_leg;
 mod deser;
+mod hid;
+mod network;
 mod relay;
 mod upstream;
 
 pub use broker::{BrokerLink, Secret};
 pub use dark_leg::{AlertRules, Cutoff, EpcisConfig, Merchant, ParcelRules, Pattern};
 use darkleg_protocol::Step;
+pub use hid::{HidScanner, Layout};
+pub use network::{NetworkScanner, Suffix, Transport};
 pub use relay::{Carries, Relay, Route};
 use serde::Deserialize;
 use std::fmt;
@@ -24,6 +28,8 @@ pub struct Config {
     pub gateway: Gateway,
     pub store: StoreConfig,
     pub scanners: Vec<Scanner>,
+    pub network_scanners: Vec<NetworkScanner>,
+    pub hid_scanners: Vec<HidScanner>,
     pub upstreams: Vec<Upstream>,
     /// Other gateways' events come in through these.
     pub relays: Vec<Relay>,
@@ -180,6 +186,10 @@ struct RawConfig {
     store: Option<RawStore>,
     #[serde(default)]
     scanner: Vec<RawScanner>,
+    #[serde(default)]
+    network_scanner: Vec<network::RawNetworkScanner>,
+    #[serde(default)]
+    hid_scanner: Vec<hid::RawHidScanner>,
     #[serde(default)]
     upstream: Vec<upstream::RawUpstream>,
     #[serde(default)]
@@ -426,6 +436,8 @@ impl Validator<'_> {
             gateway,
             store,
             scanners,
+            network_scanners: self.network_scanners(raw.network_scanner)?,
+            hid_scanners: self.hid_scanners(raw.hid_scanner)?,
             upstreams,
             relays,
             routes,

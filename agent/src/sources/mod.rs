@@ -1,12 +1,14 @@
 //! Sources: serial scanners and relayed gateways in, [`WriteOp`](crate::store::WriteOp)s to
 //! the store out. Sources never talk to sinks. [`relay`] takes other gateways' events from a
-//! site broker.
+//! site broker; [`network`] handhelds' scans over TCP or UDP (DataWedge IP output).
 //!
 //! The supervisor re-expands every scanner's port pattern each second and runs one
 //! blocking thread per present port, so a scanner unplugged and plugged back in (or a new
 //! one on a matching path) is picked up without a restart.
 
 pub mod glob;
+pub mod hid;
+pub mod network;
 mod port;
 pub mod relay;
 

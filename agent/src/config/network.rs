@@ -1,0 +1,235 @@
+//! `[[network_scanner]]`: handhelds that send scans over the floor network (Zebra
+//! DataWedge's IP Output with Remote Wedge off, and anything else that writes raw lines).
+
+use super::{ConfigError, Validator};
+use darkleg_protocol::Step;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// One scan per suffix-ended line on a connection.
+    Tcp,
+    /// One scan per datagram.
+    Udp,
+}
+
+/// What ends a scan, as DataWedge's Keystroke/IP "send suffix" is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Suffix {
+    Lf,
+    Cr,
+    Crlf,
+    Tab,
+}
+
+impl Suffix {
+    /// The byte a line is split on; for `crlf` the CR before it is stripped.
+    pub fn end_byte(self) -> u8 {
+        match self {
+            Suffix::Lf | Suffix::Crlf => b'\n',
+            Suffix::Cr => b'\r',
+            Suffix::Tab => b'\t',
+        }
+    }
+
+    /// `line` without a trailing suffix. `lf` also drops a CR before the LF: a device sending
+    /// CRLF to an `lf` listener is common and costs nothing to forgive.
+    pub fn strip(self, line: &[u8]) -> &[u8] {
+        let line = line.strip_suffix(&[self.end_byte()]).unwrap_or(line);
+        match self {
+            Suffix::Lf | Suffix::Crlf => line.strip_suffix(b"\r").unwrap_or(line),
+            Suffix::Cr | Suffix::Tab => line,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NetworkScanner {
+    pub listen: SocketAddr,
+    pub transport: Transport,
+    pub step: Step,
+    /// Label carried in each event's `station` field.
+    pub station_name: String,
+    pub suffix: Suffix,
+    /// Source address → device id; others are `{gateway}:{ip}`.
+    pub devices: HashMap<IpAddr, String>,
+    /// TCP: connections beyond this are closed at once.
+    pub max_connections: usize,
+    /// Longest scan in bytes; longer is counted as garbage.
+    pub max_line: usize,
+    /// TCP: a connection silent this long is closed.
+    pub idle: Duration,
+}
+
+impl NetworkScanner {
+    /// The name its counters go under in the ports table (`tcp://0.0.0.0:58627`).
+    pub fn port_name(&self) -> String {
+        let scheme = match self.transport {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        };
+        format!("{scheme}://{}", self.listen)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNetworkScanner {
+    listen: Spanned<String>,
+    transport: Option<Transport>,
+    station: Spanned<String>,
+    name: Option<String>,
+    suffix: Option<Suffix>,
+    devices: Option<BTreeMap<String, Spanned<String>>>,
+    max_connections: Option<Spanned<i64>>,
+    max_line: Option<Spanned<i64>>,
+    idle_secs: Option<Spanned<i64>>,
+}
+
+impl Validator<'_> {
+    /// A station's step: what a scan there means.
+    pub(super) fn station_step(
+        &self,
+        v: &Spanned<String>,
+        key: String,
+    ) -> Result<Step, ConfigError> {
+        v.get_ref().parse::<Step>().map_err(|e| {
+            self.err(
+                v,
+                key,
+                format!("{:?}: {e}", v.get_ref()),
+                "the step a scan at this station means",
+            )
+        })
+    }
+
+    pub(super) fn network_scanners(
+        &self,
+        raw: Vec<RawNetworkScanner>,
+    ) -> Result<Vec<NetworkScanner>, ConfigError> {
+        let mut out: Vec<NetworkScanner> = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let key = |k: &str| format!("network_scanner[{i}].{k}");
+            let listen: SocketAddr = r.listen.get_ref().parse().map_err(|e| {
+                self.err(
+                    &r.listen,
+                    key("listen"),
+                    format!("{:?}: {e}", r.listen.get_ref()),
+                    "an address and port such as \"0.0.0.0:58627\" (DataWedge's default IP output port)",
+                )
+            })?;
+            let transport = r.transport.unwrap_or(Transport::Tcp);
+            if out
+                .iter()
+                .any(|o| o.listen == listen && o.transport == transport)
+            {
+                return Err(self.err(
+                    &r.listen,
+                    key("listen"),
+                    format!("{listen} is used twice"),
+                    "give each network scanner table its own port (TCP and UDP may share one)",
+                ));
+            }
+            let step = self.station_step(&r.station, key("station"))?;
+            let mut devices = HashMap::new();
+            for (addr, name) in r.devices.unwrap_or_default() {
+                let ip: IpAddr = addr.parse().map_err(|e| {
+                    self.err(
+                        &name,
+                        key(&format!("devices.{addr:?}")),
+                        format!("{addr:?} is not an IP address: {e}"),
+                        "map a handheld's address to its name: devices = { \"10.0.0.7\" = \"tc52-dock-3\" }",
+                    )
+                })?;
+                let dev = self.name(&name, &key(&format!("devices.{addr:?}")))?;
+                devices.insert(ip.to_canonical(), dev);
+            }
+            let int = |v: &Option<Spanned<i64>>, k: &str, lo, hi, default| match v {
+                Some(v) => self.range(v, &key(k), lo, hi),
+                None => Ok(default),
+            };
+            out.push(NetworkScanner {
+                listen,
+                transport,
+                step,
+                station_name: r.name.unwrap_or_else(|| step.as_str().to_string()),
+                suffix: r.suffix.unwrap_or(Suffix::Lf),
+                devices,
+                max_connections: int(&r.max_connections, "max_connections", 1, 65_536, 512)?
+                    as usize,
+                max_line: int(&r.max_line, "max_line", 16, 65_536, 4096)? as usize,
+                idle: Duration::from_secs(int(&r.idle_secs, "idle_secs", 1, 86_400, 600)? as u64),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const BASE: &str = "[gateway]\nsite = \"s\"\nid = \"gw-01\"\ndata_dir = \"/tmp/x\"\n\n";
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        Config::parse(&format!("{BASE}{extra}"), "t.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_devices_and_errors_with_line_and_key() {
+        let c = parse(
+            "[[network_scanner]]\nlisten = \"0.0.0.0:58627\"\nstation = \"pack\"\ndevices = { \"10.0.0.7\" = \"tc52-dock-3\" }\n",
+        )
+        .unwrap();
+        let n = &c.network_scanners[0];
+        assert_eq!(n.transport, super::Transport::Tcp);
+        assert_eq!(n.suffix, super::Suffix::Lf);
+        assert_eq!((n.max_connections, n.max_line), (512, 4096));
+        assert_eq!(n.port_name(), "tcp://0.0.0.0:58627");
+        assert_eq!(
+            n.devices[&"10.0.0.7".parse::<std::net::IpAddr>().unwrap()],
+            "tc52-dock-3"
+        );
+        let e = parse("[[network_scanner]]\nlisten = \"0.0.0.0:58627\"\nstation = \"packing\"\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("t.toml:8: `network_scanner[0].station`: \"packing\": unknown step"),
+            "{e}"
+        );
+        let e = parse("[[network_scanner]]\nlisten = \"0.0.0.0:58627\"\nstation = \"pack\"\ndevices = { \"10.0.0\" = \"x\" }\n")
+            .unwrap_err();
+        assert!(e.contains("`network_scanner[0].devices.\"10.0.0\"`"), "{e}");
+        let e = parse("[[network_scanner]]\nlisten = \"58627\"\nstation = \"pack\"\n").unwrap_err();
+        assert!(
+            e.contains("`network_scanner[0].listen`") && e.contains("hint:"),
+            "{e}"
+        );
+        let e = parse(
+            "[[network_scanner]]\nlisten = \"0.0.0.0:1\"\nstation = \"pack\"\nmax_line = 3\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("`network_scanner[0].max_line`"), "{e}");
+        let e = parse(
+            "[[network_scanner]]\nlisten = \"0.0.0.0:1\"\nstation = \"pack\"\nsuffix = \"nl\"\n",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("t.toml:9") && e.contains("`crlf`"), "{e}");
+    }
+
+    #[test]
+    fn suffixes_strip_what_they_end_with() {
+        use super::Suffix::*;
+        assert_eq!(Lf.strip(b"abc\r\n"), b"abc");
+        assert_eq!(Lf.strip(b"abc"), b"abc");
+        assert_eq!(Crlf.strip(b"abc\r\n"), b"abc");
+        assert_eq!(Cr.strip(b"abc\r"), b"abc");
+        assert_eq!(Tab.strip(b"abc\t"), b"abc");
+        assert_eq!(Tab.strip(b"abc\n"), b"abc\n");
+    }
+}

@@ -1,0 +1,348 @@
+//! Handhelds on the floor network: DataWedge's IP Output (Remote Wedge off) and anything else
+//! that sends raw scans — one per suffix-ended line over TCP, one per datagram over UDP.
+//!
+//! DataWedge waits for no answer, so nothing here can ask it to resend. What this source
+//! promises instead: a line is read off the socket only once the scans read before it on
+//! that connection are durable, so what the agent holds between the socket and a commit is
+//! one read (at most [`READ_BUF`] bytes) per connection; the rest waits in the kernel's
+//! receive buffer (fixed at [`RECV_BUF`] for TCP, so it does not grow by autotuning), where
+//! TCP flow control stops the handheld when it is full. A gateway that dies loses what was in
+//! those buffers and on the wire. Garbage (control bytes, invalid UTF-8, empty or over-long
+//! lines) is counted on the listener's row in the ports table and never stored.
+
+use super::ascii_device;
+use crate::config::{NetworkScanner, Transport};
+use crate::store::{AsciiScan, PortReport, StoreError, StoreHandle, WriteOp};
+use darkleg_protocol::ascii::parse_line;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::task::JoinSet;
+
+/// Bytes taken off a connection per read: the most a connection has in flight in the agent.
+pub const READ_BUF: usize = 4096;
+/// TCP receive buffer per connection (the kernel doubles it for its bookkeeping).
+pub const RECV_BUF: u32 = 64 * 1024;
+/// Datagrams taken per UDP batch before waiting for their commit.
+const UDP_BATCH: usize = 256;
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How long connections get to finish their commits after the agent is told to stop.
+const DRAIN_ON_STOP: Duration = Duration::from_secs(5);
+
+pub enum Bound {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// Binds the listener at start, so a taken port stops the agent with a clear error.
+pub async fn bind(cfg: &NetworkScanner) -> Result<Bound, String> {
+    let name = cfg.port_name();
+    let fail = |e: std::io::Error| {
+        format!("{name}: cannot listen: {e} (hint: is another program on that port? change network_scanner.listen)")
+    };
+    match cfg.transport {
+        Transport::Tcp => {
+            let sock = match cfg.listen {
+                SocketAddr::V4(_) => TcpSocket::new_v4(),
+                SocketAddr::V6(_) => TcpSocket::new_v6(),
+            }
+            .map_err(fail)?;
+            sock.set_reuseaddr(true).map_err(fail)?;
+            // Set before listen, inherited by accepted sockets; a fixed size also turns off
+            // autotuning, which would let the loss window grow to megabytes.
+            sock.set_recv_buffer_size(RECV_BUF).map_err(fail)?;
+            sock.bind(cfg.listen).map_err(fail)?;
+            Ok(Bound::Tcp(sock.listen(1024).map_err(fail)?))
+        }
+        Transport::Udp => Ok(Bound::Udp(UdpSocket::bind(cfg.listen).await.map_err(fail)?)),
+    }
+}
+
+struct Ctx {
+    cfg: NetworkScanner,
+    port: String,
+    gateway: String,
+    store: StoreHandle,
+    counters: Mutex<PortReport>,
+}
+
+impl Ctx {
+    fn device(&self, ip: IpAddr) -> String {
+        let ip = ip.to_canonical();
+        match self.cfg.devices.get(&ip) {
+            Some(d) => d.clone(),
+            None => ascii_device(&self.gateway, &ip.to_string()),
+        }
+    }
+
+    fn reject(&self, why: String) {
+        tracing::debug!(port = %self.port, "rejected: {why}");
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        c.rejected += 1;
+        c.last_reject = Some(why);
+    }
+
+    /// Sends the counters accumulated since the last report (or only the connected state).
+    async fn flush(&self, connected: bool, force: bool) {
+        let report = {
+            let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            if !force && c.frames == 0 && c.rejected == 0 {
+                return;
+            }
+            let mut r = std::mem::take(&mut *c);
+            r.connected = connected;
+            r
+        };
+        let _ = self
+            .store
+            .send(WriteOp::Port {
+                port: self.port.clone(),
+                protocol: "datawedge",
+                report,
+            })
+            .await;
+    }
+
+    /// One scan line (suffix stripped) to the store; `None` if it was garbage (counted).
+    /// Waits for room in the writer's queue: that wait is the backpressure.
+    async fn submit(&self, line: &[u8], device: &str) -> Option<Pending> {
+        if line.is_empty() {
+            self.reject(format!("empty line from {device}"));
+            return None;
+        }
+        if line.len() > self.cfg.max_line {
+            self.reject(format!(
+                "line of {} bytes or more from {device}, longer than max_line ({})",
+                line.len(),
+                self.cfg.max_line
+            ));
+            return None;
+        }
+        let scan = match parse_line(line) {
+            Ok(s) => s,
+            Err(e) => {
+                self.reject(format!("{e} from {device}"));
+                return None;
+            }
+        };
+        let scan = AsciiScan {
+            step: self.cfg.step,
+            code: scan.code.to_string(),
+            symbology: scan.symbology.map(str::to_string),
+            station: Some(self.cfg.station_name.clone()),
+            received_at_ms: crate::clock::now_ms(),
+        };
+        let code = scan.code.clone();
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .frames += 1;
+        let rx = self
+            .store
+            .request(|reply| WriteOp::Ascii {
+                device: device.to_string(),
+                port: self.port.clone(),
+                scan,
+                reply,
+            })
+            .await;
+        Some((device.to_string(), code, rx))
+    }
+}
+
+/// A scan handed to the writer: its device, its code, the writer's answer.
+type Pending = (String, String, oneshot::Receiver<Result<u64, StoreError>>);
+
+/// Waits until every submitted scan is durable. A handheld cannot be asked to resend, so a
+/// scan the store refused is logged loudly with its code, for someone to rescan.
+async fn settle(ctx: &Ctx, pending: &mut Vec<Pending>) -> Result<(), ()> {
+    for (device, code, rx) in pending.drain(..) {
+        match rx.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(port = %ctx.port, device = %device, code = %code, "scan NOT stored, rescan it: {e}")
+            }
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(())
+}
+
+/// Serves one listener until `stop` turns true.
+pub async fn run(
+    cfg: NetworkScanner,
+    bound: Bound,
+    gateway: String,
+    store: StoreHandle,
+    stop: watch::Receiver<bool>,
+) {
+    let ctx = Arc::new(Ctx {
+        port: cfg.port_name(),
+        cfg,
+        gateway,
+        store,
+        counters: Mutex::new(PortReport::default()),
+    });
+    tracing::info!(port = %ctx.port, station = %ctx.cfg.station_name, "network scanner listening");
+    ctx.flush(true, true).await;
+    match bound {
+        Bound::Tcp(l) => serve_tcp(&ctx, l, stop).await,
+        Bound::Udp(s) => serve_udp(&ctx, s, stop).await,
+    }
+    ctx.flush(false, true).await;
+}
+
+async fn serve_tcp(ctx: &Arc<Ctx>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(ctx.cfg.max_connections));
+    let mut conns = JoinSet::new();
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    let mut last_refusal_log: Option<Instant> = None;
+    while !*stop.borrow() {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors, typically: wait instead of spinning.
+                        tracing::warn!(port = %ctx.port, "accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // Closed at once: a flood must not take the gateway's descriptors.
+                    drop(stream);
+                    ctx.reject(format!("connection from {} refused: max_connections ({}) reached", peer.ip(), ctx.cfg.max_connections));
+                    if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        last_refusal_log = Some(Instant::now());
+                        tracing::warn!(port = %ctx.port, max_connections = ctx.cfg.max_connections, "connections refused: too many open (raise max_connections?)");
+                    }
+                    continue;
+                };
+                let (ctx, stop) = (ctx.clone(), stop.clone());
+                conns.spawn(async move {
+                    connection(&ctx, stream, peer, stop).await;
+                    drop(slot);
+                });
+            }
+            _ = tick.tick() => ctx.flush(true, false).await,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = stop.changed() => {}
+        }
+    }
+    drop(listener);
+    // Connections see the stop too and end after their commits; a stuck one is cut off so
+    // the store writer (which stops once every handle is dropped) is not held.
+    let drained = tokio::time::timeout(DRAIN_ON_STOP, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
+}
+
+async fn connection(
+    ctx: &Ctx,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let device = ctx.device(peer.ip());
+    tracing::debug!(port = %ctx.port, %peer, device, "handheld connected");
+    let end = ctx.cfg.suffix.end_byte();
+    let mut buf = vec![0u8; READ_BUF];
+    let mut line: Vec<u8> = Vec::new();
+    // Past max_line: the rest of this line is dropped up to its suffix.
+    let mut skipping = false;
+    let mut pending: Vec<Pending> = Vec::new();
+    let why = loop {
+        let n = tokio::select! {
+            r = tokio::time::timeout(ctx.cfg.idle, stream.read(&mut buf)) => match r {
+                Err(_) => break format!("idle for {:?}", ctx.cfg.idle),
+                Ok(Ok(0)) => break "closed by the handheld".to_string(),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => break format!("read failed: {e}"),
+            },
+            _ = stop.changed() => break "agent stopping".to_string(),
+        };
+        for &b in &buf[..n] {
+            if b == end {
+                line.push(b);
+                if !std::mem::take(&mut skipping) {
+                    let scan = ctx.cfg.suffix.strip(&line);
+                    if let Some(p) = ctx.submit(scan, &device).await {
+                        pending.push(p);
+                    }
+                }
+                line.clear();
+            } else if !skipping {
+                line.push(b);
+                // +1: the CR of a CRLF is still in the line until the LF comes.
+                if line.len() > ctx.cfg.max_line + 1 {
+                    ctx.reject(format!(
+                        "line longer than max_line ({}) from {device}: skipped to its end",
+                        ctx.cfg.max_line
+                    ));
+                    line.clear();
+                    skipping = true;
+                }
+            }
+        }
+        if settle(ctx, &mut pending).await.is_err() {
+            break "store writer stopped".to_string();
+        }
+    };
+    if !line.is_empty() {
+        ctx.reject(format!(
+            "connection from {device} closed in the middle of a line (is the suffix {:?}?)",
+            ctx.cfg.suffix
+        ));
+    }
+    tracing::debug!(port = %ctx.port, %peer, device, "handheld disconnected: {why}");
+}
+
+async fn serve_udp(ctx: &Arc<Ctx>, sock: UdpSocket, mut stop: watch::Receiver<bool>) {
+    // Room for a maximal scan, its suffix and one byte more to see that it is too long.
+    let mut buf = vec![0u8; ctx.cfg.max_line + 3];
+    let mut tick = tokio::time::interval(REPORT_EVERY);
+    let mut pending: Vec<Pending> = Vec::new();
+    while !*stop.borrow() {
+        let first = tokio::select! {
+            r = sock.recv_from(&mut buf) => r,
+            _ = tick.tick() => { ctx.flush(true, false).await; continue; }
+            _ = stop.changed() => break,
+        };
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(r) = next.take() {
+            match r {
+                Ok((n, peer)) => {
+                    let device = ctx.device(peer.ip());
+                    let data = ctx.cfg.suffix.strip(&buf[..n]);
+                    if let Some(p) = ctx.submit(data, &device).await {
+                        pending.push(p);
+                    }
+                }
+                // An ICMP error from an earlier send, or a truncation: nothing to keep.
+                Err(e) => tracing::debug!(port = %ctx.port, "recv failed: {e}"),
+            }
+            taken += 1;
+            if taken < UDP_BATCH {
+                next = match sock.try_recv_from(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                    r => Some(r),
+                };
+            }
+        }
+        // One commit for the whole batch before more is read: datagrams that arrive meanwhile
+        // wait in the socket buffer (the kernel drops them when it is full).
+        if settle(ctx, &mut pending).await.is_err() {
+            break;
+        }
+    }
+}

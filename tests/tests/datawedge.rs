@@ -1,0 +1,301 @@
+//! DataWedge IP Output: handhelds sending raw scans over TCP (suffix-ended lines) and UDP
+//! (one datagram each) to the real agent, through to a private Mosquitto. Each scan arrives
+//! once with its listener's step and the device name mapped from its source address;
+//! garbage, over-long lines and connections past `max_connections` are counted on the
+//! listener's row of `darkleg status --json`, never stored.
+
+use darkleg_agent::sim::broker::free_port;
+use darkleg_tests::*;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::time::Duration;
+
+const MAX_CONNECTIONS: usize = 8;
+
+fn port_row(config: &std::path::Path, name: &str) -> Value {
+    status(config)["ports"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["port"] == name).cloned())
+        .unwrap_or_default()
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the listener");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Whether the agent closed `s` (EOF or reset) without our having closed it.
+fn closed_by_agent(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Codes arrived for `device`, each with its seq.
+fn arrived(arrivals: &[darkleg_agent::sim::collector::Arrival], device: &str) -> Vec<Value> {
+    let mut seen = HashSet::new();
+    arrivals
+        .iter()
+        .filter(|a| a.json["device"] == device)
+        .filter(|a| seen.insert(a.json["event_id"].as_str().unwrap_or("").to_string()))
+        .map(|a| a.json.clone())
+        .collect()
+}
+
+#[test]
+fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() {
+    let (tcp, udp, idle) = (
+        free_port().unwrap(),
+        free_port().unwrap(),
+        free_port().unwrap(),
+    );
+    let extra = format!(
+        "[[network_scanner]]\nlisten = \"127.0.0.1:{tcp}\"\ntransport = \"tcp\"\nstation = \"pack\"\nname = \"pack-bench-2\"\nsuffix = \"crlf\"\nmax_line = 64\nmax_connections = {MAX_CONNECTIONS}\ndevices = {{ \"127.0.0.1\" = \"tc52-dock-3\" }}\n\n\
+         [[network_scanner]]\nlisten = \"127.0.0.1:{udp}\"\ntransport = \"udp\"\nstation = \"handover\"\n\n\
+         [[network_scanner]]\nlisten = \"127.0.0.1:{idle}\"\nstation = \"pick\"\nidle_secs = 1\n"
+    );
+    let rig = Rig::with_store("datawedge", &[], &extra);
+    let mut agent = rig.start_agent();
+    let tcp_name = format!("tcp://127.0.0.1:{tcp}");
+    let udp_name = format!("udp://127.0.0.1:{udp}");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            port_row(&rig.config, &tcp_name)["connected"] == true
+                && port_row(&rig.config, &udp_name)["connected"] == true
+        }),
+        "both listeners shown on status"
+    );
+
+    // TCP: four handhelds at once, each line written in two pieces with a pause between, so
+    // lines straddle reads; one of them also sends garbage and an over-long line.
+    const PER_CONN: usize = 25;
+    let handhelds: Vec<_> = (0..4)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut s = connect(tcp);
+                let mut codes = Vec::new();
+                for i in 0..PER_CONN {
+                    if c == 0 && i == 10 {
+                        s.write_all(b"\x01\x02AB\r\n\xff\xfe\xfd\r\n\r\n").unwrap();
+                        // Over-long (100 > 64), then a good scan in the same write: the
+                        // skip ends at the over-long line's suffix, not later.
+                        let mut long = vec![b'9'; 100];
+                        long.extend_from_slice(b"\r\n]C100340434161094099990\r\n");
+                        s.write_all(&long).unwrap();
+                        codes.push("00340434161094099990".to_string());
+                    }
+                    let code = format!("JJD0{c}{i:04}");
+                    let line = format!("{code}\r\n");
+                    let (a, b) = line.as_bytes().split_at(line.len() / 2);
+                    s.write_all(a).unwrap();
+                    s.flush().unwrap();
+                    std::thread::sleep(Duration::from_millis(3));
+                    s.write_all(b).unwrap();
+                    codes.push(code);
+                }
+                (s, codes)
+            })
+        })
+        .collect();
+    let mut sent: Vec<Vec<String>> = Vec::new();
+    let mut open = Vec::new();
+    for h in handhelds {
+        let (s, codes) = h.join().unwrap();
+        sent.push(codes);
+        open.push(s);
+    }
+
+    // UDP: one scan per datagram, with and without the suffix, an AIM prefix on some; and
+    // garbage datagrams: control bytes, empty, longer than max_line (4096 by default).
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut udp_codes = Vec::new();
+    for i in 0..20 {
+        let code = format!("1Z999AA1{i:010}");
+        let dgram = match i % 3 {
+            0 => format!("{code}\n"),
+            1 => code.clone(),
+            _ => format!("]C1{code}\n"),
+        };
+        u.send_to(dgram.as_bytes(), ("127.0.0.1", udp)).unwrap();
+        udp_codes.push(code);
+        if i == 7 {
+            u.send_to(b"\x00\x01\x02\n", ("127.0.0.1", udp)).unwrap();
+            u.send_to(b"", ("127.0.0.1", udp)).unwrap();
+            u.send_to(&vec![b'7'; 5000], ("127.0.0.1", udp)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let tcp_total: usize = sent.iter().map(Vec::len).sum();
+    let done = wait_until(Duration::from_secs(30), || {
+        let a = rig.collector.messages();
+        arrived(&a, "tc52-dock-3").len() >= tcp_total
+            && arrived(&a, "gw-01:127.0.0.1").len() >= udp_codes.len()
+    });
+    let arrivals = rig.collector.messages();
+    let tcp_got = arrived(&arrivals, "tc52-dock-3");
+    let udp_got = arrived(&arrivals, "gw-01:127.0.0.1");
+    assert!(
+        done,
+        "tcp {} of {tcp_total}, udp {} of {}",
+        tcp_got.len(),
+        udp_got.len(),
+        udp_codes.len()
+    );
+    assert_eq!(tcp_got.len(), tcp_total, "no garbage line became a scan");
+    assert_eq!(
+        udp_got.len(),
+        udp_codes.len(),
+        "no garbage datagram became a scan"
+    );
+    let seq_of: HashMap<&str, u64> = tcp_got
+        .iter()
+        .map(|j| (j["code"].as_str().unwrap(), j["seq"].as_u64().unwrap()))
+        .collect();
+    for j in &tcp_got {
+        assert_eq!(j["step"], "pack", "{j}");
+        assert_eq!(j["station"], "pack-bench-2", "{j}");
+    }
+    for codes in &sent {
+        let seqs: Vec<u64> = codes
+            .iter()
+            .map(|c| {
+                *seq_of
+                    .get(c.as_str())
+                    .unwrap_or_else(|| panic!("{c} missing"))
+            })
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one connection's scans keep their order: {seqs:?}"
+        );
+    }
+    let aim = tcp_got
+        .iter()
+        .find(|j| j["code"] == "00340434161094099990")
+        .unwrap();
+    assert_eq!(aim["symbology"], "]C1");
+    let mut udp_got_codes: Vec<&str> = udp_got
+        .iter()
+        .map(|j| j["code"].as_str().unwrap())
+        .collect();
+    udp_got_codes.sort();
+    let mut want: Vec<&str> = udp_codes.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(udp_got_codes, want);
+    assert!(udp_got
+        .iter()
+        .all(|j| j["step"] == "handover" && j["station"] == "handover"));
+
+    // The flood: four connections are open; fill the rest, then four more are refused.
+    for _ in open.len()..MAX_CONNECTIONS {
+        open.push(connect(tcp));
+    }
+    // A scan on each held connection proves the agent has accepted all of them.
+    for (k, s) in open.iter_mut().enumerate() {
+        s.write_all(format!("HELD{k:02}\r\n").as_bytes()).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || arrived(
+            &rig.collector.messages(),
+            "tc52-dock-3"
+        )
+        .len()
+            >= tcp_total + MAX_CONNECTIONS),
+        "every held connection was served"
+    );
+    let mut refused = 0;
+    for _ in 0..4 {
+        let mut s = connect(tcp);
+        let _ = s.write_all(b"REFUSED\r\n");
+        if closed_by_agent(&mut s) {
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        refused, 4,
+        "connections past max_connections are closed at once"
+    );
+    // A freed slot takes a new connection again.
+    drop(open.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = connect(tcp);
+    again.write_all(b"AFTERFLOOD\r\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || rig
+            .collector
+            .messages()
+            .iter()
+            .any(|a| a.json["code"] == "AFTERFLOOD")),
+        "a connection after the flood is served"
+    );
+    assert!(
+        !rig.collector
+            .messages()
+            .iter()
+            .any(|a| a.json["code"] == "REFUSED"),
+        "nothing from a refused connection is stored"
+    );
+
+    // idle_secs = 1: a silent connection is closed by the agent.
+    let mut quiet = connect(idle);
+    quiet
+        .set_read_timeout(Some(Duration::from_secs(4)))
+        .unwrap();
+    let t = std::time::Instant::now();
+    assert!(closed_by_agent(&mut quiet), "an idle connection is closed");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        t.elapsed()
+    );
+
+    // Counted, never stored: 4 garbage lines + 4 refused connections on TCP; 3 on UDP.
+    let counted = wait_until(Duration::from_secs(10), || {
+        port_row(&rig.config, &tcp_name)["rejected"] == 8
+            && port_row(&rig.config, &udp_name)["rejected"] == 3
+    });
+    let (t, u) = (
+        port_row(&rig.config, &tcp_name),
+        port_row(&rig.config, &udp_name),
+    );
+    assert!(counted, "tcp {t}\nudp {u}");
+    assert_eq!(t["protocol"], "datawedge");
+    assert_eq!(
+        t["frames"].as_u64(),
+        Some((tcp_total + MAX_CONNECTIONS + 1) as u64),
+        "{t}"
+    );
+    assert_eq!(u["frames"].as_u64(), Some(udp_codes.len() as u64), "{u}");
+    assert!(t["last_reject"].is_string() && u["last_reject"].is_string());
+    let devices = status(&rig.config)["devices"].clone();
+    assert!(
+        devices
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["device"] == "tc52-dock-3")),
+        "the mapped device is on status: {devices}"
+    );
+    // A clean stop with handhelds still connected: their tasks end, the writer is not held.
+    let t = std::time::Instant::now();
+    let exit = agent.stop();
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "SIGTERM with {} connections open: {exit:?}",
+        open.len()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "stopped in {:?}",
+        t.elapsed()
+    );
+    drop(open);
+}
