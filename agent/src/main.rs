@@ -161,6 +161,18 @@ fn cmd_check(path: PathBuf) -> Result<(), String> {
                 .unwrap_or_default()
         );
     }
+    for n in &c.network_scanners {
+        println!(
+            "  network scanner {} ({:?}), scans mean {}",
+            n.listen, n.transport, n.step
+        );
+    }
+    for h in &c.hid_scanners {
+        println!(
+            "  keyboard-wedge scanner {} ({:?} layout), scans mean {}",
+            h.device, h.layout, h.step
+        );
+    }
     for u in &c.upstreams {
         println!(
             "  upstream {}: {} → {}",
