@@ -171,6 +171,14 @@ fn config_text(dir: &Path, scanners: &str, upstream: &str, http: u16) -> String 
 /// `upstream_down`, the broker is stopped first, so ingest is measured alone (no publishing,
 /// no subscriber on the same two cores).
 fn durable_ingest(per_scanner: usize, upstream_down: bool) -> (f64, Option<f64>, Option<f64>) {
+    durable_ingest_with(per_scanner, upstream_down, &[])
+}
+
+fn durable_ingest_with(
+    per_scanner: usize,
+    upstream_down: bool,
+    env: &[(&str, &str)],
+) -> (f64, Option<f64>, Option<f64>) {
     let mut rig = Rig::with_store(
         &format!("bench-ingest-{upstream_down}"),
         &[PortKind::Framed; 4],
@@ -183,7 +191,7 @@ fn durable_ingest(per_scanner: usize, upstream_down: bool) -> (f64, Option<f64>,
     let mut text = std::fs::read_to_string(&rig.config).unwrap();
     text.push_str(&format!("\n[http]\nlisten = \"127.0.0.1:{http}\"\n"));
     std::fs::write(&rig.config, text).unwrap();
-    let _agent = rig.start_agent();
+    let _agent = rig.start_agent_with_env(env);
     rig.wait_ports_open();
     let (_, rate) = rig.flood(per_scanner, "ingest", Duration::from_secs(1));
     let m = http_ok(http, "/metrics").unwrap_or_default();
@@ -191,6 +199,51 @@ fn durable_ingest(per_scanner: usize, upstream_down: bool) -> (f64, Option<f64>,
         rate,
         histogram_quantile(&m, 0.5),
         histogram_quantile(&m, 0.99),
+    )
+}
+
+/// Slow storage: the durable ingest again with every fsync taking `ms` longer (an SD card,
+/// eMMC), through an LD_PRELOAD shim built here with the system's cc. `None` without a cc.
+fn slow_fsync_ingest(per_scanner: usize, ms: u64) -> Option<Value> {
+    let dir = scratch("slowfsync");
+    std::fs::create_dir_all(&dir).ok()?;
+    let so = dir.join("libslowfsync.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("shim/slowfsync.c");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !built {
+        eprintln!("  slow storage: no C compiler to build the fsync shim; phase skipped");
+        return None;
+    }
+    let count = dir.join("fsyncs");
+    let (so_s, count_s, ms_s) = (
+        so.display().to_string(),
+        count.display().to_string(),
+        ms.to_string(),
+    );
+    let (rate, p50, p99) = durable_ingest_with(
+        per_scanner,
+        true,
+        &[
+            ("LD_PRELOAD", &so_s),
+            ("DARKLEG_FSYNC_DELAY_MS", &ms_s),
+            ("DARKLEG_FSYNC_COUNT_FILE", &count_s),
+        ],
+    );
+    let fsyncs: u64 = std::fs::read_to_string(&count)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(
+        json!({"fsync_delay_ms": ms, "events_per_s": rate, "ack_p50_ms": p50, "ack_p99_ms": p99,
+                "fsyncs": fsyncs, "events": 4 * per_scanner}),
     )
 }
 
@@ -419,6 +472,10 @@ fn main() {
         );
         return;
     }
+    if std::env::args().any(|a| a == "slowfsync") {
+        println!("{}", json!(slow_fsync_ingest(per_scanner, 10)));
+        return;
+    }
     if std::env::args().any(|a| a == "relay") {
         println!("{}", relay::relay_throughput(backlog / 10, 100));
         return;
@@ -430,6 +487,8 @@ fn main() {
     eprintln!("  [1/5] durable ingest from 4 firmware scanners (upstream down, then up)");
     let (ingest, ack_p50, ack_p99) = durable_ingest(per_scanner, true);
     let (ingest_up, _, _) = durable_ingest(per_scanner, false);
+    eprintln!("  [1/5] … again on slow storage (10 ms per fsync)");
+    let slow = slow_fsync_ingest(per_scanner, 10);
     eprintln!("  [2/5] steady 1,000 scans/s");
     let steady = steady_latency(10);
     eprintln!("  [3/5] darkleg: {backlog} backlog, SIGKILL in the outage, drain with batch = 100");
@@ -483,6 +542,18 @@ fn main() {
         format!("{}/{}", batched["survived_sigkill"], batched["events"]),
         format!("{}/{}", base["survived_sigkill"], base["sigkill_backlog"])
     );
+    if let Some(s) = &slow {
+        println!(
+            "  slow storage, 10 ms per fsync: ingest/s       {:>14.0}   ({} fsyncs for {} scans)",
+            f(&s["events_per_s"]),
+            s["fsyncs"],
+            s["events"]
+        );
+        println!(
+            "  slow storage: ack p50 / p99 (ms)              {:>14}",
+            format!("{} / {}", s["ack_p50_ms"], s["ack_p99_ms"])
+        );
+    }
     println!(
         "  ack latency p50 / p99 at full load (ms)       {:>14}",
         format!(
@@ -522,6 +593,7 @@ fn main() {
         "machine": "see BENCHMARKS.md",
         "durable_ingest": {"events_per_s": ingest, "with_upstream_up_per_s": ingest_up, "ack_p50_ms": ack_p50, "ack_p99_ms": ack_p99, "scanners": 4, "per_scanner": per_scanner},
         "steady_1000": steady,
+        "slow_fsync": slow,
         "drain_batched": batched,
         "drain_single": single,
         "baseline": base,

@@ -225,6 +225,10 @@ impl Rig {
         Agent::start(&self.config, &self.log)
     }
 
+    pub fn start_agent_with_env(&self, env: &[(&str, &str)]) -> Agent {
+        Agent::start_with_env(&self.config, &self.log, env)
+    }
+
     /// Waits until the agent has every port of the rig open (scanners start after that,
     /// as on a real dock).
     pub fn wait_ports_open(&self) {
@@ -273,6 +277,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(config: &Path, log: &Path) -> Agent {
+        Agent::start_with_env(config, log, &[])
+    }
+
+    /// [`Agent::start`] with extra environment (the bench's slow-fsync shim, say).
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Agent {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -283,6 +292,7 @@ impl Agent {
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
