@@ -226,6 +226,29 @@ impl Collector for Scrape {
             relays().map(|p| (relay(p), ConstGauge::new(p.connected as i64))),
         )?;
 
+        let mut m = e.encode_descriptor(
+            "intake_requests",
+            "HTTP intake requests answered, by HTTP status.",
+            None,
+            MetricType::Counter,
+        )?;
+        labelled(
+            &mut m,
+            "status",
+            crate::intake::metrics::requests().map(|(s, n)| (s.to_string(), ConstCounter::new(n))),
+        )?;
+        let mut m = e.encode_descriptor(
+            "intake_scans",
+            "Scans posted to the HTTP intake, by result.",
+            None,
+            MetricType::Counter,
+        )?;
+        labelled(
+            &mut m,
+            "result",
+            crate::intake::metrics::scans().map(|(r, n)| (r.to_string(), ConstCounter::new(n))),
+        )?;
+
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed) as i64;
         gauge(
             &mut e,
