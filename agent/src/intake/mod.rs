@@ -110,6 +110,14 @@ async fn scans(State(intake): State<Arc<Intake>>, req: Request) -> Response {
             None,
         );
     }
+    // A declared length over the limit is refused unread.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large();
+    }
     let body = match read_body(req.into_body()).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -174,14 +182,15 @@ fn body_is_batch(body: &[u8]) -> bool {
     serde_json::from_slice::<Value>(body).is_ok_and(|v| v.get("scans").is_some())
 }
 
+fn too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("body over {MAX_BODY} bytes (hint: fewer scans a request)"),
+        None,
+    )
+}
+
 async fn read_body(body: Body) -> Result<axum::body::Bytes, Response> {
-    let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body over {MAX_BODY} bytes (hint: fewer scans a request)"),
-            None,
-        )
-    };
     match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
         Ok(Ok(b)) => Ok(b),
         // to_bytes says only "length limit exceeded" in its error's source chain.
