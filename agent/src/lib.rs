@@ -14,6 +14,7 @@ pub mod derive;
 pub mod domain;
 pub mod epcis;
 pub mod faults;
+pub mod intake;
 pub mod mqtt;
 pub mod observe;
 pub mod report;
@@ -123,17 +124,34 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     let http = match config.http {
         Some(addr) => {
             let listener = observe::bind(addr).await?;
-            tracing::info!(%addr, "status page, /metrics and /healthz");
-            Some(health.spawn(
-                "status server",
-                observe::serve(
-                    listener,
-                    config.clone(),
-                    store.path.clone(),
-                    stop_rx.clone(),
-                    health.clone(),
-                ),
-            ))
+            let intake = intake::build(&config, store.clone())?;
+            tracing::info!(%addr, intake = intake.is_some(), tls = intake.as_ref().is_some_and(|i| i.1.is_some()), "status page, /metrics and /healthz");
+            let (extra, tls, tokens) = match intake {
+                Some((router, tls, tokens)) => (router, tls, Some(tokens)),
+                None => (axum::Router::new(), None, None),
+            };
+            let serve = observe::serve_with(
+                listener,
+                config.clone(),
+                store.path.clone(),
+                stop_rx.clone(),
+                health.clone(),
+                extra,
+                tls,
+            );
+            Some(health.spawn("status server", async move {
+                // SIGHUP re-reads the intake's tokens for as long as the server runs.
+                let reload = async move {
+                    match tokens {
+                        Some(t) => t.reload_on_sighup().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = reload => {}
+                }
+            }))
         }
         None => None,
     };

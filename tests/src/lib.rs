@@ -301,6 +301,11 @@ impl Agent {
         Agent { child: Some(child) }
     }
 
+    /// The agent's process id (to send it a signal), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

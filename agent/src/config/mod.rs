@@ -6,6 +6,7 @@ mod broker;
 mod dark_leg;
 mod deser;
 mod hid;
+mod intake;
 mod network;
 mod relay;
 mod upstream;
@@ -14,6 +15,7 @@ pub use broker::{BrokerLink, Secret};
 pub use dark_leg::{AlertRules, Cutoff, EpcisConfig, Merchant, ParcelRules, Pattern};
 use darkleg_protocol::Step;
 pub use hid::{HidScanner, Layout};
+pub use intake::Intake;
 pub use network::{NetworkScanner, Suffix, Transport};
 pub use relay::{Carries, Relay, Route};
 use serde::Deserialize;
@@ -41,6 +43,8 @@ pub struct Config {
     pub epcis: EpcisConfig,
     /// Where `/metrics`, `/healthz` and the status page are served; `None`: not at all.
     pub http: Option<std::net::SocketAddr>,
+    /// `POST /v1/scans` on the `[http]` listener; `None`: not served.
+    pub intake: Option<Intake>,
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +206,7 @@ struct RawConfig {
     alerts: Option<dark_leg::RawAlerts>,
     epcis: Option<dark_leg::RawEpcis>,
     http: Option<RawHttp>,
+    intake: Option<Spanned<intake::RawIntake>>,
 }
 
 #[derive(Deserialize)]
@@ -432,6 +437,18 @@ impl Validator<'_> {
         let relays = self.relays(raw.relay, &gateway)?;
         let routes = self.routes(raw.route, &upstreams, &merchants)?;
         self.client_ids_unique(&upstreams, &relays)?;
+        let http = match &raw.http {
+                None => None,
+                Some(h) => Some(h.listen.get_ref().parse().map_err(|e| {
+                    self.err(
+                        &h.listen,
+                        "http.listen".into(),
+                        format!("{:?}: {e}", h.listen.get_ref()),
+                        "an address and port such as \"127.0.0.1:9187\" (0.0.0.0 to serve the floor network)",
+                    )
+                })?),
+            };
+        let intake = self.intake(raw.intake, http)?;
         Ok(Config {
             gateway,
             store,
@@ -445,17 +462,8 @@ impl Validator<'_> {
             merchants,
             alerts: self.alerts(raw.alerts)?,
             epcis: self.epcis(raw.epcis)?,
-            http: match &raw.http {
-                None => None,
-                Some(h) => Some(h.listen.get_ref().parse().map_err(|e| {
-                    self.err(
-                        &h.listen,
-                        "http.listen".into(),
-                        format!("{:?}: {e}", h.listen.get_ref()),
-                        "an address and port such as \"127.0.0.1:9187\" (0.0.0.0 to serve the floor network)",
-                    )
-                })?),
-            },
+            http,
+            intake,
         })
     }
 }

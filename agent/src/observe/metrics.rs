@@ -226,6 +226,29 @@ impl Collector for Scrape {
             relays().map(|p| (relay(p), ConstGauge::new(p.connected as i64))),
         )?;
 
+        let mut m = e.encode_descriptor(
+            "intake_requests",
+            "HTTP intake requests answered, by HTTP status.",
+            None,
+            MetricType::Counter,
+        )?;
+        labelled(
+            &mut m,
+            "status",
+            crate::intake::metrics::requests().map(|(s, n)| (s.to_string(), ConstCounter::new(n))),
+        )?;
+        let mut m = e.encode_descriptor(
+            "intake_scans",
+            "Scans posted to the HTTP intake, by result.",
+            None,
+            MetricType::Counter,
+        )?;
+        labelled(
+            &mut m,
+            "result",
+            crate::intake::metrics::scans().map(|(r, n)| (r.to_string(), ConstCounter::new(n))),
+        )?;
+
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed) as i64;
         gauge(
             &mut e,
@@ -402,7 +425,7 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
         fams
     }
 
-    const FAMILIES: [(&str, &str, &[&str]); 18] = [
+    const FAMILIES: [(&str, &str, &[&str]); 20] = [
         ("events_captured_total", "counter", &[]),
         ("events_rejected_total", "counter", &[]),
         ("events_synced_total", "counter", &["upstream"]),
@@ -420,6 +443,8 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
         ("scans_refused_full_total", "counter", &[]),
         ("evicted_for_room_total", "counter", &[]),
         ("clock_jumps_total", "counter", &[]),
+        ("intake_requests_total", "counter", &["status"]),
+        ("intake_scans_total", "counter", &["result"]),
         ("", "", &[]),
     ];
 

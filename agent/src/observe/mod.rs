@@ -2,25 +2,32 @@
 //! gateway status page at `/` (server-rendered HTML that refreshes itself, no external
 //! assets), served on `[http] listen`.
 //!
-//! Deliberately a few dozen lines of HTTP/1.1 on tokio's TcpListener rather than a web
-//! framework: three GET routes on a local address do not earn a dependency tree.
+//! On axum over hyper ([`server`]), the same server as the HTTP intake (`POST /v1/scans`),
+//! which [`serve_with`] mounts beside these routes.
 
 pub mod errors;
 pub mod latency;
 pub mod metrics;
 pub mod page;
+pub mod server;
 
 use crate::config::Config;
 use crate::store::{Reader, Status};
 use crate::supervise::Health;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+pub use server::{bind, MAX_CONNECTIONS};
 
 /// Everything a page or a scrape shows, read in one go.
 #[derive(Debug)]
@@ -55,135 +62,128 @@ fn snapshot(db: &std::path::Path, peaks: &Mutex<HashMap<String, i64>>) -> Result
     })
 }
 
-/// At most this many connections are served at once; more are closed at accept.
-pub const MAX_CONNECTIONS: usize = 64;
-/// The time a client has to send its request head, and then to take the answer.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The time a status answer may take (a store read on a slow disk).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves until `shutdown`. Errors on one connection are that connection's problem.
-/// `/healthz` answers 503 naming every part of the agent that `health` finds dead or stalled.
+#[derive(Clone)]
+struct Pages {
+    config: Arc<Config>,
+    db: PathBuf,
+    peaks: Arc<Mutex<HashMap<String, i64>>>,
+    health: Health,
+}
+
+/// Serves the status routes until `shutdown`. `/healthz` answers 503 naming every part of
+/// the agent that `health` finds dead or stalled.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<Config>,
     db: PathBuf,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     health: Health,
 ) {
-    let peaks: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (sock, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("status page: accept failed: {e}");
-                    // Out of file descriptors, say: do not spin on it.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Every slot taken: close this one at once rather than queue without bound.
-            tracing::debug!("status page: {MAX_CONNECTIONS} connections open, closing a new one");
-            drop(sock);
-            continue;
-        };
-        let (config, db, peaks, health) =
-            (config.clone(), db.clone(), peaks.clone(), health.clone());
-        tokio::spawn(async move {
-            let _slot = slot;
-            answer(sock, &config, db, peaks, &health).await;
-        });
-    }
+    serve_with(listener, config, db, shutdown, health, Router::new(), None).await
 }
 
-/// Reads one request head within [`REQUEST_TIMEOUT`] and answers it.
-async fn answer(
-    mut sock: TcpStream,
-    config: &Config,
+/// [`serve`], with `extra` routes (the intake) on the same listener, behind `tls` if given.
+pub async fn serve_with(
+    listener: TcpListener,
+    config: Arc<Config>,
     db: PathBuf,
-    peaks: Arc<Mutex<HashMap<String, i64>>>,
-    health: &Health,
+    shutdown: watch::Receiver<bool>,
+    health: Health,
+    extra: Router,
+    tls: Option<TlsAcceptor>,
 ) {
-    let mut buf = vec![0u8; 8192];
-    let mut n = 0;
-    // The request head only; bodies are not accepted. One deadline for all of it, so a
-    // client sending a byte at a time cannot hold a slot.
-    let head = async {
-        while n < buf.len() {
-            match sock.read(&mut buf[n..]).await {
-                Ok(0) | Err(_) => return false,
-                Ok(k) => n += k,
-            }
-            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
-            }
-        }
-        true
+    let pages = Pages {
+        config,
+        db,
+        peaks: Arc::default(),
+        health,
     };
-    if !matches!(tokio::time::timeout(REQUEST_TIMEOUT, head).await, Ok(true)) {
-        return;
-    }
-    let head = String::from_utf8_lossy(&buf[..n]);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (code, ctype, body) = if method != "GET" {
-        (405, "text/plain", "only GET\n".to_string())
-    } else {
-        let path = path.split('?').next().unwrap_or(path).to_string();
-        let snap = tokio::task::spawn_blocking(move || snapshot(&db, &peaks)).await;
-        let problems = health.problems();
-        match (path.as_str(), snap) {
-            ("/healthz", _) if !problems.is_empty() => {
-                (503, "text/plain", format!("{}\n", problems.join("\n")))
-            }
-            ("/healthz", Ok(Ok(_))) => (200, "text/plain", "ok\n".into()),
-            ("/healthz", _) => (503, "text/plain", "store unreadable\n".into()),
-            ("/metrics", Ok(Ok(s))) => {
-                let (ctype, body) = metrics::render(s, header(&head, "accept"));
-                (200, ctype, body)
-            }
-            ("/", Ok(Ok(s))) => (200, "text/html; charset=utf-8", page::html(&s, config)),
-            ("/" | "/metrics", Ok(Err(e))) => {
-                (503, "text/plain", format!("store unreadable: {e}\n"))
-            }
-            _ => (
-                404,
-                "text/plain",
+    let only_get = || async { plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into()) };
+    let app = Router::new()
+        .route("/", get(status_page).fallback(only_get))
+        .route("/metrics", get(metrics_page).fallback(only_get))
+        .route("/healthz", get(healthz).fallback(only_get))
+        .with_state(pages)
+        .merge(extra)
+        .fallback(|| async {
+            plain(
+                StatusCode::NOT_FOUND,
                 "not found: try /, /metrics or /healthz\n".into(),
-            ),
+            )
+        });
+    server::run(listener, app, tls, shutdown).await
+}
+
+/// A status answer: never cached, and the connection closed after it (as scrapers and the
+/// tests' one-shot clients expect).
+fn answer(code: StatusCode, ctype: &str, body: String) -> Response {
+    let mut r = (code, body).into_response();
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(ctype) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+fn plain(code: StatusCode, body: String) -> Response {
+    answer(code, "text/plain", body)
+}
+
+/// The snapshot, read off the async threads within [`ANSWER_TIMEOUT`].
+async fn read(p: &Pages) -> Result<Snapshot, String> {
+    let (db, peaks) = (p.db.clone(), p.peaks.clone());
+    let job = tokio::task::spawn_blocking(move || snapshot(&db, &peaks));
+    match tokio::time::timeout(ANSWER_TIMEOUT, job).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {ANSWER_TIMEOUT:?}")),
+    }
+}
+
+async fn healthz(State(p): State<Pages>) -> Response {
+    let problems = p.health.problems();
+    if !problems.is_empty() {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", problems.join("\n")),
+        );
+    }
+    match read(&p).await {
+        Ok(_) => plain(StatusCode::OK, "ok\n".into()),
+        Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, "store unreadable\n".into()),
+    }
+}
+
+async fn metrics_page(State(p): State<Pages>, headers: HeaderMap) -> Response {
+    match read(&p).await {
+        Ok(s) => {
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let (ctype, body) = metrics::render(s, accept);
+            answer(StatusCode::OK, ctype, body)
         }
-    };
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    let resp = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let _ = sock.write_all(resp.as_bytes()).await;
-        let _ = sock.shutdown().await;
-    })
-    .await;
+        Err(e) => unreadable(e),
+    }
 }
 
-/// The value of header `name` (lower case) in a request head.
-fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
+async fn status_page(State(p): State<Pages>) -> Response {
+    match read(&p).await {
+        Ok(s) => answer(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            page::html(&s, &p.config),
+        ),
+        Err(e) => unreadable(e),
+    }
 }
 
-/// Binds `listen` now, so a taken port is a start-up error, not a silent missing page.
-pub async fn bind(listen: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(listen).await.map_err(|e| {
-        format!("http.listen {listen}: {e} (hint: another process has the port, or pick another in [http])")
-    })
+fn unreadable(e: String) -> Response {
+    plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("store unreadable: {e}\n"),
+    )
 }

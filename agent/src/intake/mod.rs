@@ -1,0 +1,393 @@
+//! The HTTP scan intake: `POST /v1/scans` on the `[http]` listener, for apps on Android
+//! handhelds and intent forwarders. A posted scan is sequenced exactly like a framed
+//! scanner's (`WriteOp::Framed`, the same devices table) and answered only once the writer
+//! says its commit is durable. See docs/intake-openapi.yaml for the wire contract.
+
+pub mod metrics;
+pub mod parse;
+pub mod tls;
+pub mod tokens;
+
+use crate::config::Config;
+use crate::store::{FramedOutcome, FramedScan, StoreError, StoreHandle, WriteOp};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use darkleg_protocol::Step;
+use parse::{BodyError, PostedScan};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_rustls::TlsAcceptor;
+
+/// Largest request body.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// The time a client has to send its body once the head is in.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The time the store may take to make a request's scans durable before a 503.
+const STORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// What `Retry-After` says while the outbox is full or the store is failing.
+const RETRY_AFTER_S: &str = "10";
+/// The `port` (source) recorded for devices that post here.
+pub const PORT: &str = "http";
+/// The firmware shown for a device first seen here (as a framed scanner's Hello sets it).
+const FIRMWARE: &str = "http";
+
+/// Everything a request needs; built once at start.
+pub struct Intake {
+    pub store: StoreHandle,
+    pub tokens: Arc<tokens::Tokens>,
+    stations: BTreeMap<String, Step>,
+    /// Devices registered (a Hello) since the agent started.
+    registered: Mutex<HashSet<String>>,
+}
+
+/// The intake's routes, the TLS acceptor for the whole listener and the tokens (for SIGHUP).
+pub type Served = (Router, Option<TlsAcceptor>, Arc<tokens::Tokens>);
+
+/// The intake's routes and the TLS acceptor for the whole listener, from `config`;
+/// `None` without `[intake]`. Reads the tokens file (and TLS files) now: a missing one is a
+/// start-up error.
+pub fn build(config: &Config, store: StoreHandle) -> Result<Option<Served>, String> {
+    let Some(c) = &config.intake else {
+        return Ok(None);
+    };
+    let tokens = Arc::new(tokens::Tokens::load(c.tokens_file.clone())?);
+    let tls = match &c.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None => None,
+    };
+    let intake = Arc::new(Intake {
+        store,
+        tokens: tokens.clone(),
+        stations: c.stations.clone(),
+        registered: Mutex::default(),
+    });
+    let router = Router::new()
+        .route("/v1/scans", post(scans))
+        .with_state(intake);
+    Ok(Some((router, tls, tokens)))
+}
+
+/// A JSON answer, counted by its status.
+fn reply(code: StatusCode, body: Value) -> Response {
+    metrics::request(code.as_u16());
+    let mut r = (code, Json(body)).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if matches!(code.as_u16(), 503 | 507) {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+    }
+    if code == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+fn error(code: StatusCode, message: String, field: Option<String>) -> Response {
+    let mut body = json!({ "error": message });
+    if let Some(f) = field {
+        body["field"] = Value::String(f);
+    }
+    reply(code, body)
+}
+
+async fn scans(State(intake): State<Arc<Intake>>, req: Request) -> Response {
+    // Authentication before the body is read: a stranger costs a head, not a megabyte.
+    if !intake
+        .tokens
+        .allows(req.headers().get(header::AUTHORIZATION))
+    {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or unknown bearer token (hint: Authorization: Bearer TOKEN, a line of [intake] tokens_file)".into(),
+            None,
+        );
+    }
+    // A declared length over the limit is refused unread.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large();
+    }
+    let body = match read_body(req.into_body()).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let posted = match parse::parse(&body) {
+        Ok(p) => p,
+        Err(BodyError::TooMany(n)) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "{n} scans; at most {} a request (hint: split the batch)",
+                    parse::MAX_SCANS
+                ),
+                Some("scans".into()),
+            )
+        }
+        Err(BodyError::Bad { field, message }) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                if field.is_empty() {
+                    message
+                } else {
+                    format!("{field}: {message}")
+                },
+                Some(field),
+            )
+        }
+    };
+    let mut scans = Vec::with_capacity(posted.len());
+    for (i, p) in posted.into_iter().enumerate() {
+        match intake.framed(p) {
+            Ok(s) => scans.push(s),
+            Err(why) => {
+                let field = if body_is_batch(&body) {
+                    format!("scans[{i}].step")
+                } else {
+                    "step".into()
+                };
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{field}: {why}"),
+                    Some(field),
+                );
+            }
+        }
+    }
+    intake.register(&scans).await;
+    let outcomes = match tokio::time::timeout(STORE_TIMEOUT, intake.submit(&scans)).await {
+        Ok(o) => o,
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the store did not answer within {STORE_TIMEOUT:?}; resend: what was stored comes back as duplicate"),
+                None,
+            )
+        }
+    };
+    answer(&scans, outcomes)
+}
+
+fn body_is_batch(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|v| v.get("scans").is_some())
+}
+
+fn too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("body over {MAX_BODY} bytes (hint: fewer scans a request)"),
+        None,
+    )
+}
+
+async fn read_body(body: Body) -> Result<axum::body::Bytes, Response> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => Ok(b),
+        // to_bytes says only "length limit exceeded" in its error's source chain.
+        Ok(Err(e)) if is_length_limit(&e) => Err(too_large()),
+        Ok(Err(e)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("reading the body: {e}"),
+            None,
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("body not received within {BODY_TIMEOUT:?}"),
+            None,
+        )),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// A scan, its code's refusal (if any), and the store's answer.
+struct Submitted {
+    scan: FramedScan,
+    device: String,
+    rejected: Option<String>,
+}
+
+impl Intake {
+    /// The posted scan as the writer takes it: its step resolved, its code checked.
+    fn framed(&self, p: PostedScan) -> Result<Submitted, String> {
+        let step = match (p.step, &p.station) {
+            (Some(s), _) => s,
+            (None, Some(st)) => *self.stations.get(st).ok_or_else(|| {
+                format!("is missing, and station {st:?} has no step in [intake.stations]")
+            })?,
+            (None, None) => return Err("is missing (and no station to take it from)".into()),
+        };
+        let received_at_ms = crate::clock::now_ms();
+        let rejected = darkleg_protocol::check_code(&p.code)
+            .err()
+            .map(|e| e.to_string())
+            .or_else(|| {
+                (p.code.len() > darkleg_protocol::relay::MAX_CODE).then(|| {
+                    format!(
+                        "code is {} bytes; at most {}",
+                        p.code.len(),
+                        darkleg_protocol::relay::MAX_CODE
+                    )
+                })
+            });
+        Ok(Submitted {
+            scan: FramedScan {
+                seq: p.seq,
+                step,
+                code: p.code,
+                symbology: p.symbology,
+                operator: p.operator,
+                captured_at_ms: p.captured_at_ms.unwrap_or(received_at_ms),
+                station: p.station,
+                received_at_ms,
+                refused: rejected.is_some(),
+            },
+            device: p.device,
+            rejected,
+        })
+    }
+
+    /// A device first seen since start says hello, as a framed scanner would: the devices
+    /// table names it with its source and firmware. Its sequence state is untouched.
+    async fn register(&self, scans: &[Submitted]) {
+        let new: Vec<String> = {
+            let mut seen = self.registered.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded memory whatever names clients invent; a re-hello is harmless.
+            if seen.len() > 100_000 {
+                seen.clear();
+            }
+            scans
+                .iter()
+                .filter(|s| seen.insert(s.device.clone()))
+                .map(|s| s.device.clone())
+                .collect()
+        };
+        for device in new {
+            let rx = self
+                .store
+                .request(|reply| WriteOp::Hello {
+                    device: device.clone(),
+                    firmware: FIRMWARE.into(),
+                    port: PORT.into(),
+                    last_acked: 0,
+                    reply,
+                })
+                .await;
+            if !matches!(rx.await, Ok(Ok(_))) {
+                // Try again with the next request; the scans go on regardless.
+                self.registered
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&device);
+            }
+        }
+    }
+
+    /// Every scan to the writer at once (one group commit for a batch), then every answer.
+    async fn submit(&self, scans: &[Submitted]) -> Vec<Result<FramedOutcome, StoreError>> {
+        let mut pending = Vec::with_capacity(scans.len());
+        for s in scans {
+            let rx = self
+                .store
+                .request(|reply| WriteOp::Framed {
+                    device: s.device.clone(),
+                    port: PORT.into(),
+                    scan: s.scan.clone(),
+                    reply,
+                })
+                .await;
+            pending.push(rx);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for rx in pending {
+            out.push(
+                rx.await
+                    .unwrap_or_else(|_| Err(StoreError::new("writer", "stopped"))),
+            );
+        }
+        out
+    }
+}
+
+/// The answer for one request: 200 with every scan's result, unless a scan hit a store
+/// failure (507 while full, else 503) or broke its device's sequence (409).
+fn answer(scans: &[Submitted], outcomes: Vec<Result<FramedOutcome, StoreError>>) -> Response {
+    let mut results = Vec::with_capacity(scans.len());
+    let (mut full, mut failed, mut first_409): (bool, Option<String>, Option<Value>) =
+        (false, None, None);
+    for (s, outcome) in scans.iter().zip(outcomes) {
+        let (seq, device) = (s.scan.seq, s.device.as_str());
+        let mut r = json!({ "device": device, "seq": seq });
+        let status = match outcome {
+            Ok(FramedOutcome::Stored { .. }) => "stored",
+            Ok(FramedOutcome::Duplicate { .. }) => "duplicate",
+            Ok(FramedOutcome::Refused { .. }) if s.rejected.is_some() => {
+                r["reason"] = json!(s.rejected);
+                "rejected"
+            }
+            // Not refused by us: the seq names a different stored scan (counted as a
+            // conflict on the device, as for a framed scanner that reused a seq).
+            Ok(FramedOutcome::Refused { acked }) => {
+                let why = format!("device {device}: seq {seq} already names a different scan (stored up to {acked}); not stored — number new scans after {acked}");
+                r["reason"] = json!(why);
+                first_409.get_or_insert_with(|| json!({ "error": why }));
+                "conflict"
+            }
+            Ok(FramedOutcome::OutOfOrder { acked }) => {
+                let expected = acked + 1;
+                let why = format!("device {device}: seq {seq} is not the next; expected {expected} (resend from {expected})");
+                r["reason"] = json!(why);
+                r["expected_seq"] = json!(expected);
+                first_409.get_or_insert_with(|| json!({ "error": why, "expected_seq": expected }));
+                "gap"
+            }
+            Err(e) => {
+                full |= e.full;
+                r["reason"] = json!(e.to_string());
+                failed.get_or_insert_with(|| e.to_string());
+                "not_stored"
+            }
+        };
+        metrics::scan(status);
+        r["status"] = json!(status);
+        results.push(r);
+    }
+    if let Some(why) = failed {
+        let (code, message) = if full {
+            (
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("the gateway's outbox is full; not stored: {why} (retry later; what was stored comes back as duplicate)"),
+            )
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not stored: {why} (retry later)"),
+            )
+        };
+        return reply(code, json!({ "error": message, "results": results }));
+    }
+    if let Some(mut body) = first_409 {
+        body["results"] = Value::Array(results);
+        return reply(StatusCode::CONFLICT, body);
+    }
+    reply(StatusCode::OK, json!({ "results": results }))
+}

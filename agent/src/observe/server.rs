@@ -1,0 +1,104 @@
+//! The HTTP stack under the status page and the intake: hyper 1's HTTP/1.1 server driven
+//! connection by connection, so the limits stay ours — at most [`MAX_CONNECTIONS`] at once
+//! (one more is closed at accept rather than queued without bound), [`HEAD_TIMEOUT`] for
+//! each request head (also on an idle keep-alive connection), a lifetime after which a
+//! connection finishes its request and closes — and, with `[intake] tls_cert`, rustls
+//! in front of it.
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+/// At most this many connections are served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The time a client has to send a request head (and a TLS handshake).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// After this, a connection answers the request in hand and closes: a keep-alive client
+/// cannot hold a slot for ever.
+const LIFETIME: Duration = Duration::from_secs(60);
+/// How long that last answer may take before the connection is dropped.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown`. Errors on one connection are its own.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (sock, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("http: accept failed: {e}");
+                    // Out of file descriptors, say: do not spin on it.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("http: {MAX_CONNECTIONS} connections open, closing a new one");
+            drop(sock);
+            continue;
+        };
+        let (app, tls) = (app.clone(), tls.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            connection(sock, app, tls).await;
+        });
+    }
+}
+
+async fn connection(sock: TcpStream, app: Router, tls: Option<TlsAcceptor>) {
+    let _ = sock.set_nodelay(true);
+    match tls {
+        None => serve_io(TokioIo::new(sock), app).await,
+        Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(sock)).await {
+            Ok(Ok(s)) => serve_io(TokioIo::new(s), app).await,
+            Ok(Err(e)) => tracing::debug!("http: TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!("http: TLS handshake timed out"),
+        },
+    }
+}
+
+async fn serve_io<I>(io: I, app: Router)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        // Heads are small; the default 400 KiB buffer per connection is for proxies.
+        .max_buf_size(64 * 1024);
+    let conn = builder.serve_connection(io, TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!("http: connection ended: {e}");
+            }
+        }
+        _ = tokio::time::sleep(LIFETIME) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN, conn).await;
+        }
+    }
+}
+
+/// Binds `listen` now, so a taken port is a start-up error, not a silent missing page.
+pub async fn bind(listen: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(listen).await.map_err(|e| {
+        format!("http.listen {listen}: {e} (hint: another process has the port, or pick another in [http])")
+    })
+}

@@ -1,0 +1,397 @@
+//! The HTTP intake end to end: the real binary, a private Mosquitto, real sockets. Answers
+//! (200 stored/duplicate, 401, 400, 409, 413, 507), SIGHUP re-reading the tokens, TLS with a
+//! rustls client, and a SIGKILL of the agent under load from many devices: every scan
+//! answered `stored` or `duplicate` arrives upstream, once by event id.
+
+use darkleg_agent::sim::broker::free_port;
+use darkleg_tests::*;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const TOKEN: &str = "tok-0123456789abcdef";
+
+/// A rig with `[http]` and `[intake]` (tokens file with [`TOKEN`]) and `more` config.
+fn rig(name: &str, more: &str) -> (Rig, u16) {
+    let http = free_port().unwrap();
+    let dir = Scratch::new(&format!("{name}-tok"));
+    let tokens = dir.0.join("tokens");
+    std::fs::write(&tokens, format!("# floor apps\n{TOKEN}\n")).unwrap();
+    let extra = format!(
+        "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[intake]\ntokens_file = \"{}\"\n{more}\n[intake.stations]\ndock-1 = \"handover\"\n",
+        tokens.display()
+    );
+    std::mem::forget(dir); // the tokens file lives as long as the test
+    (Rig::with_store(name, &[], &extra), http)
+}
+
+fn tokens_path(rig: &Rig) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(&rig.config).unwrap();
+    let line = text.lines().find(|l| l.starts_with("tokens_file")).unwrap();
+    line.split('"').nth(1).unwrap().into()
+}
+
+/// One POST over `s`: (status, head, JSON body).
+fn exchange(
+    mut s: impl Read + Write,
+    token: Option<&str>,
+    body: &str,
+) -> Option<(u16, String, Value)> {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "POST /v1/scans HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{auth}\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        code,
+        head.to_lowercase(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    ))
+}
+
+fn post(port: u16, token: Option<&str>, body: &str) -> Option<(u16, String, Value)> {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(40))).ok()?;
+    exchange(s, token, body)
+}
+
+fn must(port: u16, token: Option<&str>, body: Value) -> (u16, String, Value) {
+    post(port, token, &body.to_string()).expect("the intake answers")
+}
+
+fn wait_serving(port: u16) {
+    assert!(
+        wait_until(Duration::from_secs(20), || http_get(port, "/healthz")
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))),
+        "the agent serves HTTP"
+    );
+}
+
+#[test]
+fn the_intake_answers_every_path_and_stored_scans_arrive_with_their_step() {
+    let (rig, http) = rig("intake-paths", "");
+    let agent = rig.start_agent();
+    wait_serving(http);
+    let t = Some(TOKEN);
+    let scan = |seq: u64, code: &str| json!({"device":"tc52-07","seq":seq,"code":code,"station":"dock-1","captured_at":"2026-11-22T14:02:11.250Z"});
+
+    let (code, _, body) = must(http, t, scan(1, "1Z999AA10123456784"));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "stored", "{body}");
+    let (code, _, body) = must(http, t, scan(1, "1Z999AA10123456784"));
+    assert_eq!(
+        (code, body["results"][0]["status"].as_str()),
+        (200, Some("duplicate")),
+        "{body}"
+    );
+
+    // Auth: missing and wrong tokens.
+    let (code, head, _) = must(http, None, scan(2, "X"));
+    assert_eq!(code, 401);
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert_eq!(must(http, Some("tok-wrong"), scan(2, "X")).0, 401);
+
+    // 400: broken JSON, a missing field named.
+    let (code, _, body) = post(http, t, "{\"device\":").unwrap();
+    assert_eq!(code, 400, "{body}");
+    let (code, _, body) = must(
+        http,
+        t,
+        json!({"scans":[{"device":"tc52-07","seq":2,"code":"X","step":"pack"},{"device":"tc52-07","code":"Y","step":"pack"}]}),
+    );
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("scans[1].seq")),
+        "{body}"
+    );
+    let (code, _, body) = must(http, t, json!({"device":"tc52-07","seq":2,"code":"X"}));
+    assert_eq!(
+        (code, body["field"].as_str()),
+        (400, Some("step")),
+        "{body}"
+    );
+
+    // 409: a different code under a stored seq; a gap names the expected seq.
+    let (code, _, body) = must(http, t, scan(1, "DIFFERENT"));
+    assert_eq!(
+        (code, body["results"][0]["status"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
+    let (code, _, body) = must(http, t, scan(5, "1Z999AA10123456785"));
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["expected_seq"], 2, "{body}");
+    assert_eq!(body["results"][0]["status"], "gap", "{body}");
+
+    // A refused code consumes its seq: rejected with a reason, the next seq goes on.
+    let (code, _, body) = must(
+        http,
+        t,
+        json!({"scans":[
+        {"device":"tc52-07","seq":2,"code":"bad\u{7}code","step":"pack"},
+        {"device":"tc52-07","seq":3,"code":"00340434161094042557","step":"pack"}]}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "rejected", "{body}");
+    assert!(body["results"][0]["reason"].is_string(), "{body}");
+    assert_eq!(body["results"][1]["status"], "stored", "{body}");
+
+    // 413: a body over 1 MiB is refused from its Content-Length, unread.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    write!(s, "POST /v1/scans HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 2000000\r\n\r\n{{\"scans\":[").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"device":"x","seq":i+1,"code":"c","step":"pick"}))
+        .collect();
+    assert_eq!(must(http, t, json!({ "scans": many })).0, 413);
+
+    // SIGHUP re-reads the tokens: the old one goes, the new one works.
+    std::fs::write(tokens_path(&rig), "# rotated\ntok-new-42\n").unwrap();
+    let pid = agent.pid().unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(
+        wait_until(Duration::from_secs(5), || post(
+            http,
+            Some("tok-new-42"),
+            &scan(4, "00340434161094042564").to_string()
+        )
+        .is_some_and(|r| r.0 == 200)),
+        "the new token is taken"
+    );
+    assert_eq!(must(http, t, scan(5, "X")).0, 401, "the old token is gone");
+    assert!(
+        !std::fs::read_to_string(&rig.log).unwrap().contains(TOKEN),
+        "tokens are never logged"
+    );
+
+    // Upstream: seqs 1, 3, 4 with their steps (station dock-1 → handover).
+    assert!(wait_until(Duration::from_secs(20), || rig.collector.len() >= 3));
+    let got: BTreeMap<u64, Value> = rig
+        .collector
+        .messages()
+        .into_iter()
+        .map(|a| (a.json["seq"].as_u64().unwrap(), a.json))
+        .collect();
+    assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![1, 3, 4]);
+    assert_eq!(got[&1]["step"], "handover");
+    assert_eq!(got[&1]["captured_at"], "2026-11-22T14:02:11.250Z");
+    assert_eq!(got[&3]["step"], "pack");
+
+    // Status and metrics show the device and the answers.
+    let st = status(&rig.config);
+    let dev = st["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == "tc52-07")
+        .expect("device in status")
+        .clone();
+    assert_eq!(dev["last_seq"], 4, "{dev}");
+    assert!(
+        dev["conflicts"].as_i64().unwrap_or(0) >= 1,
+        "conflict counted: {dev}"
+    );
+    let m = http_get(http, "/metrics").unwrap();
+    for line in [
+        "darkleg_intake_requests_total{status=\"409\"} 2",
+        "darkleg_intake_requests_total{status=\"401\"} 3",
+        "darkleg_intake_scans_total{result=\"rejected\"} 1",
+    ] {
+        assert!(m.contains(line), "{line}\n{m}");
+    }
+}
+
+#[test]
+fn a_full_outbox_is_507_with_retry_after() {
+    let (mut rig, http) = rig("intake-full", "");
+    let text = std::fs::read_to_string(&rig.config).unwrap();
+    std::fs::write(
+        &rig.config,
+        text.replace("[http]", "[store]\nmax_db_mb = 1\n\n[http]"),
+    )
+    .unwrap();
+    rig.broker.stop();
+    let _agent = rig.start_agent();
+    wait_serving(http);
+    let mut seq = 0u64;
+    let mut last = (0, String::new(), Value::Null);
+    for _ in 0..200 {
+        let scans: Vec<Value> = (0..50).map(|i| json!({"device":"app-1","seq":seq+i+1,"code":format!("{:05}-{}", seq+i, "X".repeat(230)),"step":"pack"})).collect();
+        last = must(http, Some(TOKEN), json!({ "scans": scans }));
+        if last.0 != 200 {
+            break;
+        }
+        seq += 50;
+    }
+    let (code, head, body) = last;
+    assert_eq!(code, 507, "{body}");
+    assert!(head.contains("retry-after: "), "{head}");
+    assert!(
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["status"] == "not_stored"),
+        "{body}"
+    );
+    assert!(seq > 0, "some scans fit before the outbox was full");
+}
+
+#[test]
+fn the_intake_over_tls_with_a_rustls_client() {
+    let certs = Scratch::new("intake-tls-certs");
+    darkleg_tests::tls::make_certs(&certs.0);
+    let (rig, http) = rig(
+        "intake-tls",
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            certs.0.join("server.pem").display(),
+            certs.0.join("server.key").display()
+        ),
+    );
+    let _agent = rig.start_agent();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(certs.0.join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let config = Arc::new(config);
+    let tls_post = |body: Value| -> Option<(u16, String, Value)> {
+        let sock = std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;
+        let conn =
+            rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap()).ok()?;
+        exchange(
+            rustls::StreamOwned::new(conn, sock),
+            Some(TOKEN),
+            &body.to_string(),
+        )
+    };
+    let scan = json!({"device":"tls-app","seq":1,"code":"00340434161094042557","step":"pick"});
+    assert!(
+        wait_until(Duration::from_secs(20), || tls_post(scan.clone()).is_some()),
+        "TLS answers"
+    );
+    let (code, _, body) = tls_post(scan.clone()).unwrap();
+    assert_eq!(
+        (code, body["results"][0]["status"].as_str()),
+        (200, Some("duplicate")),
+        "{body}"
+    );
+    // Plain HTTP on the TLS listener gets no answer.
+    assert!(post(http, Some(TOKEN), &scan.to_string()).is_none_or(|r| r.0 != 200));
+    assert!(wait_until(Duration::from_secs(20), || rig.collector.len() == 1));
+}
+
+#[test]
+fn sigkill_under_http_load_loses_no_answered_scan() {
+    const DEVICES: u64 = 50;
+    const SCANS: u64 = 40;
+    const CLIENTS: u64 = 5;
+    let (rig, http) = rig("intake-kill", "");
+    let mut agent = rig.start_agent();
+    wait_serving(http);
+    let answered = Arc::new(AtomicUsize::new(0));
+    // (device, seq, code) answered stored or duplicate.
+    let durable: Arc<Mutex<Vec<(String, u64, String)>>> = Arc::default();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (answered, durable) = (answered.clone(), durable.clone());
+            std::thread::spawn(move || {
+                let devices: Vec<String> = (0..DEVICES / CLIENTS).map(|d| format!("hh-{c}-{d:02}")).collect();
+                for seq in 1..=SCANS {
+                    let scans: Vec<Value> = devices.iter().map(|d| json!({"device":d,"seq":seq,"code":format!("{d}/{seq:03}"),"step":"pack"})).collect();
+                    let body = json!({ "scans": scans }).to_string();
+                    // Resend until answered: through the kill and the restart.
+                    let t0 = std::time::Instant::now();
+                    let r = loop {
+                        match post(http, Some(TOKEN), &body) {
+                            Some(r) if r.0 == 200 => break r,
+                            _ if t0.elapsed() > Duration::from_secs(60) => panic!("no answer for 60 s"),
+                            _ => std::thread::sleep(Duration::from_millis(50)),
+                        }
+                    };
+                    for (d, res) in devices.iter().zip(r.2["results"].as_array().unwrap()) {
+                        let st = res["status"].as_str().unwrap();
+                        assert!(st == "stored" || st == "duplicate", "{res}");
+                        durable.lock().unwrap().push((d.clone(), seq, format!("{d}/{seq:03}")));
+                    }
+                    answered.fetch_add(devices.len(), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let total = (DEVICES * SCANS) as usize;
+    assert!(
+        wait_until(Duration::from_secs(60), || answered.load(Ordering::Relaxed)
+            >= total / 3),
+        "load under way"
+    );
+    agent.kill9();
+    let at_kill = answered.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(300));
+    let _agent = rig.start_agent();
+    for c in clients {
+        c.join().expect("a client failed");
+    }
+    assert!(
+        at_kill < total,
+        "killed mid-way ({at_kill} of {total} answered)"
+    );
+    let durable = durable.lock().unwrap().clone();
+    assert_eq!(durable.len(), total);
+    assert!(
+        wait_until(Duration::from_secs(60), || unique_ids(
+            &rig.collector.messages()
+        ) >= total),
+        "everything arrives: {} of {total}",
+        unique_ids(&rig.collector.messages())
+    );
+    let arrivals = rig.collector.messages();
+    let mut by_id: BTreeMap<String, (String, u64, String)> = BTreeMap::new();
+    for a in &arrivals {
+        let j = &a.json;
+        let v = (
+            j["device"].as_str().unwrap().to_string(),
+            j["seq"].as_u64().unwrap(),
+            j["code"].as_str().unwrap().to_string(),
+        );
+        if let Some(prev) = by_id.insert(j["event_id"].as_str().unwrap().to_string(), v.clone()) {
+            assert_eq!(prev, v, "a redelivery carries the same scan");
+        }
+    }
+    assert_eq!(by_id.len(), total, "once by event id");
+    let arrived: HashSet<(String, u64, String)> = by_id.into_values().collect();
+    for d in &durable {
+        assert!(
+            arrived.contains(d),
+            "answered durable but never arrived: {d:?}"
+        );
+    }
+    println!(
+        "intake kill: {at_kill} of {total} answered at the kill, {} messages for {total} scans",
+        arrivals.len()
+    );
+}
