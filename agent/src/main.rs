@@ -85,6 +85,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Some("recover") => cmd_recover(&args[1..]),
+        Some("webhooks") => cmd_webhooks(&args[1..]),
         Some("--version") | Some("-V") => {
             println!("darkleg {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -513,4 +514,33 @@ fn describe_link(link: &darkleg_agent::config::BrokerLink) {
     if let Some(cert) = &link.client_cert {
         println!("    client certificate {} (mTLS)", cert.display());
     }
+}
+
+/// `darkleg webhooks replay NAME --config FILE`: a webhook's dead letters back into its
+/// outbox, and a 410's disabling lifted. Safe beside a running agent, which picks them up
+/// within a second or two.
+fn cmd_webhooks(args: &[String]) -> Result<(), String> {
+    const USE: &str = "usage: darkleg webhooks replay NAME --config FILE";
+    let (Some("replay"), Some(name)) = (args.first().map(String::as_str), args.get(1)) else {
+        return Err(USE.into());
+    };
+    let config = flag_value(args, "--config").map_err(|_| USE.to_string())?;
+    let c = Config::load(&PathBuf::from(config)).map_err(|e| e.to_string())?;
+    if !c.webhooks.iter().any(|w| &w.name == name) {
+        return Err(format!(
+            "{name:?} is not a [[webhook]] in this config (hint: names come from its [[webhook]] tables)"
+        ));
+    }
+    let r =
+        darkleg_agent::store::webhooks::replay(&c.db_path(), name).map_err(|e| e.to_string())?;
+    println!(
+        "webhook {name}: {} dead letter(s) queued again{}",
+        r.requeued,
+        if r.was_disabled {
+            "; re-enabled after its 410"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }

@@ -6,6 +6,7 @@ mod broker;
 mod dark_leg;
 mod relay;
 mod upstream;
+mod webhook;
 
 pub use broker::{BrokerLink, Secret};
 pub use dark_leg::{AlertRules, Cutoff, EpcisConfig, Merchant, ParcelRules, Pattern};
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 pub use upstream::{MqttVersion, Upstream};
+pub use webhook::Webhook;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -28,6 +30,8 @@ pub struct Config {
     pub relays: Vec<Relay>,
     /// Which upstream gets what; see [`crate::routing`].
     pub routes: Vec<Route>,
+    /// Signed HTTPS deliveries of milestones and alerts; see [`crate::sinks::webhook`].
+    pub webhooks: Vec<Webhook>,
     pub parcels: ParcelRules,
     pub merchants: Vec<Merchant>,
     pub alerts: AlertRules,
@@ -194,6 +198,8 @@ struct RawConfig {
     relay: Vec<relay::RawRelay>,
     #[serde(default)]
     route: Vec<relay::RawRoute>,
+    #[serde(default)]
+    webhook: Vec<webhook::RawWebhook>,
     parcels: Option<dark_leg::RawParcels>,
     #[serde(default)]
     merchant: Vec<dark_leg::RawMerchant>,
@@ -430,6 +436,10 @@ impl Validator<'_> {
         let relays = self.relays(raw.relay, &gateway)?;
         let routes = self.routes(raw.route, &upstreams, &merchants)?;
         self.client_ids_unique(&upstreams, &relays)?;
+        let taken: Vec<&str> = (upstreams.iter().map(|u| u.name.as_str()))
+            .chain(relays.iter().map(|r| r.name.as_str()))
+            .collect();
+        let webhooks = self.webhooks(raw.webhook, &taken, &merchants)?;
         Ok(Config {
             gateway,
             store,
@@ -437,6 +447,7 @@ impl Validator<'_> {
             upstreams,
             relays,
             routes,
+            webhooks,
             parcels: self.parcels(raw.parcels)?,
             merchants,
             alerts: self.alerts(raw.alerts)?,

@@ -66,6 +66,24 @@ fn per_upstream<V: std::fmt::Display>(
     }
 }
 
+/// A metric with one value per webhook.
+fn per_webhook<V: std::fmt::Display>(
+    out: &mut String,
+    s: &Snapshot,
+    (name, kind, help): (&str, &str, &str),
+    value: impl Fn(&crate::store::WebhookStatus) -> V,
+) {
+    head(out, name, kind, help);
+    for w in &s.status.webhooks {
+        let _ = writeln!(
+            out,
+            "darkleg_{name}{{webhook=\"{}\"}} {}",
+            label(&w.name),
+            value(w)
+        );
+    }
+}
+
 /// `/metrics`.
 pub fn metrics(s: &Snapshot) -> String {
     let st = &s.status;
@@ -131,6 +149,32 @@ pub fn metrics(s: &Snapshot) -> String {
                 s.now_ms.saturating_sub(t.max(0) as u64) as f64 / 1000.0
             })
         },
+    );
+    per_webhook(
+        &mut out,
+        s,
+        ("webhook_dead_letters", "gauge", "Messages a webhook endpoint refused for good (4xx), kept for `darkleg webhooks replay`."),
+        |w| w.dead_letters,
+    );
+    per_webhook(
+        &mut out,
+        s,
+        (
+            "webhook_dead_lettered_total",
+            "counter",
+            "Messages dead-lettered per webhook since the store was created.",
+        ),
+        |w| w.dead_lettered,
+    );
+    per_webhook(
+        &mut out,
+        s,
+        (
+            "webhook_disabled",
+            "gauge",
+            "1 while a 410 Gone keeps the webhook disabled (its messages wait in the outbox).",
+        ),
+        |w| w.disabled_at_ms.is_some() as u8,
     );
     let online = st
         .ports
@@ -344,6 +388,27 @@ td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}.ok{{colo
             );
         }
     }
+    if !st.webhooks.is_empty() {
+        h.push_str("</table><h2>Webhooks</h2><table id=\"webhooks\"><tr><th>webhook</th><th>state</th><th>dead letters</th><th>last dead letter</th></tr>");
+        for w in &st.webhooks {
+            let (class, state) = match &w.disabled_reason {
+                Some(why) => ("bad", format!("DISABLED: {why}")),
+                None => ("ok", "enabled".to_string()),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"{class}\">{}</td><td class=\"{}\">{}</td><td>{}</td></tr>",
+                esc(&w.name),
+                esc(&state),
+                if w.dead_letters == 0 { "ok" } else { "bad" },
+                w.dead_letters,
+                match &w.last_dead {
+                    Some(r) => format!("{} ({})", esc(r), ago(s.now_ms, w.last_dead_at_ms)),
+                    None => "-".into(),
+                }
+            );
+        }
+    }
     let _ = write!(
         h,
         "</table><h2>Open dark-leg alerts <span id=\"alerts-open\">{}</span></h2>",
@@ -404,6 +469,7 @@ mod tests {
         };
         let s = Snapshot {
             status: Status {
+                webhooks: vec![],
                 incidents: vec![],
                 events: 7,
                 upstreams: vec![up("central", 3, 4, Some(9_000)), up("a\"b", 0, 1, None)],

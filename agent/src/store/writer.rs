@@ -119,6 +119,8 @@ pub enum WriteOp {
         reason: String,
         at_ms: u64,
     },
+    /// A webhook's dead letter or its 410; no reply.
+    Webhook(super::webhooks::WebhookMark),
     /// Something an operator should see in `status` (a clock step); no reply.
     Incident { kind: &'static str, detail: String },
     /// Drop delivered events received before this instant.
@@ -418,6 +420,7 @@ impl WriteOp {
                 protocol,
                 report: report.clone(),
             }),
+            WriteOp::Webhook(m) => Some(WriteOp::Webhook(m.clone())),
             WriteOp::Incident { kind, detail } => Some(WriteOp::Incident {
                 kind,
                 detail: detail.clone(),
@@ -521,6 +524,10 @@ fn apply_savepointed(
         } => {
             let r = ops::refused(&sp, &upstream, rows, &reason, at_ms);
             (None, log_failure(finish(sp, r, "refusal counters")))
+        }
+        WriteOp::Webhook(m) => {
+            let r = super::webhooks::apply(&sp, &m);
+            (None, log_failure(finish(sp, r, "webhook marks")))
         }
         WriteOp::Incident { kind, detail } => {
             let r = sp
