@@ -150,32 +150,6 @@ pub fn metrics(s: &Snapshot) -> String {
             })
         },
     );
-    per_webhook(
-        &mut out,
-        s,
-        ("webhook_dead_letters", "gauge", "Messages a webhook endpoint refused for good (4xx), kept for `darkleg webhooks replay`."),
-        |w| w.dead_letters,
-    );
-    per_webhook(
-        &mut out,
-        s,
-        (
-            "webhook_dead_lettered_total",
-            "counter",
-            "Messages dead-lettered per webhook since the store was created.",
-        ),
-        |w| w.dead_lettered,
-    );
-    per_webhook(
-        &mut out,
-        s,
-        (
-            "webhook_disabled",
-            "gauge",
-            "1 while a 410 Gone keeps the webhook disabled (its messages wait in the outbox).",
-        ),
-        |w| w.disabled_at_ms.is_some() as u8,
-    );
     let online = st
         .ports
         .iter()
@@ -276,6 +250,32 @@ pub fn metrics(s: &Snapshot) -> String {
         "counter",
         "Steps of the gateway's wall clock (NTP step, bad RTC) seen by the agent.",
         load(&faults::CLOCK_JUMPS),
+    );
+    per_webhook(
+        &mut out,
+        s,
+        ("webhook_dead_letters", "gauge", "Messages a webhook endpoint refused for good (4xx), kept for `darkleg webhooks replay`."),
+        |w| w.dead_letters,
+    );
+    per_webhook(
+        &mut out,
+        s,
+        (
+            "webhook_dead_lettered_total",
+            "counter",
+            "Messages dead-lettered per webhook since the store was created.",
+        ),
+        |w| w.dead_lettered,
+    );
+    per_webhook(
+        &mut out,
+        s,
+        (
+            "webhook_disabled",
+            "gauge",
+            "1 while a 410 Gone keeps the webhook disabled (its messages wait in the outbox).",
+        ),
+        |w| w.disabled_at_ms.is_some() as u8,
     );
     out
 }
@@ -520,5 +520,57 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
         ] {
             assert!(m.contains(&format!("\ndarkleg_{fault}")), "{fault}");
         }
+    }
+
+    #[test]
+    fn webhook_metrics_name_each_webhook() {
+        let w = crate::store::WebhookStatus {
+            name: "shop".into(),
+            dead_letters: 2,
+            dead_lettered: 5,
+            last_dead: Some("HTTP 422".into()),
+            last_dead_at_ms: Some(1),
+            disabled_at_ms: Some(3),
+            disabled_reason: Some("the endpoint answered 410 Gone".into()),
+            replays: 1,
+        };
+        let s = Snapshot {
+            status: Status {
+                webhooks: vec![w],
+                incidents: vec![],
+                events: 0,
+                upstreams: vec![],
+                ports: vec![],
+                devices: vec![],
+            },
+            alerts: vec![],
+            peak_backlog: Default::default(),
+            now_ms: 10_500,
+        };
+        let m = metrics(&s);
+        assert!(
+            m.contains("darkleg_webhook_dead_letters{webhook=\"shop\"} 2\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("darkleg_webhook_dead_lettered_total{webhook=\"shop\"} 5\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("darkleg_webhook_disabled{webhook=\"shop\"} 1\n"),
+            "{m}"
+        );
+        let page = html(
+            &s,
+            &crate::config::Config::parse(
+                "[gateway]\nsite = \"a\"\nid = \"b\"\ndata_dir = \"/tmp/x\"\n",
+                "t.toml",
+            )
+            .unwrap(),
+        );
+        assert!(
+            page.contains("DISABLED: the endpoint answered 410 Gone"),
+            "{page}"
+        );
     }
 }
