@@ -16,6 +16,7 @@ pub use darkleg_agent::sim::{broker::Mosquitto, collector::Collector, scanner, w
 pub mod model;
 pub mod proxy;
 pub mod tls;
+pub mod webhook_receiver;
 
 /// The `darkleg` binary, built once per test process so the tests run against current code
 /// even when only `cargo test` was asked for.
