@@ -99,6 +99,7 @@ impl Receiver {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                let _ = tcp.set_nodelay(true);
                 let (acceptor, hits, policy, keys) =
                     (acceptor.clone(), h.clone(), p.clone(), keys.clone());
                 tokio::spawn(async move {

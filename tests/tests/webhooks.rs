@@ -476,3 +476,111 @@ fn a_refused_message_is_dead_lettered_and_replayed_and_410_disables_until_replay
     assert!(log.contains("WEBHOOK DISABLED"), "the 410 is loud");
     assert!(log.contains("dead-lettered"), "the 422 is logged");
 }
+
+/// The drain figure: a backlog of N milestones (one pack per parcel, derived while the
+/// endpoint is down), then the agent restarted against a receiver that takes everything.
+/// `cargo test --release -p darkleg-tests --test webhooks -- --ignored --nocapture`;
+/// `DARKLEG_WEBHOOK_BACKLOG=N` (default 20,000).
+#[test]
+#[ignore = "a measurement: run with --release --ignored"]
+fn drain_a_webhook_backlog() {
+    let n: u64 = std::env::var("DARKLEG_WEBHOOK_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let rig = Rig::new("webhook-drain", &[]);
+    let port = free_port().unwrap();
+    let extra = setup(
+        &rig.dir.0,
+        &format!("[[webhook]]\nname = \"shop\"\nurl = \"https://localhost:{port}/h\"\nsecret_file = \"{{secret}}\"\nca_file = \"{{ca}}\"\n"),
+    );
+    let mut text = std::fs::read_to_string(&rig.config).unwrap();
+    // No MQTT upstream: only the webhook's drain is measured.
+    text = text.replace("[[upstream]]", "[[upstream_unused]]");
+    text = text[..text.find("[[upstream_unused]]").unwrap_or(text.len())].to_string();
+    text.push_str(&extra);
+    std::fs::write(&rig.config, text).unwrap();
+    let config = darkleg_agent::config::Config::load(&rig.config).unwrap();
+    {
+        let (store, writer) = darkleg_agent::store::StoreHandle::open(&config).unwrap();
+        let device = "packer".to_string();
+        store
+            .request_blocking(|reply| darkleg_agent::store::WriteOp::Hello {
+                device: device.clone(),
+                firmware: "b".into(),
+                port: "p".into(),
+                last_acked: 0,
+                reply,
+            })
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        let mut window = std::collections::VecDeque::new();
+        for i in 0..n {
+            let (order, sscc) = parcel(i);
+            for (k, code) in [format!("400{order}"), format!("00{sscc}")]
+                .into_iter()
+                .enumerate()
+            {
+                let seq = 2 * i + k as u64 + 1;
+                let scan = darkleg_agent::store::FramedScan {
+                    seq,
+                    step: Step::Pack,
+                    code,
+                    symbology: Some("]C1".into()),
+                    operator: None,
+                    captured_at_ms: 1_795_300_000_000 + seq,
+                    station: None,
+                    received_at_ms: 1_795_300_000_000 + seq,
+                    refused: false,
+                };
+                window.push_back(store.framed_blocking(device.clone(), "p".into(), scan));
+                if window.len() == 256 {
+                    window
+                        .pop_front()
+                        .unwrap()
+                        .blocking_recv()
+                        .unwrap()
+                        .unwrap();
+                }
+            }
+        }
+        for rx in window {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        drop(store);
+        writer.join().unwrap();
+    }
+    // Derive with the endpoint down, until the whole backlog is owed to the webhook.
+    let mut agent = rig.start_agent();
+    assert!(
+        wait_until(Duration::from_secs(600), || shop_backlog(&rig.config)
+            == Some(n)),
+        "derived {n} milestones: backlog {:?}",
+        shop_backlog(&rig.config)
+    );
+    agent.stop();
+    let shop = Receiver::start(
+        port,
+        &rig.dir.0,
+        keys(),
+        Box::new(|_, _| Reply::Status(200, None)),
+    );
+    let start = std::time::Instant::now();
+    let _agent = rig.start_agent();
+    assert!(
+        wait_until(Duration::from_secs(600), || shop_backlog(&rig.config)
+            == Some(0)),
+        "drained"
+    );
+    let secs = start.elapsed().as_secs_f64();
+    let accepted = shop.accepted();
+    let ids: BTreeSet<&str> = accepted.iter().map(|h| h.id.as_str()).collect();
+    assert!(ids.len() as u64 >= n);
+    assert!(accepted.iter().all(|h| h.signed_ok));
+    println!(
+        "webhook drain: {n} messages in {secs:.2} s = {:.0} messages/s (max_in_flight 8, HTTPS, signed with 2 keys, agent start included; {} requests)",
+        n as f64 / secs,
+        accepted.len()
+    );
+}

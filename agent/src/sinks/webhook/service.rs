@@ -153,7 +153,8 @@ impl Loop {
         let mut more = true;
         let mut next_poll = Instant::now() + POLL;
         loop {
-            if more && self.known.len() < self.buffer() {
+            // Refill in chunks (half the buffer), not one outbox read per answer.
+            if more && (self.known.len() <= self.buffer() / 2 || self.known.is_empty()) {
                 match self.read().await {
                     Ok(m) => more = m,
                     Err(e) => {
