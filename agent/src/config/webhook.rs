@@ -21,7 +21,8 @@ pub struct Webhook {
     /// Only this merchant's messages (like an upstream with `merchant`).
     pub merchant: Option<String>,
     /// Standard Webhooks secrets (`whsec_…`), one per line: several sign each message with
-    /// every key, for rotation. Read when the sink starts and on each replay.
+    /// every key, for rotation. Read when the sink starts (a rotated file counts from the
+    /// next agent start).
     pub secret: Secret,
     /// Milestones and/or alerts; never raw scans.
     pub carries: Vec<Carries>,
