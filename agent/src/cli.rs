@@ -123,6 +123,9 @@ pub enum Command {
         #[arg(long, value_name = "CONFIG")]
         config: PathBuf,
     },
+    /// Webhook endpoints: put dead-lettered messages back (and lift a 410)
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Print a shell completion script to stdout
     #[command(after_help = "e.g. darkleg completions bash > /etc/bash_completion.d/darkleg")]
     Completions {
@@ -176,6 +179,20 @@ impl Command {
     pub fn is_one_shot(&self) -> bool {
         !matches!(self, Command::Run { .. } | Command::Demo { .. })
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Queue a webhook's dead letters again and re-enable it after a 410 Gone; works with the
+    /// agent running (it notices within a second) or stopped
+    Replay {
+        /// The webhook's `name` in its [[webhook]] table
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The gateway's config
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn command() -> clap::Command {

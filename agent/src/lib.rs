@@ -179,6 +179,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             sinks::mqtt::run(u, gateway, store, stop).await
         }));
     }
+    for w in &config.webhooks {
+        links.push(health.spawn(
+            format!("webhook {}", w.name),
+            sinks::webhook::run(w.clone(), store.clone(), stop_rx.clone()),
+        ));
+    }
     for r in &config.relays {
         links.push(health.spawn(
             format!("relay {}", r.name),

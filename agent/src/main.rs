@@ -62,6 +62,9 @@ fn main() -> ExitCode {
         ),
         Command::Report { config, json } => cmd_report(config, json),
         Command::Recover { file, config } => cmd_recover(file, config),
+        Command::Webhooks(cli::WebhooksCommand::Replay { name, config }) => {
+            cmd_webhooks_replay(&name, config)
+        }
         Command::Completions { shell } => {
             cli::print_completions(shell);
             Ok(())
@@ -449,4 +452,29 @@ fn describe_link(link: &darkleg_agent::config::BrokerLink) {
     if let Some(cert) = &link.client_cert {
         println!("    client certificate {} (mTLS)", cert.display());
     }
+}
+
+/// `darkleg webhooks replay NAME --config FILE`: a webhook's dead letters back into its
+/// outbox, and a 410's disabling lifted. Safe beside a running agent, which picks them up
+/// within a second or two.
+/// `webhooks replay NAME --config FILE`.
+fn cmd_webhooks_replay(name: &str, config: PathBuf) -> Result<(), String> {
+    let c = Config::load(&config).map_err(|e| e.to_string())?;
+    if !c.webhooks.iter().any(|w| w.name == name) {
+        return Err(format!(
+            "{name:?} is not a [[webhook]] in this config (hint: names come from its [[webhook]] tables)"
+        ));
+    }
+    let r =
+        darkleg_agent::store::webhooks::replay(&c.db_path(), name).map_err(|e| e.to_string())?;
+    println!(
+        "webhook {name}: {} dead letter(s) queued again{}",
+        r.requeued,
+        if r.was_disabled {
+            "; re-enabled after its 410"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }

@@ -65,19 +65,32 @@ impl Router {
                 },
             });
         }
+        // A webhook is an outbox consumer like an upstream, with its own `carries` (never
+        // raw scans) and merchant; routes do not name webhooks.
+        for w in &config.webhooks {
+            rules.push(Rule {
+                upstream: w.name.clone(),
+                merchant: w.merchant.clone(),
+                steps: None,
+                sites: None,
+                carries: w.carries.clone(),
+            });
+        }
         Router {
             site: config.gateway.site.clone(),
             scans_need_merchant: rules
                 .iter()
                 .any(|r| r.merchant.is_some() && r.carries.contains(&Carries::Events)),
-            upstreams: config.upstreams.iter().map(|u| u.name.clone()).collect(),
+            upstreams: (config.upstreams.iter().map(|u| u.name.clone()))
+                .chain(config.webhooks.iter().map(|w| w.name.clone()))
+                .collect(),
             rules,
             parcels: config.parcels.clone(),
             merchants: config.merchants.clone(),
         }
     }
 
-    /// Every configured upstream.
+    /// Every configured outbox consumer: upstreams, then webhooks.
     pub fn upstreams(&self) -> &[String] {
         &self.upstreams
     }
@@ -298,5 +311,35 @@ carries = ["events"]
             ["acme", "central"],
             "merchant = keeps milestones beside the route"
         );
+    }
+
+    #[test]
+    fn webhooks_get_their_merchants_messages_and_never_scans() {
+        let r = router(
+            r#"
+[[webhook]]
+name = "acme-shop"
+url = "https://shop.example/h"
+merchant = "acme"
+secret_env = "S"
+
+[[webhook]]
+name = "ops"
+url = "https://ops.example/h"
+secret_env = "S"
+carries = ["alerts"]
+"#,
+        );
+        assert!(r.upstreams().iter().any(|u| u == "acme-shop"));
+        assert!(!r.takes_every_scan("acme-shop"));
+        let scans = names(&r, &scan(Step::Pack, "a", "ACME-1"));
+        assert!(!scans.iter().any(|u| *u == "acme-shop" || *u == "ops"));
+        let msg = |kind, merchant| r.for_message(kind, merchant).collect::<Vec<_>>();
+        assert_eq!(
+            msg("milestone", Some("acme")),
+            ["central", "acme", "globex", "acme-shop"]
+        );
+        assert_eq!(msg("milestone", Some("globex")), ["central", "globex"]);
+        assert_eq!(msg("alert", Some("globex")), ["central", "globex", "ops"]);
     }
 }

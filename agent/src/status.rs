@@ -51,6 +51,42 @@ pub fn render(s: &Status, now_ms: u64) -> String {
             );
         }
     }
+    if !s.webhooks.is_empty() {
+        let _ = writeln!(
+            out,
+            "webhooks (backlog and deliveries above, under the same name):"
+        );
+    }
+    for w in &s.webhooks {
+        let _ = writeln!(
+            out,
+            "  {:<16} {}  dead letters {:>6}{}",
+            w.name,
+            if w.disabled_at_ms.is_some() {
+                "DISABLED"
+            } else {
+                "enabled "
+            },
+            w.dead_letters,
+            match &w.last_dead {
+                Some(r) if w.dead_letters > 0 => format!(
+                    " (last: {r}, {}; `darkleg webhooks replay {}` sends them again)",
+                    ago(now_ms, w.last_dead_at_ms),
+                    w.name
+                ),
+                _ => String::new(),
+            }
+        );
+        if let Some(why) = &w.disabled_reason {
+            let _ = writeln!(
+                out,
+                "  {:<16} {why} ({}); messages kept — fix it, then `darkleg webhooks replay {}`",
+                "",
+                ago(now_ms, w.disabled_at_ms),
+                w.name
+            );
+        }
+    }
     let _ = writeln!(out, "scanner ports:");
     if s.ports.is_empty() {
         let _ = writeln!(out, "  (none seen yet)");
@@ -151,6 +187,7 @@ mod tests {
     fn shows_what_an_operator_looks_for_first() {
         let now = 1_795_300_000_000u64;
         let s = Status {
+            webhooks: vec![],
             incidents: vec![],
             events: 12,
             upstreams: vec![UpstreamStatus {

@@ -17,6 +17,7 @@ pub mod engines;
 pub mod model;
 pub mod proxy;
 pub mod tls;
+pub mod webhook_receiver;
 
 /// The `darkleg` binary, built once per test process so the tests run against current code
 /// even when only `cargo test` was asked for.

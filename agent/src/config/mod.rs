@@ -10,6 +10,7 @@ mod intake;
 mod network;
 mod relay;
 mod upstream;
+mod webhook;
 
 pub use broker::{BrokerLink, Secret};
 pub use dark_leg::{AlertRules, Cutoff, EpcisConfig, Merchant, ParcelRules, Pattern};
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 pub use upstream::{MqttVersion, Upstream};
+pub use webhook::Webhook;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -37,6 +39,8 @@ pub struct Config {
     pub relays: Vec<Relay>,
     /// Which upstream gets what; see [`crate::routing`].
     pub routes: Vec<Route>,
+    /// Signed HTTPS deliveries of milestones and alerts; see [`crate::sinks::webhook`].
+    pub webhooks: Vec<Webhook>,
     pub parcels: ParcelRules,
     pub merchants: Vec<Merchant>,
     pub alerts: AlertRules,
@@ -200,6 +204,8 @@ struct RawConfig {
     relay: Vec<relay::RawRelay>,
     #[serde(default)]
     route: Vec<relay::RawRoute>,
+    #[serde(default)]
+    webhook: Vec<webhook::RawWebhook>,
     parcels: Option<dark_leg::RawParcels>,
     #[serde(default)]
     merchant: Vec<dark_leg::RawMerchant>,
@@ -437,6 +443,10 @@ impl Validator<'_> {
         let relays = self.relays(raw.relay, &gateway)?;
         let routes = self.routes(raw.route, &upstreams, &merchants)?;
         self.client_ids_unique(&upstreams, &relays)?;
+        let taken: Vec<&str> = (upstreams.iter().map(|u| u.name.as_str()))
+            .chain(relays.iter().map(|r| r.name.as_str()))
+            .collect();
+        let webhooks = self.webhooks(raw.webhook, &taken, &merchants)?;
         let http = match &raw.http {
                 None => None,
                 Some(h) => Some(h.listen.get_ref().parse().map_err(|e| {
@@ -458,6 +468,7 @@ impl Validator<'_> {
             upstreams,
             relays,
             routes,
+            webhooks,
             parcels: self.parcels(raw.parcels)?,
             merchants,
             alerts: self.alerts(raw.alerts)?,

@@ -81,8 +81,22 @@ fn tls_transport(link: &BrokerLink, what: &str) -> Result<Option<Transport>, Str
 }
 
 fn tls_config(link: &BrokerLink, what: &str) -> Result<rustls::ClientConfig, String> {
+    let client = match (&link.client_cert, &link.client_key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        _ => None,
+    };
+    client_tls_config(link.ca_file.as_deref(), client, what)
+}
+
+/// A rustls client config: the system's roots or `ca_file`, and an optional client
+/// certificate and key (PEM paths) — for broker links and webhooks alike.
+pub fn client_tls_config(
+    ca_file: Option<&std::path::Path>,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+    what: &str,
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
-    match &link.ca_file {
+    match ca_file {
         Some(path) => {
             let bad =
                 |e: &dyn std::fmt::Display| format!("{what}: ca_file {}: {e}", path.display());
@@ -107,8 +121,8 @@ fn tls_config(link: &BrokerLink, what: &str) -> Result<rustls::ClientConfig, Str
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
     .with_root_certificates(roots);
-    match (&link.client_cert, &link.client_key) {
-        (Some(cert), Some(key)) => {
+    match client {
+        Some((cert, key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| format!("{what}: client_cert {}: {e}", cert.display()))?;
@@ -125,6 +139,6 @@ fn tls_config(link: &BrokerLink, what: &str) -> Result<rustls::ClientConfig, Str
                 format!("{what}: client_cert/client_key do not form a usable pair: {e}")
             })
         }
-        _ => Ok(builder.with_no_client_auth()),
+        None => Ok(builder.with_no_client_auth()),
     }
 }

@@ -249,6 +249,52 @@ impl Collector for Scrape {
             crate::intake::metrics::scans().map(|(r, n)| (r.to_string(), ConstCounter::new(n))),
         )?;
 
+        let mut m = e.encode_descriptor(
+            "webhook_dead_letters",
+            "Messages a webhook endpoint refused for good (4xx), kept for `darkleg webhooks replay`.",
+            None,
+            MetricType::Gauge,
+        )?;
+        labelled(
+            &mut m,
+            "webhook",
+            st.webhooks
+                .iter()
+                .map(|w| (w.name.clone(), ConstGauge::new(w.dead_letters))),
+        )?;
+        let mut m = e.encode_descriptor(
+            "webhook_dead_lettered",
+            "Messages dead-lettered per webhook since the store was created.",
+            None,
+            MetricType::Counter,
+        )?;
+        labelled(
+            &mut m,
+            "webhook",
+            st.webhooks.iter().map(|w| {
+                (
+                    w.name.clone(),
+                    ConstCounter::new(w.dead_lettered.max(0) as u64),
+                )
+            }),
+        )?;
+        let mut m = e.encode_descriptor(
+            "webhook_disabled",
+            "1 while a 410 Gone keeps the webhook disabled (its messages wait in the outbox).",
+            None,
+            MetricType::Gauge,
+        )?;
+        labelled(
+            &mut m,
+            "webhook",
+            st.webhooks.iter().map(|w| {
+                (
+                    w.name.clone(),
+                    ConstGauge::new(w.disabled_at_ms.is_some() as i64),
+                )
+            }),
+        )?;
+
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed) as i64;
         gauge(
             &mut e,
@@ -306,6 +352,16 @@ mod tests {
         };
         Snapshot {
             status: Status {
+                webhooks: vec![crate::store::WebhookStatus {
+                    name: "shop".into(),
+                    dead_letters: 2,
+                    dead_lettered: 5,
+                    last_dead: Some("HTTP 422".into()),
+                    last_dead_at_ms: Some(1),
+                    disabled_at_ms: Some(3),
+                    disabled_reason: Some("the endpoint answered 410 Gone".into()),
+                    replays: 1,
+                }],
                 incidents: vec![],
                 events: 7,
                 upstreams: vec![up("central", 3, 4, Some(9_000)), up("a\"b", 0, 1, None)],
@@ -425,7 +481,7 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
         fams
     }
 
-    const FAMILIES: [(&str, &str, &[&str]); 20] = [
+    const FAMILIES: [(&str, &str, &[&str]); 23] = [
         ("events_captured_total", "counter", &[]),
         ("events_rejected_total", "counter", &[]),
         ("events_synced_total", "counter", &["upstream"]),
@@ -445,6 +501,9 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
         ("clock_jumps_total", "counter", &[]),
         ("intake_requests_total", "counter", &["status"]),
         ("intake_scans_total", "counter", &["result"]),
+        ("webhook_dead_letters", "gauge", &["webhook"]),
+        ("webhook_dead_lettered_total", "counter", &["webhook"]),
+        ("webhook_disabled", "gauge", &["webhook"]),
         ("", "", &[]),
     ];
 

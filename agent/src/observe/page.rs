@@ -135,6 +135,27 @@ td,th{{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}}.ok{{colo
             );
         }
     }
+    if !st.webhooks.is_empty() {
+        h.push_str("</table><h2>Webhooks</h2><table id=\"webhooks\"><tr><th>webhook</th><th>state</th><th>dead letters</th><th>last dead letter</th></tr>");
+        for w in &st.webhooks {
+            let (class, state) = match &w.disabled_reason {
+                Some(why) => ("bad", format!("DISABLED: {why}")),
+                None => ("ok", "enabled".to_string()),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"{class}\">{}</td><td class=\"{}\">{}</td><td>{}</td></tr>",
+                esc(&w.name),
+                esc(&state),
+                if w.dead_letters == 0 { "ok" } else { "bad" },
+                w.dead_letters,
+                match &w.last_dead {
+                    Some(r) => format!("{} ({})", esc(r), ago(s.now_ms, w.last_dead_at_ms)),
+                    None => "-".into(),
+                }
+            );
+        }
+    }
     let _ = write!(
         h,
         "</table><h2>Open dark-leg alerts <span id=\"alerts-open\">{}</span></h2>",

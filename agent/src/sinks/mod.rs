@@ -2,3 +2,4 @@
 //! acknowledgement. Sinks never see sources; a restart resumes from the store.
 
 pub mod mqtt;
+pub mod webhook;

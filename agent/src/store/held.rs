@@ -24,6 +24,9 @@ const MAX_INCIDENTS: usize = 256;
 pub(super) struct Held {
     /// Delivered rows per upstream, with the latest delivery time.
     marks: BTreeMap<String, (Vec<i64>, u64)>,
+    /// Webhook dead letters and 410s, in arrival order (idempotent: a dead letter moves a row
+    /// only while it is still owed).
+    webhook_marks: Vec<super::webhooks::WebhookMark>,
     /// Marks failed inside a batch's transaction: they go in one of their own until they take.
     pub marks_alone: bool,
     /// Refusals per upstream: rows added, the latest reason and time.
@@ -48,6 +51,7 @@ impl Held {
                 e.0.extend(rows);
                 e.1 = e.1.max(at_ms);
             }
+            WriteOp::Webhook(m) => self.webhook_marks.push(m),
             WriteOp::Refused {
                 upstream,
                 rows,
@@ -94,7 +98,7 @@ impl Held {
     }
 
     pub fn has_marks(&self) -> bool {
-        !self.marks.is_empty()
+        !self.marks.is_empty() || !self.webhook_marks.is_empty()
     }
 
     pub fn has_counters(&self) -> bool {
@@ -118,6 +122,9 @@ impl Held {
             for (upstream, (rows, at_ms)) in &self.marks {
                 ops::delivered(conn, upstream, rows, *at_ms)?;
             }
+            for m in &self.webhook_marks {
+                super::webhooks::apply(conn, m)?;
+            }
             conn.execute_batch("RELEASE held_marks")
         })();
         settle(conn, r, "held_marks", "delivery marks")
@@ -125,6 +132,7 @@ impl Held {
 
     pub fn marks_durable(&mut self) {
         self.marks.clear();
+        self.webhook_marks.clear();
         self.marks_alone = false;
     }
 

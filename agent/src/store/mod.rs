@@ -12,6 +12,7 @@ pub mod salvage;
 mod schema;
 #[cfg(test)]
 mod tests;
+pub mod webhooks;
 pub mod writer;
 
 use crate::config::{Config, Synchronous};
@@ -21,6 +22,7 @@ use serde::Serialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot, watch};
+pub use webhooks::{WebhookMark, WebhookStatus};
 pub use writer::{AsciiScan, FramedOutcome, FramedScan, PortReport, WriteOp};
 
 /// A store failure with what was being done; cheap to clone into many replies.
@@ -98,6 +100,8 @@ impl StoreHandle {
         let router = crate::routing::Router::new(config);
         register_upstreams(&mut conn, &router)
             .map_err(|e| StoreError::new("registering upstreams", e))?;
+        webhooks::register(&conn, config.webhooks.iter().map(|w| w.name.as_str()))
+            .map_err(|e| StoreError::new("registering webhooks", e))?;
         // Ports are re-discovered at start; a crash must not leave them shown as connected.
         conn.execute("UPDATE ports SET connected = 0", [])
             .map_err(|e| StoreError::new("resetting port state", e))?;
@@ -455,6 +459,12 @@ impl Reader {
         run().map_err(|e| StoreError::new(format!("reading outbox for {upstream}"), e))
     }
 
+    /// A webhook's replay generation and, while a 410 disabled it, why.
+    pub fn webhook_state(&self, name: &str) -> Result<(i64, Option<String>), StoreError> {
+        webhooks::state(&self.conn, name)
+            .map_err(|e| StoreError::new(format!("reading webhook {name}"), e))
+    }
+
     pub fn status(&self) -> Result<Status, StoreError> {
         let run = || -> rusqlite::Result<Status> {
             let events: i64 = self
@@ -532,6 +542,7 @@ impl Reader {
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             Ok(Status {
+                webhooks: webhooks::status(&self.conn)?,
                 incidents,
                 events,
                 upstreams,
@@ -551,6 +562,8 @@ pub struct Status {
     pub devices: Vec<DeviceStatus>,
     /// What the store had to do to itself (a damaged file moved aside), newest first.
     pub incidents: Vec<Incident>,
+    /// Dead letters and the disabled state per webhook (their backlog is in `upstreams`).
+    pub webhooks: Vec<WebhookStatus>,
 }
 
 #[derive(Debug, Serialize)]

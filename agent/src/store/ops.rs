@@ -438,11 +438,12 @@ pub(super) fn prune(sp: &mut rusqlite::Savepoint<'_>, before_ms: u64) -> rusqlit
     )?
     .execute([before_ms as i64])
     .and_then(|n| {
-        // Derived messages every upstream has: same retention.
+        // Derived messages every upstream has (and no webhook keeps as a dead letter).
         sp.prepare_cached(
             "DELETE FROM messages WHERE row IN (
                  SELECT row FROM messages m WHERE created_at < ?1
                    AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.row = m.row)
+                   AND NOT EXISTS (SELECT 1 FROM webhook_dead_letters d WHERE d.row = m.row)
                  LIMIT 20000)",
         )?
         .execute([before_ms as i64])?;
@@ -472,6 +473,7 @@ pub(super) fn evict_delivered(
             "DELETE FROM messages WHERE row IN (
                  SELECT row FROM messages m
                  WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.row = m.row)
+                   AND NOT EXISTS (SELECT 1 FROM webhook_dead_letters d WHERE d.row = m.row)
                  ORDER BY row LIMIT ?1)",
         )?
         .execute([limit as i64])?;

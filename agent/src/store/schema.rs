@@ -155,6 +155,30 @@ const MIGRATIONS: &[&str] = &[
     -- relayed scans not stored because a different scan holds their event id
     ALTER TABLE ports ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
     "#,
+    // v6: webhooks. A message an endpoint refused for good (a 4xx other than 408/429/410)
+    // leaves its outbox and waits here, kept from pruning, until `darkleg webhooks replay`;
+    // per webhook: how many so far, whether a 410 disabled it, and a replay generation a
+    // running sink watches.
+    r#"
+    CREATE TABLE webhook_dead_letters (
+        webhook TEXT NOT NULL,
+        row     INTEGER NOT NULL,                    -- messages.row
+        status  INTEGER NOT NULL,                    -- the HTTP status that refused it
+        reason  TEXT NOT NULL,
+        at      INTEGER NOT NULL,
+        PRIMARY KEY (webhook, row)
+    ) WITHOUT ROWID;
+    CREATE INDEX webhook_dead_letters_row ON webhook_dead_letters(row);
+    CREATE TABLE webhooks (
+        name            TEXT PRIMARY KEY,
+        dead_lettered   INTEGER NOT NULL DEFAULT 0,  -- all time
+        last_dead_at    INTEGER,
+        last_dead       TEXT,
+        disabled_at     INTEGER,                     -- a 410 Gone: no requests until a replay
+        disabled_reason TEXT,
+        replays         INTEGER NOT NULL DEFAULT 0
+    );
+    "#,
 ];
 
 pub const VERSION: i64 = MIGRATIONS.len() as i64;

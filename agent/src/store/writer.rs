@@ -119,6 +119,8 @@ pub enum WriteOp {
         reason: String,
         at_ms: u64,
     },
+    /// A webhook's dead letter or its 410; no reply.
+    Webhook(super::webhooks::WebhookMark),
     /// Something an operator should see in `status` (a clock step); no reply.
     Incident { kind: &'static str, detail: String },
     /// Drop delivered events received before this instant.
@@ -458,6 +460,7 @@ fn apply_savepointed(
     match op {
         // Folded into `held` before a batch's transaction; never applied here.
         WriteOp::Delivered { .. }
+        | WriteOp::Webhook(_)
         | WriteOp::Port { .. }
         | WriteOp::Refused { .. }
         | WriteOp::Incident { .. } => {
