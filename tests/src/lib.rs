@@ -330,6 +330,17 @@ impl Drop for Agent {
 /// `darkleg status --json` for `config`; `Null` while the agent has not created its
 /// database yet.
 pub fn status(config: &Path) -> Value {
+    match try_status(config) {
+        Ok(v) => v,
+        // Before the agent's first start finished creating its schema.
+        Err(err) if err.contains("no database") || err.contains("no such table") => Value::Null,
+        Err(err) => panic!("status failed: {err}"),
+    }
+}
+
+/// `darkleg status --json`, or what it said on failure (a damaged file the agent has not
+/// moved aside yet answers "malformed", rightly).
+pub fn try_status(config: &Path) -> Result<Value, String> {
     let out = Command::new(darkleg_bin())
         .arg("status")
         .arg("--config")
@@ -338,15 +349,9 @@ pub fn status(config: &Path) -> Value {
         .output()
         .expect("running darkleg status");
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        // Before the agent's first start finished creating its schema.
-        assert!(
-            err.contains("no database") || err.contains("no such table"),
-            "status failed: {err}"
-        );
-        return Value::Null;
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    serde_json::from_slice(&out.stdout).expect("status JSON")
+    Ok(serde_json::from_slice(&out.stdout).expect("status JSON"))
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.

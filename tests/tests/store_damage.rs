@@ -229,10 +229,13 @@ fn a_damaged_database_is_moved_aside_and_its_readable_undelivered_scans_delivere
 
     rig.broker.restart().unwrap();
     let _agent = rig.start_agent();
-    assert!(wait_until(Duration::from_secs(20), || status(&rig.config)
-        ["incidents"]
+    // Until the agent has moved the damaged file aside, status reads it and says so.
+    assert!(wait_until(Duration::from_secs(20), || try_status(
+        &rig.config
+    )
+    .is_ok_and(|st| st["incidents"]
         .as_array()
-        .is_some_and(|i| !i.is_empty())));
+        .is_some_and(|i| !i.is_empty()))));
     let st = status(&rig.config);
     let incident = &st["incidents"][0];
     assert_eq!(incident["kind"], "damaged_db", "{st}");
