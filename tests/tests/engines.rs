@@ -5,7 +5,9 @@
 //! Every scan arrives, by event id; milestones too.
 
 use darkleg_protocol::EventId;
-use darkleg_tests::engines::{Capture, Nats, NatsCluster, Rabbit};
+use darkleg_tests::engines::{
+    debian_nats_server, pinned_nats_server, Capture, Nats, NatsCluster, Rabbit, PINNED_NATS,
+};
 use darkleg_tests::*;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -43,12 +45,11 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-#[test]
-fn nats_takes_the_capture_path_with_auto_falling_back_to_3_1_1() {
-    let dir = Scratch::new("engines-nats-auto");
-    let nats = Nats::start(&dir.0.join("nats")).expect("nats-server");
-    let log = capture_through("nats-auto", &nats.url(), nats.mqtt_port, "");
-    // NATS turns an MQTT 5 CONNECT down; "auto" asks again in 3.1.1, on the same broker.
+/// `auto` against one NATS node: the v5 CONNECT is turned down, 3.1.1 asked on the same broker.
+fn nats_auto(server: &std::path::Path, name: &str) {
+    let dir = Scratch::new(&format!("engines-{name}"));
+    let nats = Nats::start(server, &dir.0.join("nats")).expect("nats-server");
+    let log = capture_through(name, &nats.url(), nats.mqtt_port, "");
     assert!(
         log.contains("the broker did not take an MQTT 5 connect"),
         "{log}"
@@ -59,10 +60,23 @@ fn nats_takes_the_capture_path_with_auto_falling_back_to_3_1_1() {
     );
 }
 
+/// Debian's 2.9.10 answers a v5 CONNECT with a 3.1.1 CONNACK 0x01.
+#[test]
+fn nats_takes_the_capture_path_with_auto_falling_back_to_3_1_1() {
+    nats_auto(&debian_nats_server(), "nats-auto");
+}
+
+/// The pinned 2.12 still takes no MQTT 5; it answers with a v5 CONNACK 0x84.
+#[test]
+fn pinned_nats_takes_the_capture_path_with_auto_falling_back_to_3_1_1() {
+    let server = pinned_nats_server().unwrap_or_else(|e| panic!("nats-server {PINNED_NATS}: {e}"));
+    nats_auto(&server, "nats-pinned-auto");
+}
+
 #[test]
 fn nats_takes_the_capture_path_in_3_1_1() {
     let dir = Scratch::new("engines-nats-311");
-    let nats = Nats::start(&dir.0.join("nats")).expect("nats-server");
+    let nats = Nats::start(&debian_nats_server(), &dir.0.join("nats")).expect("nats-server");
     let log = capture_through(
         "nats-311",
         &nats.url(),
@@ -110,7 +124,9 @@ struct ClusterRun {
 fn cluster_run(name: &str, kill: bool) -> ClusterRun {
     let dir = Scratch::new(&format!("engines-{name}"));
     let started = Instant::now();
-    let mut cluster = NatsCluster::start(&dir.0.join("nats"), 3).expect("3-node NATS cluster");
+    let server = pinned_nats_server().unwrap_or_else(|e| panic!("nats-server {PINNED_NATS}: {e}"));
+    let mut cluster =
+        NatsCluster::start(&server, &dir.0.join("nats"), 3).expect("3-node NATS cluster");
     println!(
         "cluster ready (JetStream meta leader agreed) in {:?}",
         started.elapsed()
