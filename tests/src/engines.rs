@@ -36,6 +36,23 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(out.split_once("\r\n\r\n")?.1.to_string())
 }
 
+/// Ports are picked free, then bound by the server: another test may take one in between.
+/// A server that failed on that is started again on fresh ports in an emptied `dir` (twice
+/// at most): a JetStream store must not remember the cluster of the failed attempt.
+fn retry_port_clash<T>(
+    dir: &Path,
+    mut start: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let mut attempt = 0;
+    loop {
+        let _ = std::fs::remove_dir_all(dir);
+        match start() {
+            Err(e) if e.contains("address already in use") && attempt < 2 => attempt += 1,
+            r => return r,
+        }
+    }
+}
+
 /// One nats-server process.
 pub struct Nats {
     child: Option<Child>,
@@ -70,10 +87,12 @@ impl Nats {
     /// A single node of `server` (see [`nats_bin`]) with JetStream (which NATS's MQTT
     /// needs) and an MQTT listener.
     pub fn start(server: &Path, dir: &Path) -> Result<Nats, String> {
-        let ports = NatsPorts::pick()?;
-        let n = Nats::launch(server, dir, "n0", &ports, "")?;
-        n.wait_healthy(Duration::from_secs(20))?;
-        Ok(n)
+        retry_port_clash(dir, || {
+            let ports = NatsPorts::pick()?;
+            let n = Nats::launch(server, dir, "n0", &ports, "")?;
+            n.wait_healthy(Duration::from_secs(20))?;
+            Ok(n)
+        })
     }
 
     fn launch(
@@ -134,10 +153,12 @@ impl Nats {
     /// MQTT port takes connections.
     pub fn wait_healthy(&self, timeout: Duration) -> Result<(), String> {
         let ok = wait_until(timeout, || {
-            http_get(self.http_port, "/healthz").is_some_and(|r| r.contains("\"ok\""))
-                && TcpStream::connect(("127.0.0.1", self.mqtt_port)).is_ok()
+            // A fatal error (a port taken meanwhile) ends the wait: the server has exited.
+            self.log_tail(5).contains("[FTL]")
+                || http_get(self.http_port, "/healthz").is_some_and(|r| r.contains("\"ok\""))
+                    && TcpStream::connect(("127.0.0.1", self.mqtt_port)).is_ok()
         });
-        if ok {
+        if ok && !self.log_tail(5).contains("[FTL]") {
             Ok(())
         } else {
             Err(format!(
@@ -195,6 +216,10 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     pub fn start(server: &Path, dir: &Path, n: usize) -> Result<NatsCluster, String> {
+        retry_port_clash(dir, || NatsCluster::try_start(server, dir, n))
+    }
+
+    fn try_start(server: &Path, dir: &Path, n: usize) -> Result<NatsCluster, String> {
         let ports: Vec<NatsPorts> = (0..n)
             .map(|_| NatsPorts::pick())
             .collect::<Result<_, _>>()?;
