@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod nats_bin;
+pub use nats_bin::{debian_nats_server, pinned_nats_server, PINNED_NATS};
+
 /// `GET path` on a monitoring port: the body, or `None` if nothing answers within 2 s.
 /// (NATS keeps an HTTP/1.1 connection open: the request asks it to close.)
 fn http_get(port: u16, path: &str) -> Option<String> {
@@ -33,14 +36,21 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(out.split_once("\r\n\r\n")?.1.to_string())
 }
 
-/// nats-server on PATH, or Debian's /usr/sbin (often not on a user's PATH).
-fn nats_server() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("nats-server"))
+/// Ports are picked free, then bound by the server: another test may take one in between.
+/// A server that failed on that is started again on fresh ports in an emptied `dir` (twice
+/// at most): a JetStream store must not remember the cluster of the failed attempt.
+fn retry_port_clash<T>(
+    dir: &Path,
+    mut start: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let mut attempt = 0;
+    loop {
+        let _ = std::fs::remove_dir_all(dir);
+        match start() {
+            Err(e) if e.contains("address already in use") && attempt < 2 => attempt += 1,
+            r => return r,
+        }
+    }
 }
 
 /// One nats-server process.
@@ -74,15 +84,24 @@ impl NatsPorts {
 }
 
 impl Nats {
-    /// A single node with JetStream (which NATS's MQTT needs) and an MQTT listener.
-    pub fn start(dir: &Path) -> Result<Nats, String> {
-        let ports = NatsPorts::pick()?;
-        let n = Nats::launch(dir, "n0", &ports, "")?;
-        n.wait_healthy(Duration::from_secs(20))?;
-        Ok(n)
+    /// A single node of `server` (see [`nats_bin`]) with JetStream (which NATS's MQTT
+    /// needs) and an MQTT listener.
+    pub fn start(server: &Path, dir: &Path) -> Result<Nats, String> {
+        retry_port_clash(dir, || {
+            let ports = NatsPorts::pick()?;
+            let n = Nats::launch(server, dir, "n0", &ports, "")?;
+            n.wait_healthy(Duration::from_secs(20))?;
+            Ok(n)
+        })
     }
 
-    fn launch(dir: &Path, name: &str, p: &NatsPorts, extra: &str) -> Result<Nats, String> {
+    fn launch(
+        server: &Path,
+        dir: &Path,
+        name: &str,
+        p: &NatsPorts,
+        extra: &str,
+    ) -> Result<Nats, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let conf = dir.join("nats.conf");
         // stream_replicas only matters in a cluster; a single node keeps R1.
@@ -106,7 +125,7 @@ impl Nats {
         );
         std::fs::write(&conf, text).map_err(|e| e.to_string())?;
         let log = dir.join("nats.log");
-        let child = Command::new(nats_server())
+        let child = Command::new(server)
             .arg("-c")
             .arg(&conf)
             .arg("-l")
@@ -115,7 +134,12 @@ impl Nats {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("spawning nats-server (Debian package nats-server): {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "spawning {} (Debian's is the package nats-server): {e}",
+                    server.display()
+                )
+            })?;
         Ok(Nats {
             child: Some(child),
             name: name.to_string(),
@@ -129,10 +153,12 @@ impl Nats {
     /// MQTT port takes connections.
     pub fn wait_healthy(&self, timeout: Duration) -> Result<(), String> {
         let ok = wait_until(timeout, || {
-            http_get(self.http_port, "/healthz").is_some_and(|r| r.contains("\"ok\""))
-                && TcpStream::connect(("127.0.0.1", self.mqtt_port)).is_ok()
+            // A fatal error (a port taken meanwhile) ends the wait: the server has exited.
+            self.log_tail(5).contains("[FTL]")
+                || http_get(self.http_port, "/healthz").is_some_and(|r| r.contains("\"ok\""))
+                    && TcpStream::connect(("127.0.0.1", self.mqtt_port)).is_ok()
         });
-        if ok {
+        if ok && !self.log_tail(5).contains("[FTL]") {
             Ok(())
         } else {
             Err(format!(
@@ -189,7 +215,11 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    pub fn start(dir: &Path, n: usize) -> Result<NatsCluster, String> {
+    pub fn start(server: &Path, dir: &Path, n: usize) -> Result<NatsCluster, String> {
+        retry_port_clash(dir, || NatsCluster::try_start(server, dir, n))
+    }
+
+    fn try_start(server: &Path, dir: &Path, n: usize) -> Result<NatsCluster, String> {
         let ports: Vec<NatsPorts> = (0..n)
             .map(|_| NatsPorts::pick())
             .collect::<Result<_, _>>()?;
@@ -207,6 +237,7 @@ impl NatsCluster {
                 routes.join(", ")
             );
             nodes.push(Nats::launch(
+                server,
                 &dir.join(format!("n{i}")),
                 &format!("n{i}"),
                 p,
