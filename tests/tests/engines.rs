@@ -121,7 +121,11 @@ struct ClusterRun {
 /// moves on along its `urls` and is connected to a surviving node within seconds, its
 /// session is there (replicated), and every scan is PUBACKed (backlog 0). Returns what each subscriber on a surviving node
 /// lacks, after NATS's MQTT redelivery time (ack_wait 30 s) has passed for anything owed.
-fn cluster_run(server: &std::path::Path, name: &str, kill: bool) -> ClusterRun {
+/// `full_checks`: on a subscriber that lacks nothing, also per-device order by first
+/// arrival, codes and milestones. Off for 2.9.10, which stores MQTT messages after its
+/// PUBACK and so can forward a device's later scans ahead of an earlier one (seen: 39, 40,
+/// 41, then 38) — order the agent cannot restore once the broker took it.
+fn cluster_run(server: &std::path::Path, name: &str, kill: bool, full_checks: bool) -> ClusterRun {
     let dir = Scratch::new(&format!("engines-{name}"));
     let started = Instant::now();
     let mut cluster =
@@ -248,7 +252,7 @@ fn cluster_run(server: &std::path::Path, name: &str, kill: bool) -> ClusterRun {
                 .map(|(id, _)| id)
                 .collect::<Vec<_>>(),
         );
-        if lacks.is_empty() {
+        if lacks.is_empty() && full_checks {
             // Nothing lacking: the full checks (order, codes, ids) and the milestones.
             c.wait_delivered(events, Duration::from_secs(1));
             c.wait_milestones(&subs[i].1, Duration::from_secs(5));
@@ -268,7 +272,7 @@ fn pinned() -> std::path::PathBuf {
 /// surviving nodes.
 #[test]
 fn a_debian_nats_cluster_loses_the_agents_node_and_the_agent_fails_over_with_its_session() {
-    let run = cluster_run(&debian_nats_server(), "cluster-failover", true);
+    let run = cluster_run(&debian_nats_server(), "cluster-failover", true, false);
     assert_eq!(run.missing.len(), 2, "two surviving subscribers checked");
 }
 
@@ -277,7 +281,7 @@ fn a_debian_nats_cluster_loses_the_agents_node_and_the_agent_fails_over_with_its
 /// Debian's 2.9.10 PUBACKs first and lost 1–5 of these 300 scans in most runs.
 #[test]
 fn a_nats_cluster_loses_the_agents_node_and_every_scan_arrives() {
-    let run = cluster_run(&pinned(), "cluster-every-scan", true);
+    let run = cluster_run(&pinned(), "cluster-every-scan", true, true);
     for (node, lacks) in &run.missing {
         assert!(lacks.is_empty(), "subscriber on {node} lacks {lacks:?}");
     }
@@ -286,7 +290,7 @@ fn a_nats_cluster_loses_the_agents_node_and_every_scan_arrives() {
 /// The same load with no fault at all: every scan at all three subscribers.
 #[test]
 fn a_steady_nats_cluster_delivers_every_scan() {
-    let run = cluster_run(&pinned(), "cluster-steady", false);
+    let run = cluster_run(&pinned(), "cluster-steady", false, true);
     for (node, lacks) in &run.missing {
         assert!(lacks.is_empty(), "subscriber on {node} lacks {lacks:?}");
     }
