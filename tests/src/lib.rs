@@ -646,44 +646,9 @@ pub fn fill_outbox(config: &darkleg_agent::config::Config, n: u64) -> f64 {
         .map(|p| {
             let store = store.clone();
             std::thread::spawn(move || {
-                let device = format!("backlog-{p}");
-                store
-                    .request_blocking(|reply| darkleg_agent::store::WriteOp::Hello {
-                        device: device.clone(),
-                        firmware: "b".into(),
-                        port: "p".into(),
-                        last_acked: 0,
-                        reply,
-                    })
-                    .blocking_recv()
-                    .unwrap()
-                    .unwrap();
-                let mut window = std::collections::VecDeque::new();
-                for seq in 1..=per {
-                    let scan = darkleg_agent::store::FramedScan {
-                        seq,
-                        step: Step::Pick,
-                        code: format!("0108712345{:06}", seq % 1_000_000),
-                        symbology: Some("]C1".into()),
-                        operator: None,
-                        captured_at_ms: 1_795_300_000_000 + seq,
-                        station: None,
-                        received_at_ms: 1_795_300_000_000 + seq,
-                        refused: false,
-                    };
-                    window.push_back(store.framed_blocking(device.clone(), "p".into(), scan));
-                    if window.len() == 256 {
-                        window
-                            .pop_front()
-                            .unwrap()
-                            .blocking_recv()
-                            .unwrap()
-                            .unwrap();
-                    }
-                }
-                for rx in window {
-                    rx.blocking_recv().unwrap().unwrap();
-                }
+                let codes =
+                    (1..=per).map(|seq| (Step::Pick, format!("0108712345{:06}", seq % 1_000_000)));
+                write_device_scans(&store, &format!("backlog-{p}"), codes);
             })
         })
         .collect();
@@ -694,6 +659,52 @@ pub fn fill_outbox(config: &darkleg_agent::config::Config, n: u64) -> f64 {
     drop(store);
     writer.join().unwrap();
     rate
+}
+
+/// Says hello as framed `device` and stores `scans` (step, code) under seqs 1, 2, … through
+/// the real writer, 256 in flight, each answered stored (the agent not running).
+pub fn write_device_scans(
+    store: &darkleg_agent::store::StoreHandle,
+    device: &str,
+    scans: impl Iterator<Item = (Step, String)>,
+) {
+    store
+        .request_blocking(|reply| darkleg_agent::store::WriteOp::Hello {
+            device: device.to_string(),
+            firmware: "b".into(),
+            port: "p".into(),
+            last_acked: 0,
+            reply,
+        })
+        .blocking_recv()
+        .unwrap()
+        .unwrap();
+    let mut window = std::collections::VecDeque::new();
+    for (seq, (step, code)) in (1u64..).zip(scans) {
+        let scan = darkleg_agent::store::FramedScan {
+            seq,
+            step,
+            code,
+            symbology: Some("]C1".into()),
+            operator: None,
+            captured_at_ms: 1_795_300_000_000 + seq,
+            station: None,
+            received_at_ms: 1_795_300_000_000 + seq,
+            refused: false,
+        };
+        window.push_back(store.framed_blocking(device.to_string(), "p".into(), scan));
+        if window.len() == 256 {
+            window
+                .pop_front()
+                .unwrap()
+                .blocking_recv()
+                .unwrap()
+                .unwrap();
+        }
+    }
+    for rx in window {
+        rx.blocking_recv().unwrap().unwrap();
+    }
 }
 
 /// The `[[merchant]]` tables that go with [`two_merchant_orders`].

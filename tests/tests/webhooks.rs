@@ -503,51 +503,14 @@ fn drain_a_webhook_backlog() {
     let config = darkleg_agent::config::Config::load(&rig.config).unwrap();
     {
         let (store, writer) = darkleg_agent::store::StoreHandle::open(&config).unwrap();
-        let device = "packer".to_string();
-        store
-            .request_blocking(|reply| darkleg_agent::store::WriteOp::Hello {
-                device: device.clone(),
-                firmware: "b".into(),
-                port: "p".into(),
-                last_acked: 0,
-                reply,
-            })
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
-        let mut window = std::collections::VecDeque::new();
-        for i in 0..n {
+        let codes = (0..n).flat_map(|i| {
             let (order, sscc) = parcel(i);
-            for (k, code) in [format!("400{order}"), format!("00{sscc}")]
-                .into_iter()
-                .enumerate()
-            {
-                let seq = 2 * i + k as u64 + 1;
-                let scan = darkleg_agent::store::FramedScan {
-                    seq,
-                    step: Step::Pack,
-                    code,
-                    symbology: Some("]C1".into()),
-                    operator: None,
-                    captured_at_ms: 1_795_300_000_000 + seq,
-                    station: None,
-                    received_at_ms: 1_795_300_000_000 + seq,
-                    refused: false,
-                };
-                window.push_back(store.framed_blocking(device.clone(), "p".into(), scan));
-                if window.len() == 256 {
-                    window
-                        .pop_front()
-                        .unwrap()
-                        .blocking_recv()
-                        .unwrap()
-                        .unwrap();
-                }
-            }
-        }
-        for rx in window {
-            rx.blocking_recv().unwrap().unwrap();
-        }
+            [
+                (Step::Pack, format!("400{order}")),
+                (Step::Pack, format!("00{sscc}")),
+            ]
+        });
+        write_device_scans(&store, "packer", codes);
         drop(store);
         writer.join().unwrap();
     }
