@@ -183,6 +183,7 @@ fn every_subcommand_has_help_without_control_characters() {
         "inspect-barcode",
         "simulate",
         "recover",
+        "webhooks",
         "completions",
         "man",
     ];
@@ -213,6 +214,13 @@ fn every_subcommand_has_help_without_control_characters() {
     assert!(help("simulate").contains("--power-cut-every-ms <MS>"));
     assert!(help("export").contains("2026-11-22T00:00:00Z"));
     assert!(help("recover").contains("darkleg.db.damaged-*"));
+    let replay = darkleg(&["webhooks", "replay", "--help"]);
+    let text = String::from_utf8_lossy(&replay.stdout).into_owned();
+    assert!(
+        replay.status.success() && text.contains("Usage: darkleg webhooks replay"),
+        "{text}"
+    );
+    assert_eq!(control_bytes(&replay.stdout), b"", "{text}");
 
     let version = darkleg(&["--version"]);
     assert_eq!(

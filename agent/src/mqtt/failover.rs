@@ -13,6 +13,10 @@ pub enum Ended {
     RetryOtherVersion,
     /// The agent closed a healthy connection on purpose: come back to the same broker.
     Deliberate,
+    /// Something on this side failed (the store refused, a certificate or password file
+    /// could not be read): the broker is not to blame, and leaving it would leave its session
+    /// — and what it queues there — behind.
+    Local,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +52,13 @@ impl Failover {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_failure_stays_on_the_broker() {
+        let mut f = Failover::new(3);
+        assert!(!f.ended(Ended::Local));
+        assert_eq!(f.current(), 0);
+    }
 
     #[test]
     fn a_failure_moves_round_robin_and_wraps() {

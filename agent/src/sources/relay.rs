@@ -78,12 +78,12 @@ pub async fn run(
         };
         let delay = match conn.serve(&mut stop, &mut reconnect).await {
             Ok(()) => return,
-            Err(why) => {
+            Err((why, how)) => {
                 conn.report.connected = false;
                 conn.flush_report().await;
                 let delay = reconnect.lost(crate::clock::now_ms());
                 let failures = reconnect.failures();
-                let moved = failover.ended(failover::Ended::Failed);
+                let moved = failover.ended(how);
                 if failures.is_power_of_two() || moved {
                     tracing::warn!(relay = %relay.name, broker = %broker.url(), failures,
                         "relay source unavailable: {why}; the broker keeps the session's messages{}",
@@ -118,8 +118,11 @@ impl Connection<'_> {
         &mut self,
         stop: &mut watch::Receiver<bool>,
         reconnect: &mut Reconnect,
-    ) -> Result<(), String> {
-        let mut opts = crate::mqtt::options(self.broker, &format!("relay {}", self.relay.name))?;
+    ) -> Result<(), (String, failover::Ended)> {
+        let broker_failed = |e: String| (e, failover::Ended::Failed);
+        let local = |e: String| (e, failover::Ended::Local);
+        let mut opts = crate::mqtt::options(self.broker, &format!("relay {}", self.relay.name))
+            .map_err(local)?;
         opts.set_manual_acks(true);
         opts.set_max_packet_size(MQTT_MAX_PACKET, crate::mqtt::MAX_PACKET);
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
@@ -162,8 +165,8 @@ impl Connection<'_> {
                 // Only take events while there is room: the poll task then waits on its
                 // channel, so the broker is not read ahead (back-pressure instead of memory).
                 ev = events.recv(), if pending.len() < MAX_PENDING => match ev {
-                    None => return Err("event loop ended".into()),
-                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err(broker_failed("event loop ended".into())),
+                    Some(Err(e)) => return Err(broker_failed(e.to_string())),
                     Some(Ok(Polled::TooBig(p, bytes))) => {
                         self.reject(&p.topic, &relay::RelayError::TooBig { bytes, max: max_bytes }.to_string());
                         ack_in_order(&mut pending, &mut acks, p);
@@ -175,7 +178,7 @@ impl Connection<'_> {
                         self.report.connected = true;
                         self.flush_report().await;
                         for t in &self.relay.topics {
-                            client.subscribe(t, QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
+                            client.subscribe(t, QoS::AtLeastOnce).await.map_err(|e| broker_failed(e.to_string()))?;
                         }
                         tracing::info!(relay = %self.relay.name, topics = ?self.relay.topics, "relay source connected");
                     }
@@ -224,9 +227,10 @@ impl Connection<'_> {
                             acks.push_back(p);
                         }
                         // Not durable (disk full, store stopping): no PUBACK, and reconnect
-                        // so the broker delivers it (and what followed) again.
-                        Ok(Err(e)) => return Err(format!("storing relayed scans: {e}")),
-                        Err(_) => return Err("store writer stopped".into()),
+                        // — to the same broker, whose session holds it — so the broker
+                        // delivers it (and what followed) again.
+                        Ok(Err(e)) => return Err(local(format!("storing relayed scans: {e}"))),
+                        Err(_) => return Err(local("store writer stopped".into())),
                     }
                 }
                 _ = report_tick.tick() => self.flush_report().await,

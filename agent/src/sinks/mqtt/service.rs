@@ -143,7 +143,8 @@ impl Session<'_> {
         let broker = self.broker();
         let mut link = match Link::open(self.upstream, &broker, v5) {
             Ok(l) => l,
-            Err(e) => return Ended::Lost(e),
+            // A certificate or password file we cannot read: not the broker's fault.
+            Err(e) => return Ended::Retry(e, failover::Ended::Local),
         };
         let connack = tokio::time::timeout(CONNECT_TIMEOUT, async {
             while let Some(ev) = link.recv().await {
@@ -253,7 +254,7 @@ impl Session<'_> {
                 let want = (room * self.upstream.batch).clamp(1, MAX_ROWS_PER_READ);
                 let rows = match self.fetch(d.cursor(), want).await {
                     Ok(rows) => rows,
-                    Err(e) => return Ended::Lost(e),
+                    Err(e) => return Ended::Retry(e, failover::Ended::Local),
                 };
                 let fetched = rows.len();
                 let last_fetched = rows.last().map(|p| p.row);
@@ -311,7 +312,9 @@ impl Session<'_> {
                     Some(Err(e)) => Some(Ended::Lost(e)),
                     Some(Ok(LinkEvent::Sent(pkid))) => {
                         c.last_sent = Some(Instant::now());
-                        d.on_outgoing_publish(pkid).err().map(|e| Ended::Lost(e.to_string()))
+                        d.on_outgoing_publish(pkid)
+                            .err()
+                            .map(|e| Ended::Retry(e.to_string(), failover::Ended::Local))
                     }
                     Some(Ok(LinkEvent::Acked(pkid))) => {
                         if let Some(row) = d.on_puback(pkid) {
