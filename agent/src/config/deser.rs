@@ -13,7 +13,9 @@ pub(super) fn from_toml<T: DeserializeOwned>(text: &str, file: &str) -> Result<T
     let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
         file: file.to_string(),
         line: at(e.span()),
-        key: String::new(),
+        // A syntax error or a duplicate key comes before any struct: the path is read off
+        // the text around it.
+        key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
         message: e.message().trim().to_string(),
         hint: HINT,
     })?;
@@ -41,6 +43,46 @@ pub(super) fn from_toml<T: DeserializeOwned>(text: &str, file: &str) -> Result<T
             hint: HINT,
         }
     })
+}
+
+/// The key path at byte `offset` of `text`, from the table header above it (its index among
+/// headers of that array, for `[[…]]`) and the key its line starts with: `scanner[1].baud`.
+fn key_at(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['))
+        .unwrap_or_default();
+    let header = |l: &str| -> Option<(String, bool)> {
+        let l = l.trim();
+        if let Some(n) = l.strip_prefix("[[").and_then(|r| r.split_once("]]")) {
+            return Some((n.0.trim().to_string(), true));
+        }
+        l.strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .map(|n| (n.0.trim().to_string(), false))
+    };
+    let lines: Vec<&str> = before[..line_start].lines().collect();
+    let table = lines.iter().rev().find_map(|l| header(l)).or_else(|| {
+        // The error is on a header line itself (a duplicate table).
+        header(line).filter(|_| key.is_empty())
+    });
+    let table = match table {
+        None => String::new(),
+        Some((name, false)) => name,
+        Some((name, true)) => {
+            let n = lines
+                .iter()
+                .chain(std::iter::once(&line).filter(|_| key.is_empty()))
+                .filter(|l| header(l).is_some_and(|(h, arr)| arr && h == name))
+                .count();
+            format!("{name}[{}]", n.saturating_sub(1))
+        }
+    };
+    join(&table, &key)
 }
 
 /// `scanner[0].baud`, the form the validator's errors use. Spanned's own wrapper fields
@@ -240,6 +282,20 @@ listen = "127.0.0.1:9187"
             assert!(e.starts_with(want), "{to}:\n{e}");
             assert!(e.contains("\n  hint: "), "{e}");
         }
+    }
+
+    #[test]
+    fn duplicate_keys_and_syntax_errors_name_their_key_path_too() {
+        let text = "[gateway]\nsite = \"s\"\nid = \"g\"\ndata_dir = \"/tmp/x\"\n\n[[scanner]]\nport = \"/dev/a\"\nprotocol = \"ascii\"\n\n[[scanner]]\nport = \"/dev/b\"\nbaud = 9600\nbaud = 19200\n";
+        let e = super::super::Config::parse(text, "gw.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("gw.toml:13: `scanner[1].baud`"), "{e}");
+        let text = "[gateway]\nsite = \"s\"\nid = = \"g\"\n";
+        let e = super::super::Config::parse(text, "gw.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("gw.toml:3: `gateway.id`"), "{e}");
     }
 
     #[test]
