@@ -16,6 +16,10 @@ const BOUND: Duration = Duration::from_secs(50);
 /// Runs `darkleg demo ARGS --parcels 3` and returns its output, asserting exit 0 within
 /// [`BOUND`].
 fn run_demo(name: &str, args: &[&str]) -> String {
+    run_demo_with(name, args, &[])
+}
+
+fn run_demo_with(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let scratch = Scratch::new(name);
     let out = scratch.0.join("stdout");
     let err = scratch.0.join("stderr");
@@ -29,6 +33,7 @@ fn run_demo(name: &str, args: &[&str]) -> String {
             "--scan-interval-ms",
             "100",
         ])
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap())
@@ -126,6 +131,17 @@ fn demo_with_the_embedded_broker_tells_each_parcels_day_in_order() {
     let text = run_demo("demo-embedded", &["--embedded-broker"]);
     assert!(text.contains("embedded (rumqttd"), "{text}");
     assert!(text.contains("link to the broker cut"), "{text}");
+    check_story(&text);
+}
+
+#[test]
+fn demo_on_a_machine_without_mosquitto_falls_back_to_the_embedded_broker() {
+    let text = run_demo_with(
+        "demo-fallback",
+        &[],
+        &[("DARKLEG_MOSQUITTO", "/nonexistent/mosquitto")],
+    );
+    assert!(text.contains("embedded (rumqttd"), "{text}");
     check_story(&text);
 }
 

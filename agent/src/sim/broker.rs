@@ -19,6 +19,11 @@ pub struct Mosquitto {
 
 /// The mosquitto binary on PATH (or Debian's /usr/sbin, often not on a user's PATH).
 pub fn find_mosquitto() -> Option<PathBuf> {
+    // DARKLEG_MOSQUITTO names the binary (a path that is not a file: "none installed", which
+    // is how the demo's fallback to its embedded broker is tested on a machine that has one).
+    if let Some(p) = std::env::var_os("DARKLEG_MOSQUITTO") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
