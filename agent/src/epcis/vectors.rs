@@ -10,8 +10,14 @@ use std::process::Command;
 
 const ORACLE: &str = "epcis-event-hash-generator==1.9.3";
 
-/// The venv's python with the reference installed; built on first use.
+/// The venv's python with the reference installed; built on first use, once (the tests that
+/// call it run in parallel).
 fn oracle() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(install_oracle).clone()
+}
+
+fn install_oracle() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/refdata/event-hash-venv");
     let python = dir.join("bin/python");
     let ready = dir.join(".installed");
@@ -79,9 +85,8 @@ fn events(seed: u64, n: usize) -> Vec<ObjectEvent> {
         .collect()
 }
 
-#[test]
-fn matches_the_reference_event_hash_on_random_darkleg_events() {
-    let evs = events(0x5EED_0001, 40);
+/// The reference's hash of each event, in order.
+fn reference_hashes(evs: &[ObjectEvent]) -> Vec<String> {
     // The versioned URL of the same context: the one the reference carries offline.
     let doc = serde_json::json!({
         "@context": ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"],
@@ -90,8 +95,13 @@ fn matches_the_reference_event_hash_on_random_darkleg_events() {
         "creationDate": "2026-11-22T00:00:00Z",
         "epcisBody": {"eventList": evs.iter().map(ObjectEvent::to_json).collect::<Vec<_>>()},
     });
-    let file =
-        std::env::temp_dir().join(format!("darkleg-hash-oracle-{}.jsonld", std::process::id()));
+    // One file per call: the tests run in parallel.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = std::env::temp_dir().join(format!(
+        "darkleg-hash-oracle-{}-{call}.jsonld",
+        std::process::id()
+    ));
     std::fs::write(&file, doc.to_string()).unwrap();
     let out = Command::new(oracle())
         .args(["-m", "epcis_event_hash_generator", "-l", "ERROR"])
@@ -110,6 +120,11 @@ fn matches_the_reference_event_hash_on_random_darkleg_events() {
         .map(str::to_string)
         .collect();
     assert_eq!(theirs.len(), evs.len(), "one hash per event");
+    theirs
+}
+
+fn assert_same_hashes(evs: &[ObjectEvent]) {
+    let theirs = reference_hashes(evs);
     for (i, (ev, h)) in evs.iter().zip(&theirs).enumerate() {
         assert_eq!(
             &ev.event_id(),
@@ -119,6 +134,80 @@ fn matches_the_reference_event_hash_on_random_darkleg_events() {
             ev.prehash()
         );
     }
+}
+
+#[test]
+fn matches_the_reference_event_hash_on_random_darkleg_events() {
+    assert_same_hashes(&events(0x5EED_0001, 40));
+}
+
+#[test]
+fn matches_the_reference_on_what_the_export_makes_of_random_scans() {
+    // Through `export::object_event`, as `darkleg export --epcis` does: scans of the codes a
+    // floor reads (SSCCs, GTINs with serial or lot, Digital Links, carrier labels, order
+    // numbers) at every step. Their business transactions are left out on both sides (the
+    // released reference's ordering, see `events`); the typed case has its own test.
+    let config = crate::config::Config::parse(
+        "[gateway]\nsite = \"ams1\"\nid = \"gw-01\"\ndata_dir = \"/tmp/x\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    let mut x = 0x5EED_0002u64;
+    let mut next = move |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % m
+    };
+    use darkleg_protocol::Step;
+    let steps = [
+        Step::Pick,
+        Step::Pack,
+        Step::Handover,
+        Step::ReturnReceipt,
+        Step::Exception,
+    ];
+    let evs: Vec<ObjectEvent> = (0..60)
+        .map(|i| {
+            let (code, symbology) = match next(6) {
+                0 => (
+                    format!("00{:018}", 87_123_450_000_000_000 + next(1 << 30)),
+                    Some("]C1"),
+                ),
+                1 => (
+                    format!("0109506000134352{}21SN{}", "", next(99_999)),
+                    Some("]C1"),
+                ),
+                2 => (format!("010950600013435210LOT-{}", next(999)), Some("]C1")),
+                3 => (
+                    format!("https://id.gs1.org/01/09506000134352/21/{}", next(9999)),
+                    Some("]Q1"),
+                ),
+                4 => (format!("1Z999AA1{:010}", next(9_999_999_999)), None),
+                _ => (format!("SO-{:06}", next(999_999)), None),
+            };
+            let row = crate::store::derived::ExportRow {
+                row: i,
+                device: format!("dev-{}", next(3)),
+                step: steps[next(5) as usize],
+                code,
+                symbology: symbology.map(str::to_string),
+                station: (next(2) == 0).then(|| format!("pack-{}", next(4))),
+                captured_at_ms: 1_795_300_000_000 + next(86_400_000),
+                fact_kind: None,
+                parcel: None,
+                order: None,
+                carrier: None,
+                tracking: None,
+            };
+            ObjectEvent {
+                biz_transactions: vec![],
+                ..super::export::object_event(&row, &config)
+            }
+        })
+        .collect();
+    assert!(evs.iter().any(|e| !e.epcs.is_empty()) && evs.iter().any(|e| !e.quantities.is_empty()));
+    assert_same_hashes(&evs);
 }
 
 #[test]
