@@ -322,3 +322,46 @@ fn rows_the_broker_refuses_do_not_hold_back_the_rest() {
         "the refused milestones stay owed: {up}"
     );
 }
+
+#[test]
+fn a_clean_stop_on_3_1_1_lets_fresh_acks_mature_instead_of_resending_them() {
+    // A 3.1.1 ack is trusted only once the connection outlived it by a second (a refusing
+    // broker acks, then closes). A shutdown right after the last acks used to drop them as
+    // untrusted: every one was sent again after the restart.
+    let mut rig = Rig::new("stop-acks", &[PortKind::Framed]);
+    let mut text = std::fs::read_to_string(&rig.config).unwrap();
+    text.push_str("mqtt_version = \"3.1.1\"\n"); // the last table is the upstream's
+    std::fs::write(&rig.config, text).unwrap();
+    let mut agent = rig.start_agent();
+    rig.wait_ports_open();
+    let pty = rig.take_ptys().remove(0);
+    let mut plans = Plans::new();
+    let plan = (1..=60u64)
+        .flat_map(|n| darkleg_tests::workload::parcel_scans(n, Step::Pack))
+        .collect();
+    let cfg = darkleg_tests::scanner::FramedConfig {
+        scan_interval: Duration::from_millis(2),
+        ..darkleg_tests::scanner::FramedConfig::new("stopper", 5)
+    };
+    let (_scanner, n) = start_framed(pty, cfg, plan, &mut plans);
+    assert!(
+        wait_until(Duration::from_secs(30), || unique_ids(
+            &rig.collector.messages()
+        ) >= n),
+        "every scan arrived"
+    );
+    // At once: the newest acks are milliseconds old.
+    let exit = agent.stop();
+    assert!(exit.is_some_and(|s| s.success()), "clean exit: {exit:?}");
+    let before = rig.collector.messages().len();
+    assert_eq!(before, n, "no duplicates before the stop");
+    let _agent = rig.start_agent();
+    std::thread::sleep(Duration::from_secs(3));
+    let arrivals = rig.collector.messages();
+    assert_eq!(
+        arrivals.len() - unique_ids(&arrivals),
+        0,
+        "nothing sent again after the restart"
+    );
+    assert_eq!(rig.backlog(), Some(0));
+}

@@ -348,6 +348,7 @@ impl Session<'_> {
                     }
                 }
                 _ = stop.changed() => {
+                    Self::let_acks_mature(link, d, c).await;
                     link.disconnect();
                     Some(Ended::Stop)
                 }
@@ -374,6 +375,31 @@ impl Session<'_> {
     /// The broker the next (or current) connection goes to.
     fn broker(&self) -> crate::config::BrokerLink {
         self.upstream.link.at(self.failover.current())
+    }
+
+    /// Before a close of our own (shutdown): 3.1.1 acks younger than the grace would not be
+    /// trusted and their rows would be sent again after the restart. Keep the connection up
+    /// until they are old enough (at most twice the grace); a close by the broker meanwhile
+    /// ends the wait, and those acks stay untrusted, as on any close.
+    async fn let_acks_mature(link: &mut Link, d: &mut Dispatcher, c: &mut Conn) {
+        let deadline = tokio::time::Instant::now() + 2 * ACK_GRACE_311;
+        while let Some(wait) = c.next_release(ACK_GRACE_311) {
+            tokio::select! {
+                ev = link.recv() => match ev {
+                    Some(Ok(LinkEvent::Acked(pkid))) => {
+                        if let Some(row) = d.on_puback(pkid) {
+                            c.acked(row);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    None | Some(Err(_)) => return,
+                },
+                _ = tokio::time::sleep(wait) => {
+                    c.release(ACK_GRACE_311);
+                }
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
     }
 
     /// The connection has proved itself (a trusted ack, or long enough up): back-off starts
