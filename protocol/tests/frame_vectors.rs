@@ -280,3 +280,134 @@ fn the_known_check_value_and_damaged_vectors_are_refused() {
         );
     }
 }
+
+/// The document's own text, read by the test: a vendor implements what it says, so what it
+/// says — variant numbers, enum tables, the CRC check value, the worked examples' bytes —
+/// must be what the codec does, not only what this file hard-codes.
+#[test]
+fn the_documents_tables_and_worked_examples_are_what_the_codec_does() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/frame-protocol.md"),
+    )
+    .unwrap();
+    let encode = |f: &Frame| {
+        let mut out = [0u8; MAX_FRAME];
+        let n = f.encode(&mut out).unwrap();
+        let block = &out[1..n - 1];
+        cobs_decode(block)[1..].to_vec() // the postcard payload, after the version byte
+    };
+    // §3's message table: `| # | `Name` | …`; the payload starts with the variant number.
+    let samples = [
+        (
+            "Hello",
+            Frame::Hello {
+                device: "d",
+                firmware: "f",
+                last_acked: 0,
+            },
+        ),
+        (
+            "Event",
+            Frame::Event(EventFrame {
+                seq: 1,
+                step: Step::Pick,
+                code: "c",
+                symbology: None,
+                operator: None,
+                captured_at_ms: 0,
+            }),
+        ),
+        ("Ack", Frame::Ack { up_to: 0 }),
+        (
+            "Nack",
+            Frame::Nack {
+                seq: 1,
+                reason: NackReason::NoHello,
+            },
+        ),
+        ("TimeSync", Frame::TimeSync { unix_ms: 0 }),
+        ("SetStep", Frame::SetStep { step: Step::Pick }),
+    ];
+    let mut rows = 0;
+    for line in doc.lines().filter(|l| l.starts_with("| ")) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (Ok(n), Some(name)) = (
+            cells[1].parse::<u8>(),
+            cells.get(2).map(|c| c.trim_matches('`')),
+        ) else {
+            continue;
+        };
+        let (_, f) = samples
+            .iter()
+            .find(|(s, _)| *s == name)
+            .unwrap_or_else(|| panic!("the table names an unknown message {name}"));
+        assert_eq!(encode(f)[0], n, "{name}'s variant number");
+        rows += 1;
+    }
+    assert_eq!(rows, samples.len(), "every message in the table");
+    // The enum lines: "`Step`: `0` pick, `1` pack, …".
+    let enum_line = |name: &str| -> Vec<(u8, String)> {
+        let l = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("`{name}`:")))
+            .unwrap_or_else(|| panic!("no {name} line"));
+        l.split_once(':')
+            .unwrap()
+            .1
+            .trim_end_matches('.')
+            .split(',')
+            .map(|p| {
+                let (n, v) = p.trim().split_once(' ').unwrap();
+                (n.trim_matches('`').parse().unwrap(), v.trim().to_string())
+            })
+            .collect()
+    };
+    for (n, v) in enum_line("Step") {
+        let step: Step = v.parse().unwrap_or_else(|_| panic!("step {v}"));
+        assert_eq!(encode(&Frame::SetStep { step })[1], n, "Step {v}");
+    }
+    let reasons = [
+        NackReason::NoHello,
+        NackReason::OutOfOrder,
+        NackReason::Storage,
+        NackReason::Rejected,
+    ];
+    for (n, v) in enum_line("NackReason") {
+        let reason = *reasons
+            .iter()
+            .find(|r| format!("{r:?}") == v)
+            .unwrap_or_else(|| panic!("reason {v}"));
+        assert_eq!(
+            encode(&Frame::Nack { seq: 1, reason })[2],
+            n,
+            "NackReason {v}"
+        );
+    }
+    // The check value in §2's table, and the version byte.
+    assert!(doc.contains(&format!("`0x{:08X}`", crc32_bitwise(b"123456789"))));
+    assert!(doc.contains(&format!("`0x{PROTOCOL_VERSION:02X}`")));
+    // Each worked example's "on the wire:" bytes decode to one frame and encode back.
+    let mut examples = 0;
+    for line in doc.lines() {
+        let Some(rest) = line.split("on the wire: `").nth(1) else {
+            continue;
+        };
+        let wire = unhex(&rest.split('`').next().unwrap().replace(' ', ""));
+        let mut dec = FrameDecoder::new();
+        let mut frames = Vec::new();
+        for &b in &wire {
+            match dec.push(b) {
+                Decoded::Pending => {}
+                Decoded::Frame(f) => {
+                    let mut out = [0u8; MAX_FRAME];
+                    let n = f.encode(&mut out).unwrap();
+                    frames.push(out[..n].to_vec());
+                }
+                Decoded::Rejected(e) => panic!("{line}: {e}"),
+            }
+        }
+        assert_eq!(frames, vec![wire.clone()], "{line}");
+        examples += 1;
+    }
+    assert!(examples >= 3, "the worked examples were found");
+}
