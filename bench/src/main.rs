@@ -9,6 +9,7 @@
 //! batching and with one event per message, with the agent's peak RSS, CPU and start-up time;
 //! and the baseline's ingest, drain and survival of a SIGKILL. Prints a table, writes JSON.
 
+mod intake;
 mod relay;
 
 use darkleg_agent::config::Config;
@@ -476,6 +477,10 @@ fn main() {
         println!("{}", json!(slow_fsync_ingest(per_scanner, 10)));
         return;
     }
+    if std::env::args().any(|a| a == "intake") {
+        println!("{}", intake::intake_load(8, 100, 100, 1000, 50, 10));
+        return;
+    }
     if std::env::args().any(|a| a == "relay") {
         println!("{}", relay::relay_throughput(backlog / 10, 100));
         return;
@@ -489,6 +494,8 @@ fn main() {
     let (ingest_up, _, _) = durable_ingest(per_scanner, false);
     eprintln!("  [1/5] … again on slow storage (10 ms per fsync)");
     let slow = slow_fsync_ingest(per_scanner, 10);
+    eprintln!("  [1/5] … and the HTTP intake: batched posts, then 1,000 devices at 1 scan/s");
+    let http_intake = intake::intake_load(8, 100, 100, 1000, 50, 10);
     eprintln!("  [2/5] steady 1,000 scans/s");
     let steady = steady_latency(10);
     eprintln!("  [3/5] darkleg: {backlog} backlog, SIGKILL in the outage, drain with batch = 100");
@@ -555,6 +562,18 @@ fn main() {
         );
     }
     println!(
+        "  HTTP intake, 100 scans a request: durable/s   {:>14.0}",
+        f(&http_intake["batched"]["durable_scans_per_s"])
+    );
+    println!(
+        "  HTTP intake, 1,000 devices × 1/s: ack p50/p99 {:>14}",
+        format!(
+            "{:.1} / {:.1} ms",
+            f(&http_intake["steady"]["ack_p50_ms"]),
+            f(&http_intake["steady"]["ack_p99_ms"])
+        )
+    );
+    println!(
         "  ack latency p50 / p99 at full load (ms)       {:>14}",
         format!(
             "{} / {}",
@@ -594,6 +613,7 @@ fn main() {
         "durable_ingest": {"events_per_s": ingest, "with_upstream_up_per_s": ingest_up, "ack_p50_ms": ack_p50, "ack_p99_ms": ack_p99, "scanners": 4, "per_scanner": per_scanner},
         "steady_1000": steady,
         "slow_fsync": slow,
+        "http_intake": http_intake,
         "drain_batched": batched,
         "drain_single": single,
         "baseline": base,

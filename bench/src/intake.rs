@@ -1,0 +1,164 @@
+//! The HTTP intake under load (`--only intake`): batched posts for throughput, and many
+//! devices at a steady rate for the answer latency — an answer is the durable ack, so its
+//! latency is the app's. A real HTTP/1.1 client (hyper) with keep-alive connections.
+
+use super::{config_text, http_ok, release_agent, scratch};
+use bytes::Bytes;
+use darkleg_agent::sim::broker::{free_port, Mosquitto};
+use darkleg_tests::wait_until;
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(port: u16) -> Sender {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the intake");
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("HTTP handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// Posts `body`; the answer's status and the time to it.
+async fn post(sender: &mut Sender, body: String) -> (u16, Duration) {
+    let req = hyper::Request::post("/v1/scans")
+        .header("content-type", "application/json")
+        .header("host", "127.0.0.1")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let t = Instant::now();
+    sender.ready().await.expect("connection ready");
+    let resp = sender.send_request(req).await.expect("intake answer");
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    (status, t.elapsed())
+}
+
+fn scan(device: &str, seq: u64) -> Value {
+    json!({"device": device, "seq": seq, "code": format!("00{:018}", 87_123_450_000_000_000 + seq), "step": "pack"})
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// `clients` connections each posting `batches` requests of `per_request` scans for its own
+/// device; then `devices` devices at one scan a second each for `secs`, over `conns`
+/// connections. The upstream broker is down: the durable intake alone is measured.
+pub fn intake_load(
+    clients: usize,
+    batches: u64,
+    per_request: u64,
+    devices: usize,
+    conns: usize,
+    secs: u64,
+) -> Value {
+    let dir = scratch("intake");
+    let mut broker = Mosquitto::start(&dir.join("broker")).unwrap();
+    broker.stop();
+    let http = free_port().unwrap();
+    let upstream = format!(
+        "[[upstream]]\nname = \"central\"\nurl = \"{}\"\n[intake]\nallow_unauthenticated = true\n",
+        broker.url()
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config_text(&dir, "", &upstream, http)).unwrap();
+    let mut agent = release_agent(&path, &dir.join("agent.log"));
+    assert!(wait_until(Duration::from_secs(60), || http_ok(
+        http, "/healthz"
+    )
+    .is_some()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // Throughput: batched posts.
+    let (batched_per_s, batch_p99_ms, refused) = rt.block_on(async {
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                tokio::spawn(async move {
+                    let mut s = connect(http).await;
+                    let device = format!("bench-batch-{c}");
+                    let mut lat = Vec::new();
+                    let mut bad = 0u64;
+                    for b in 0..batches {
+                        let scans: Vec<Value> = (0..per_request)
+                            .map(|i| scan(&device, b * per_request + i + 1))
+                            .collect();
+                        let (status, d) = post(&mut s, json!({ "scans": scans }).to_string()).await;
+                        bad += u64::from(status != 200);
+                        lat.push(d.as_secs_f64() * 1e3);
+                    }
+                    (lat, bad)
+                })
+            })
+            .collect();
+        let mut lat = Vec::new();
+        let mut bad = 0;
+        for t in tasks {
+            let (l, b) = t.await.unwrap();
+            lat.extend(l);
+            bad += b;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        lat.sort_by(f64::total_cmp);
+        let total = clients as u64 * batches * per_request;
+        (total as f64 / secs, quantile(&lat, 0.99), bad)
+    });
+
+    // Latency: many devices at 1 scan/s each, spread over `conns` keep-alive connections.
+    let (steady_p50, steady_p99, steady_n) = rt.block_on(async {
+        let per_conn = devices.div_ceil(conns);
+        let tasks: Vec<_> = (0..conns)
+            .map(|c| {
+                tokio::spawn(async move {
+                    let mut s = connect(http).await;
+                    let mut lat = Vec::new();
+                    // One request per device per second, the devices of this connection
+                    // taking turns: a tick every 1 s / per_conn.
+                    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_conn as u32);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    for round in 0..secs * per_conn as u64 {
+                        tick.tick().await;
+                        let d = (round % per_conn as u64) as usize;
+                        let seq = round / per_conn as u64 + 1;
+                        let device = format!("bench-steady-{c}-{d}");
+                        let (status, t) = post(&mut s, scan(&device, seq).to_string()).await;
+                        assert_eq!(status, 200, "a steady scan was refused");
+                        lat.push(t.as_secs_f64() * 1e3);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        lat.sort_by(f64::total_cmp);
+        (quantile(&lat, 0.5), quantile(&lat, 0.99), lat.len())
+    });
+    let (cpu, rss) = super::proc_usage(agent.id());
+    darkleg_agent::sim::broker::terminate(&mut agent, Duration::from_secs(20));
+    let _ = std::fs::remove_dir_all(&dir);
+    json!({
+        "batched": {"clients": clients, "scans_per_request": per_request,
+                    "durable_scans_per_s": batched_per_s, "request_p99_ms": batch_p99_ms,
+                    "not_200": refused},
+        "steady": {"devices": devices, "connections": conns, "per_device_per_s": 1,
+                   "answers": steady_n, "ack_p50_ms": steady_p50, "ack_p99_ms": steady_p99},
+        "agent_cpu_s": cpu, "agent_peak_rss_mib": rss,
+    })
+}
