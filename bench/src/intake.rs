@@ -162,3 +162,84 @@ pub fn intake_load(
         "agent_cpu_s": cpu, "agent_peak_rss_mib": rss,
     })
 }
+
+/// DataWedge IP output at scale: `conns` TCP connections, each one handheld sending a scan
+/// line a second for `secs`. DataWedge waits for no answer, so the figures are whether all
+/// were stored, how long after the last line, and what it cost the agent.
+pub fn datawedge_load(conns: usize, secs: u64) -> Value {
+    let dir = scratch("datawedge");
+    let mut broker = Mosquitto::start(&dir.join("broker")).unwrap();
+    broker.stop();
+    let (http, port) = (free_port().unwrap(), free_port().unwrap());
+    let sources = format!(
+        "[[network_scanner]]\nlisten = \"127.0.0.1:{port}\"\ntransport = \"tcp\"\nstation = \"pack\"\nmax_connections = {}\n",
+        conns + 16
+    );
+    let upstream = format!(
+        "[[upstream]]\nname = \"central\"\nurl = \"{}\"\n",
+        broker.url()
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config_text(&dir, &sources, &upstream, http)).unwrap();
+    let mut agent = release_agent(&path, &dir.join("agent.log"));
+    assert!(wait_until(Duration::from_secs(60), || http_ok(
+        http, "/healthz"
+    )
+    .is_some()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sent = rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let tasks: Vec<_> = (0..conns)
+            .map(|c| {
+                tokio::spawn(async move {
+                    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .expect("connect to the DataWedge listener");
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    // Spread the connections over the second, as real handhelds are.
+                    tokio::time::sleep(Duration::from_millis((c as u64 * 1000) / conns as u64))
+                        .await;
+                    for i in 0..secs {
+                        tick.tick().await;
+                        let line =
+                            format!("00{:018}\n", 87_123_450_000_000_000 + c as u64 * 1_000 + i);
+                        s.write_all(line.as_bytes())
+                            .await
+                            .expect("write a scan line");
+                    }
+                    // Keep the connection until the agent has read it all.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    secs
+                })
+            })
+            .collect();
+        let mut n = 0;
+        for t in tasks {
+            n += t.await.unwrap();
+        }
+        n
+    });
+    let last_line = Instant::now();
+    let captured = || -> u64 {
+        http_ok(http, "/metrics")
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("darkleg_events_captured_total "))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            })
+            .map_or(0, |v| v as u64)
+    };
+    let all = wait_until(Duration::from_secs(60), || captured() >= sent);
+    let lag = last_line.elapsed().as_secs_f64();
+    let stored = captured();
+    let (cpu, rss) = super::proc_usage(agent.id());
+    darkleg_agent::sim::broker::terminate(&mut agent, Duration::from_secs(20));
+    let _ = std::fs::remove_dir_all(&dir);
+    json!({"connections": conns, "seconds": secs, "lines_sent": sent, "stored": stored,
+           "all_stored": all, "stored_within_s_of_the_wait": lag,
+           "agent_cpu_s": cpu, "agent_peak_rss_mib": rss})
+}

@@ -479,6 +479,7 @@ fn main() {
     }
     if std::env::args().any(|a| a == "intake") {
         println!("{}", intake::intake_load(8, 100, 100, 1000, 50, 10));
+        println!("{}", intake::datawedge_load(500, 10));
         return;
     }
     if std::env::args().any(|a| a == "relay") {
@@ -496,6 +497,7 @@ fn main() {
     let slow = slow_fsync_ingest(per_scanner, 10);
     eprintln!("  [1/5] … and the HTTP intake: batched posts, then 1,000 devices at 1 scan/s");
     let http_intake = intake::intake_load(8, 100, 100, 1000, 50, 10);
+    let datawedge = intake::datawedge_load(500, 10);
     eprintln!("  [2/5] steady 1,000 scans/s");
     let steady = steady_latency(10);
     eprintln!("  [3/5] darkleg: {backlog} backlog, SIGKILL in the outage, drain with batch = 100");
@@ -574,6 +576,15 @@ fn main() {
         )
     );
     println!(
+        "  DataWedge TCP, 500 handhelds × 1 scan/s       {:>14}",
+        format!(
+            "{}/{} stored, {:.2} CPU-s",
+            datawedge["stored"],
+            datawedge["lines_sent"],
+            f(&datawedge["agent_cpu_s"])
+        )
+    );
+    println!(
         "  ack latency p50 / p99 at full load (ms)       {:>14}",
         format!(
             "{} / {}",
@@ -614,6 +625,7 @@ fn main() {
         "steady_1000": steady,
         "slow_fsync": slow,
         "http_intake": http_intake,
+        "datawedge": datawedge,
         "drain_batched": batched,
         "drain_single": single,
         "baseline": base,
