@@ -3,7 +3,8 @@
 //! broker that is down only grows its own backlog.
 //!
 //! Defaults keep small sites simple: an upstream no `[[route]]` names gets every scan,
-//! milestone and alert, or — with `merchant = "…"` — that merchant's milestones and alerts.
+//! milestone, alert and order update, or — with `merchant = "…"` — that merchant's
+//! milestones, alerts and order updates (a merchant wants one view of a split order).
 //! An upstream a route names gets exactly what its routes match.
 
 use crate::config::{Carries, Config, Merchant, ParcelRules, Route};
@@ -60,8 +61,8 @@ impl Router {
                 sites: None,
                 carries: match u.merchant {
                     // A merchant's own upstream: its parcels' story, never the raw scans.
-                    Some(_) => vec![Carries::Milestones, Carries::Alerts],
-                    None => vec![Carries::Events, Carries::Milestones, Carries::Alerts],
+                    Some(_) => vec![Carries::Milestones, Carries::Alerts, Carries::Orders],
+                    None => Carries::ALL.to_vec(),
                 },
             });
         }
@@ -131,7 +132,7 @@ impl Router {
         })
     }
 
-    /// Upstreams owed a derived message (`kind`: "milestone" | "alert"), each once.
+    /// Upstreams owed a derived message (`kind`: "milestone" | "alert" | "order"), each once.
     pub fn for_message<'r>(
         &'r self,
         kind: &str,
@@ -140,6 +141,7 @@ impl Router {
         let carries = match kind {
             "milestone" => Some(Carries::Milestones),
             "alert" => Some(Carries::Alerts),
+            "order" => Some(Carries::Orders),
             _ => None,
         };
         self.owed(move |r| {

@@ -30,6 +30,9 @@ pub struct ParcelRules {
     pub id_patterns: Vec<Pattern>,
     /// Order barcodes other than GS1 AI (400).
     pub order_patterns: Vec<Pattern>,
+    /// A code that, scanned at a pack station, closes the order it is packing (as scanning
+    /// the next order does): no more parcels for it, so it can become `complete`.
+    pub order_close_code: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +98,7 @@ pub(super) struct RawParcels {
     id_patterns: Vec<Spanned<String>>,
     #[serde(default)]
     order_patterns: Vec<Spanned<String>>,
+    order_close_code: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -166,6 +170,18 @@ impl Validator<'_> {
         Ok(ParcelRules {
             id_patterns: list(&raw.id_patterns, "id_patterns")?,
             order_patterns: list(&raw.order_patterns, "order_patterns")?,
+            order_close_code: match raw.order_close_code {
+                Some(c) if c.get_ref().trim().is_empty() => {
+                    return Err(self.err(
+                        &c,
+                        "parcels.order_close_code".into(),
+                        "an empty close code".into(),
+                        "the exact code printed on the pack station's close card, e.g. \"CLOSE\"",
+                    ))
+                }
+                Some(c) => Some(c.into_inner()),
+                None => None,
+            },
         })
     }
 

@@ -29,6 +29,18 @@ pub enum Carries {
     Events,
     Milestones,
     Alerts,
+    /// `darkleg.order.v1`: one message per order, its parcels together.
+    Orders,
+}
+
+impl Carries {
+    /// What an upstream or route carries unless told otherwise.
+    pub const ALL: [Carries; 4] = [
+        Carries::Events,
+        Carries::Milestones,
+        Carries::Alerts,
+        Carries::Orders,
+    ];
 }
 
 #[derive(Debug, Clone)]
@@ -185,9 +197,7 @@ impl Validator<'_> {
                 },
                 steps,
                 sites: r.sites,
-                carries: r
-                    .carries
-                    .unwrap_or_else(|| vec![Carries::Events, Carries::Milestones, Carries::Alerts]),
+                carries: r.carries.unwrap_or_else(|| Carries::ALL.to_vec()),
             });
         }
         Ok(routes)

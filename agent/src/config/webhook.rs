@@ -24,7 +24,7 @@ pub struct Webhook {
     /// every key, for rotation. Read when the sink starts (a rotated file counts from the
     /// next agent start).
     pub secret: Secret,
-    /// Milestones and/or alerts; never raw scans.
+    /// Milestones, alerts and/or order updates; never raw scans.
     pub carries: Vec<Carries>,
     pub timeout: Duration,
     /// Requests in flight at once, each for a different parcel (a parcel's messages go one
@@ -105,19 +105,20 @@ impl Validator<'_> {
                 ));
             }
             let carries = match &w.carries {
-                None => vec![Carries::Milestones, Carries::Alerts],
+                None => vec![Carries::Milestones, Carries::Alerts, Carries::Orders],
                 Some(list) => {
                     let mut out = Vec::new();
                     for c in list.get_ref() {
                         let c = match c.as_str() {
                             "milestones" => Carries::Milestones,
                             "alerts" => Carries::Alerts,
+                            "orders" => Carries::Orders,
                             other => {
                                 return Err(self.err(
                                     list,
                                     key("carries"),
                                     format!("{other:?} is not something a webhook carries"),
-                                    "\"milestones\" and/or \"alerts\" (raw scans go to MQTT upstreams, not webhooks)",
+                                    "\"milestones\", \"alerts\" and/or \"orders\" (raw scans go to MQTT upstreams, not webhooks)",
                                 ))
                             }
                         };
@@ -252,7 +253,10 @@ url = "mqtt://c"
         )
         .unwrap();
         let w = &c.webhooks[0];
-        assert_eq!(w.carries, [Carries::Milestones, Carries::Alerts]);
+        assert_eq!(
+            w.carries,
+            [Carries::Milestones, Carries::Alerts, Carries::Orders]
+        );
         assert_eq!((w.timeout.as_secs(), w.max_in_flight), (10, 8));
         assert_eq!(w.merchant.as_deref(), Some("acme"));
         let e =

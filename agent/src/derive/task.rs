@@ -6,6 +6,7 @@
 use crate::config::Config;
 use crate::domain::alerts::{self, Rule};
 use crate::domain::facts::{read_scan, Context, Fact, FactKind, Scan};
+use crate::domain::order::{order_json, OrderView};
 use crate::domain::parcel::{self, ParcelState, MILESTONES, ORDER_KEY};
 use crate::store::derived::{AlertChange, Derived, Message};
 use crate::store::{Reader, StoreError, StoreHandle, WriteOp};
@@ -140,6 +141,7 @@ impl Deriver {
         for p in parcels {
             self.reconcile(&p, &facts, now_ms, &mut batch)?;
         }
+        self.publish_orders(&facts, &mut batch)?;
         batch.facts = facts;
         let n = events.len();
         self.commit(batch)?;
@@ -288,6 +290,57 @@ impl Deriver {
         }
         self.diff_alerts(&state, now_ms, batch)?;
         batch.parcels.push(state);
+        Ok(())
+    }
+
+    /// Republishes `darkleg.order.v1` for each order a changed parcel state belongs to, or the
+    /// pack station closed — into this same batch, so it is durable exactly when they are.
+    fn publish_orders(&self, new: &[Fact], batch: &mut Derived) -> Result<(), StoreError> {
+        let mut orders = BTreeSet::new();
+        for p in &batch.parcels {
+            if let (Some(_), Some(o)) = (p.parcel_id(), &p.order) {
+                orders.insert(o.clone());
+            }
+        }
+        let closes = |order: &str| {
+            new.iter()
+                .any(|f| matches!(&f.kind, FactKind::OrderClosed { order: o } if o == order))
+        };
+        for f in new {
+            if let FactKind::OrderClosed { order } = &f.kind {
+                orders.insert(order.clone());
+            }
+        }
+        for order in orders {
+            let mut ids: BTreeSet<String> =
+                self.reader.parcels_of_order(&order)?.into_iter().collect();
+            ids.extend(
+                (batch.parcels.iter())
+                    .filter(|p| p.parcel_id().is_some() && p.order.as_deref() == Some(&order))
+                    .map(|p| p.parcel.clone()),
+            );
+            let (mut old, mut now) = (Vec::new(), Vec::new());
+            for id in &ids {
+                let stored = self.reader.parcel(id)?;
+                let fresh = batch.parcels.iter().find(|p| &p.parcel == id).cloned();
+                now.extend(fresh.or_else(|| stored.clone()));
+                old.extend(stored);
+            }
+            let was_closed = self.reader.order_closed(&order)?;
+            let merchant = parcel::merchant_of("", Some(&order), &self.config.merchants);
+            let merchant = merchant.map(str::to_string);
+            let before = order_json(&OrderView::new(&order, merchant.clone(), old, was_closed));
+            let view = OrderView::new(&order, merchant, now, was_closed || closes(&order));
+            let after = order_json(&view);
+            if let Some(json) = after.filter(|a| Some(a) != before.as_ref()) {
+                batch.messages.push(Message {
+                    kind: "order",
+                    merchant: view.merchant.clone(),
+                    topic: view.topic(),
+                    payload: json.to_string(),
+                });
+            }
+        }
         Ok(())
     }
 

@@ -39,6 +39,9 @@ order_prefixes = ["ACME-"]
 id = "globex"
 gs1_prefixes = ["8799999"]
 
+[parcels]
+order_close_code = "CLOSE"
+
 [alerts]
 pick_to_pack_minutes = 60
 
@@ -367,6 +370,119 @@ fn a_failed_commit_is_retried_from_where_the_store_is_not_where_memory_ran_to() 
     let items = |order: &str| d.reader().picks_of_order(order).unwrap().len();
     assert_eq!(items("ACME-1"), 2, "both items were picked for ACME-1");
     assert_eq!(items("ACME-2"), 0, "nothing was picked for ACME-2 yet");
+    drop(d);
+    drop(store);
+    join.join().unwrap();
+}
+
+/// A split order in three parcels, each handed over under its own tracking number, then the
+/// next order scanned at the pack station: the order's last message is the whole, complete
+/// story. The next order, closed by the close code with a parcel still on the floor, is not.
+#[test]
+fn a_split_order_ends_complete_with_every_tracking_number() {
+    let f = Fixture::new("orders");
+    let (store, join) = StoreHandle::open(&f.config).unwrap();
+    let mut d = Deriver::new(f.config.clone(), store.clone()).unwrap();
+    let label = |i| format!("00{}", sscc_key("8712345", i));
+    let mut t = T0;
+    let mut seq: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut scan = |dev: &'static str, step, code: String, sym: &'static str| {
+        t += 1_000;
+        let n = seq.entry(dev).or_default();
+        *n += 1;
+        put(&store, dev, *n, &(step, code, sym, t));
+        // Derive after every scan: each change is its own batch, its own message.
+        d.step(T0).unwrap();
+    };
+    scan("packer", Step::Pack, "400ACME-100".into(), "]C1");
+    for i in 1..=3 {
+        scan("packer", Step::Pack, label(i), "]C1");
+    }
+    for i in 1..=3 {
+        scan("dock", Step::Handover, label(i), "]C1");
+        scan("dock", Step::Handover, dhl_waybill(100 + i), "]C0");
+    }
+    // The next order closes ACME-100; its second parcel never reaches the dock.
+    scan("packer", Step::Pack, "400ACME-101".into(), "]C1");
+    scan("packer", Step::Pack, label(4), "]C1");
+    scan("packer", Step::Pack, label(5), "]C1");
+    scan("dock", Step::Handover, label(4), "]C1");
+    scan("dock", Step::Handover, dhl_waybill(104), "]C0");
+    scan("packer", Step::Pack, "CLOSE".into(), "]C0");
+    while d.step(T0).unwrap() > 0 {}
+
+    let orders = |up: &str, order: &str| -> Vec<(String, serde_json::Value)> {
+        (d.reader().pending(up, 0, 100_000).unwrap().into_iter())
+            .filter_map(|p| match p.item {
+                Item::Message { topic, payload } => {
+                    let v: serde_json::Value = serde_json::from_str(&payload).unwrap();
+                    (v["schema"] == "darkleg.order.v1" && v["order"] == order).then_some((topic, v))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let split = orders("acme-up", "ACME-100");
+    // Three packs and three handovers, then the close: one message each.
+    assert_eq!(split.len(), 7, "{split:#?}");
+    let (topic, last) = split.last().unwrap();
+    assert_eq!(topic, "merchants/acme/orders/ACME-100");
+    assert_eq!(last["merchant"], "acme");
+    assert_eq!(last["complete"], true, "{last}");
+    assert_eq!(
+        last["counts"],
+        serde_json::json!({"packed": 3, "handed_over": 3})
+    );
+    let parcels = last["parcels"].as_array().unwrap();
+    assert_eq!(parcels.len(), 3);
+    let mut tracking: Vec<&str> = parcels
+        .iter()
+        .map(|p| p["tracking_number"].as_str().unwrap())
+        .collect();
+    tracking.sort();
+    let want: Vec<String> = (101..=103).map(dhl_waybill).collect();
+    assert_eq!(tracking, want);
+    for p in parcels {
+        assert_eq!(p["milestone"], "handed_over", "{p}");
+        assert_eq!(p["fulfillment_status"], "carrier_picked_up", "{p}");
+        assert_eq!(p["carrier"], "dhl", "{p}");
+        assert_eq!(p["tracking_valid"], true, "{p}");
+    }
+    for (_, v) in &split[..split.len() - 1] {
+        assert_eq!(v["complete"], false, "complete before its close: {v}");
+    }
+    // Every parcel handed over but the order still open: not complete yet.
+    assert_eq!(
+        split[5].1["counts"],
+        serde_json::json!({"packed": 3, "handed_over": 3})
+    );
+    assert_eq!(
+        split[0].1["parcels"][0]["fulfillment_status"],
+        "label_printed"
+    );
+    let ids: std::collections::BTreeSet<&str> = split
+        .iter()
+        .map(|(_, v)| v["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), split.len(), "each update is its own message");
+    // The site's own upstream gets the same order updates.
+    assert_eq!(orders("central", "ACME-100").len(), split.len());
+
+    let open = orders("acme-up", "ACME-101");
+    let (_, last) = open.last().unwrap();
+    assert_eq!(
+        last["counts"],
+        serde_json::json!({"packed": 2, "handed_over": 1})
+    );
+    assert_eq!(
+        last["complete"], false,
+        "a parcel is still on the floor: {last}"
+    );
+    assert!(open.iter().all(|(_, v)| v["complete"] == false));
+    assert!(
+        d.reader().order_closed("ACME-101").unwrap(),
+        "the close code closed it"
+    );
     drop(d);
     drop(store);
     join.join().unwrap();

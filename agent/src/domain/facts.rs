@@ -121,6 +121,8 @@ pub enum FactKind {
         parcel: Option<String>,
         order: Option<String>,
     },
+    /// The pack station is done with this order: it scanned another order, or the close code.
+    OrderClosed { order: String },
 }
 
 /// A fact with when it happened (capture time) and the event it came from.
@@ -146,6 +148,9 @@ pub struct Scan<'a> {
 /// Updates the device's context with one scan and returns the fact it establishes, if any.
 pub fn read_scan(ctx: &mut Context, scan: &Scan<'_>, rules: &ParcelRules) -> Option<Fact> {
     let at = scan.captured_at_ms;
+    // Taken before the context expires: a packer back from a long break who scans the next
+    // order has still finished the last one.
+    let packing = ctx.order.clone().filter(|_| scan.step == Step::Pack);
     if at.saturating_sub(ctx.at_ms) > CONTEXT_TTL_MS {
         *ctx = Context::default();
     }
@@ -157,12 +162,19 @@ pub fn read_scan(ctx: &mut Context, scan: &Scan<'_>, rules: &ParcelRules) -> Opt
             kind,
         })
     };
+    if scan.step == Step::Pack && rules.order_close_code.as_deref() == Some(scan.code) {
+        ctx.order = None;
+        ctx.parcel = None;
+        ctx.at_ms = at;
+        return packing.and_then(|order| fact(FactKind::OrderClosed { order }));
+    }
     let m = meaning(scan.code, scan.symbology, rules);
     let out = match (scan.step, m) {
         (_, Meaning::Order(o)) => {
+            let closed = packing.filter(|p| *p != o);
             ctx.order = Some(o);
             ctx.parcel = None;
-            None
+            closed.and_then(|order| fact(FactKind::OrderClosed { order }))
         }
         (Step::Pick, Meaning::Item(item)) => match &ctx.order {
             Some(order) => fact(FactKind::Picked {
@@ -248,6 +260,7 @@ mod tests {
         let rules = ParcelRules {
             id_patterns: vec![Pattern("PCL-#####".into())],
             order_patterns: vec![Pattern("ORD-####".into())],
+            order_close_code: None,
         };
         assert_eq!(
             meaning("00340434161094042557", Some("]C1"), &rules),
@@ -359,5 +372,34 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(f.kind, FactKind::HandoverWithoutParcel { .. }));
+    }
+
+    #[test]
+    fn the_next_order_or_the_close_code_closes_the_one_being_packed() {
+        let rules = ParcelRules {
+            order_close_code: Some("CLOSE".into()),
+            ..ParcelRules::default()
+        };
+        let mut packer = Context::default();
+        let mut kinds = Vec::new();
+        for (row, code) in [(1, "4004711"), (2, "4004711"), (3, "4004712"), (4, "CLOSE")] {
+            kinds
+                .push(read_scan(&mut packer, &scan(row, Step::Pack, code), &rules).map(|f| f.kind));
+        }
+        let closed = |o: &str| Some(FactKind::OrderClosed { order: o.into() });
+        // Rescanning the same order closes nothing; the next one closes it; so does the code.
+        assert_eq!(kinds, [None, None, closed("4711"), closed("4712")]);
+        assert_eq!(packer.order, None);
+        // At the pick station an order scan closes nothing, nor does the code with no order.
+        let mut picker = Context::default();
+        read_scan(&mut picker, &scan(5, Step::Pick, "4004711"), &rules);
+        assert_eq!(
+            read_scan(&mut picker, &scan(6, Step::Pick, "4004712"), &rules),
+            None
+        );
+        assert_eq!(
+            read_scan(&mut packer, &scan(7, Step::Pack, "CLOSE"), &rules),
+            None
+        );
     }
 }

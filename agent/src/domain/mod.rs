@@ -5,4 +5,5 @@
 
 pub mod alerts;
 pub mod facts;
+pub mod order;
 pub mod parcel;

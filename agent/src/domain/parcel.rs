@@ -102,7 +102,9 @@ pub fn derive(
             FactKind::ReturnReceived { .. } => {
                 s.returned_at.get_or_insert(f.at_ms);
             }
-            FactKind::Picked { .. } | FactKind::HandoverWithoutParcel { .. } => {}
+            FactKind::Picked { .. }
+            | FactKind::HandoverWithoutParcel { .. }
+            | FactKind::OrderClosed { .. } => {}
         }
     }
     // A rescanned good label wins over an earlier bad one: that is how the alert resolves.

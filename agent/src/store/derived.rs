@@ -188,6 +188,9 @@ fn fact_columns(k: &FactKind) -> FactColumns<'_> {
             None,
             None,
         ),
+        FactKind::OrderClosed { order } => {
+            ("order_closed", None, Some(order), None, None, None, None)
+        }
     }
 }
 
@@ -212,6 +215,9 @@ fn fact_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Fact>> {
         "return_received" => FactKind::ReturnReceived {
             parcel: s(2)?,
             order: s(3)?,
+        },
+        "order_closed" => FactKind::OrderClosed {
+            order: s(3)?.unwrap_or_default(),
         },
         _ => return Ok(None),
     };
@@ -311,6 +317,13 @@ impl Reader {
 
     pub fn packs_of_order(&self, order: &str) -> Result<Vec<Fact>, StoreError> {
         self.facts_where("order_no = ?1 AND kind = 'packed'", order)
+    }
+
+    /// Whether the pack station closed the order (scanned another, or the close code).
+    pub fn order_closed(&self, order: &str) -> Result<bool, StoreError> {
+        Ok(!self
+            .facts_where("order_no = ?1 AND kind = 'order_closed'", order)?
+            .is_empty())
     }
 
     pub fn parcels_of_order(&self, order: &str) -> Result<Vec<String>, StoreError> {
@@ -468,7 +481,7 @@ impl Reader {
                 "SELECT e.row, e.device, e.step, e.code, e.symbology, e.station, e.captured_at,
                         f.kind, f.parcel, COALESCE(f.order_no, p.order_no), f.carrier, f.tracking
                  FROM events e
-                 LEFT JOIN facts f ON f.event_row = e.row
+                 LEFT JOIN facts f ON f.event_row = e.row AND f.kind != 'order_closed'
                  LEFT JOIN parcels p ON p.parcel = f.parcel
                  WHERE e.row > ?1 AND e.captured_at >= ?2 AND e.captured_at < ?3
                  ORDER BY e.row LIMIT ?4",

@@ -34,6 +34,15 @@ pub fn build(row: i64, payload: &str) -> Result<Outgoing, String> {
             };
             (kind.to_string(), field("alert_id"), at)
         }
+        Some("darkleg.order.v1") => {
+            // The latest of its parcels' milestones (RFC 3339 UTC strings sort by time), so a
+            // re-sent body is the same body.
+            let at = data
+                .get("parcels")
+                .and_then(Value::as_array)
+                .and_then(|ps| ps.iter().filter_map(|p| p.get("at")?.as_str()).max());
+            ("order.updated".to_string(), field("message_id"), at)
+        }
         other => return Err(format!("schema {other:?} is not one a webhook carries")),
     };
     let own_id = own_id.ok_or("message without its id")?;
@@ -86,5 +95,17 @@ mod tests {
         assert_eq!(body["timestamp"], "2026-11-22T15:30:00.000Z");
         assert_eq!(r.key, "parcel:p2");
         assert!(super::build(11, r#"{"schema":"darkleg.scan.v1"}"#).is_err());
+    }
+
+    #[test]
+    fn an_order_update_is_typed_and_ordered_with_its_parcels() {
+        let o = r#"{"schema":"darkleg.order.v1","message_id":"o1","order":"ACME-9","merchant":"acme","parcels":[{"parcel":"p1","at":"2026-11-22T16:40:02.120Z"},{"parcel":"p2","at":"2026-11-22T16:41:00.000Z"}],"counts":{"packed":2,"handed_over":2},"complete":true}"#;
+        let a = super::build(12, o).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(body["type"], "order.updated");
+        assert_eq!(body["timestamp"], "2026-11-22T16:41:00.000Z");
+        assert_eq!(a.key, "order:ACME-9");
+        assert!(a.id.starts_with("msg_o1_"), "{}", a.id);
+        assert_eq!(body["data"]["complete"], true);
     }
 }
