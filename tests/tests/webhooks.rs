@@ -492,7 +492,7 @@ fn drain_a_webhook_backlog() {
     let port = free_port().unwrap();
     let extra = setup(
         &rig.dir.0,
-        &format!("[[webhook]]\nname = \"shop\"\nurl = \"https://localhost:{port}/h\"\nsecret_file = \"{{secret}}\"\nca_file = \"{{ca}}\"\n"),
+        &format!("[[webhook]]\nname = \"shop\"\nurl = \"https://localhost:{port}/h\"\nsecret_file = \"{{secret}}\"\nca_file = \"{{ca}}\"\ncarries = [\"milestones\"]\n"),
     );
     let mut text = std::fs::read_to_string(&rig.config).unwrap();
     // No MQTT upstream: only the webhook's drain is measured.
