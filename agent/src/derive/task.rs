@@ -302,9 +302,12 @@ impl Deriver {
                 orders.insert(o.clone());
             }
         }
+        // The latest close of `order` in this batch.
         let closes = |order: &str| {
             new.iter()
-                .any(|f| matches!(&f.kind, FactKind::OrderClosed { order: o } if o == order))
+                .filter(|f| matches!(&f.kind, FactKind::OrderClosed { order: o } if o == order))
+                .map(|f| f.at_ms)
+                .max()
         };
         for f in new {
             if let FactKind::OrderClosed { order } = &f.kind {
@@ -330,7 +333,7 @@ impl Deriver {
             let merchant = parcel::merchant_of("", Some(&order), &self.config.merchants);
             let merchant = merchant.map(str::to_string);
             let before = order_json(&OrderView::new(&order, merchant.clone(), old, was_closed));
-            let view = OrderView::new(&order, merchant, now, was_closed || closes(&order));
+            let view = OrderView::new(&order, merchant, now, was_closed.max(closes(&order)));
             let after = order_json(&view);
             if let Some(json) = after.filter(|a| Some(a) != before.as_ref()) {
                 batch.messages.push(Message {

@@ -411,7 +411,7 @@ fn a_split_order_ends_complete_with_every_tracking_number() {
     scan("packer", Step::Pack, "CLOSE".into(), "]C0");
     while d.step(T0).unwrap() > 0 {}
 
-    let orders = |up: &str, order: &str| -> Vec<(String, serde_json::Value)> {
+    let orders = |d: &Deriver, up: &str, order: &str| -> Vec<(String, serde_json::Value)> {
         (d.reader().pending(up, 0, 100_000).unwrap().into_iter())
             .filter_map(|p| match p.item {
                 Item::Message { topic, payload } => {
@@ -422,7 +422,7 @@ fn a_split_order_ends_complete_with_every_tracking_number() {
             })
             .collect()
     };
-    let split = orders("acme-up", "ACME-100");
+    let split = orders(&d, "acme-up", "ACME-100");
     // Three packs and three handovers, then the close: one message each.
     assert_eq!(split.len(), 7, "{split:#?}");
     let (topic, last) = split.last().unwrap();
@@ -466,9 +466,9 @@ fn a_split_order_ends_complete_with_every_tracking_number() {
         .collect();
     assert_eq!(ids.len(), split.len(), "each update is its own message");
     // The site's own upstream gets the same order updates.
-    assert_eq!(orders("central", "ACME-100").len(), split.len());
+    assert_eq!(orders(&d, "central", "ACME-100").len(), split.len());
 
-    let open = orders("acme-up", "ACME-101");
+    let open = orders(&d, "acme-up", "ACME-101");
     let (_, last) = open.last().unwrap();
     assert_eq!(
         last["counts"],
@@ -480,9 +480,44 @@ fn a_split_order_ends_complete_with_every_tracking_number() {
     );
     assert!(open.iter().all(|(_, v)| v["complete"] == false));
     assert!(
-        d.reader().order_closed("ACME-101").unwrap(),
+        d.reader().order_closed("ACME-101").unwrap().is_some(),
         "the close code closed it"
     );
+    // The packer goes back to ACME-100 for a fourth parcel: the earlier close is not the end
+    // of the order any more — a shop must not be told `complete` while parcels still come.
+    put(
+        &store,
+        "packer",
+        9,
+        &(Step::Pack, "400ACME-100".into(), "]C1", T0 + 17_000),
+    );
+    put(
+        &store,
+        "packer",
+        10,
+        &(Step::Pack, label(6), "]C1", T0 + 18_000),
+    );
+    // …and hands it over: every packed parcel at a carrier, but no close since that pack.
+    put(
+        &store,
+        "dock",
+        9,
+        &(Step::Handover, label(6), "]C1", T0 + 19_000),
+    );
+    put(
+        &store,
+        "dock",
+        10,
+        &(Step::Handover, dhl_waybill(106), "]C0", T0 + 20_000),
+    );
+    while d.step(T0).unwrap() > 0 {}
+    let again = orders(&d, "acme-up", "ACME-100");
+    let (_, last) = again.last().unwrap();
+    assert_eq!(
+        last["counts"],
+        serde_json::json!({"packed": 4, "handed_over": 4})
+    );
+    assert_eq!(last["complete"], false, "reopened by a later pack: {last}");
     drop(d);
     drop(store);
     join.join().unwrap();

@@ -14,7 +14,8 @@ pub struct OrderView {
     pub merchant: Option<String>,
     /// Parcels packed for the order, in packing order.
     pub parcels: Vec<ParcelState>,
-    pub closed: bool,
+    /// When the pack station last closed the order, if it did.
+    pub closed_at: Option<u64>,
 }
 
 impl OrderView {
@@ -25,7 +26,7 @@ impl OrderView {
         order: &str,
         merchant: Option<String>,
         candidates: Vec<ParcelState>,
-        closed: bool,
+        closed_at: Option<u64>,
     ) -> OrderView {
         let merchant = merchant.or_else(|| candidates.iter().find_map(|p| p.merchant.clone()));
         let mut parcels: Vec<ParcelState> = candidates
@@ -40,7 +41,7 @@ impl OrderView {
             order: order.to_string(),
             merchant,
             parcels,
-            closed,
+            closed_at,
         }
     }
 
@@ -48,9 +49,18 @@ impl OrderView {
         self.parcels.iter().filter(|p| p.handover.is_some()).count()
     }
 
-    /// Every packed parcel went to a carrier and the pack station closed the order.
+    /// Closed after its last pack: a close before a later pack (the packer went back to the
+    /// order, a second station packed for it) is not the end of it, so `complete` never says
+    /// true to a shop that may fulfil on it while parcels are still coming.
+    pub fn closed(&self) -> bool {
+        let last_pack = self.parcels.iter().filter_map(|p| p.packed_at).max();
+        matches!((self.closed_at, last_pack), (Some(c), Some(p)) if c >= p)
+    }
+
+    /// Every packed parcel went to a carrier and the pack station closed the order after its
+    /// last pack.
     pub fn complete(&self) -> bool {
-        self.closed && !self.parcels.is_empty() && self.handed_over() == self.parcels.len()
+        self.closed() && !self.parcels.is_empty() && self.handed_over() == self.parcels.len()
     }
 
     /// Under the upstream prefix: `merchants/{merchant}/orders/{order}`.

@@ -319,11 +319,13 @@ impl Reader {
         self.facts_where("order_no = ?1 AND kind = 'packed'", order)
     }
 
-    /// Whether the pack station closed the order (scanned another, or the close code).
-    pub fn order_closed(&self, order: &str) -> Result<bool, StoreError> {
-        Ok(!self
+    /// When the pack station last closed the order (scanned another, or the close code).
+    pub fn order_closed(&self, order: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
             .facts_where("order_no = ?1 AND kind = 'order_closed'", order)?
-            .is_empty())
+            .iter()
+            .map(|f| f.at_ms)
+            .max())
     }
 
     pub fn parcels_of_order(&self, order: &str) -> Result<Vec<String>, StoreError> {
