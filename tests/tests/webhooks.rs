@@ -547,3 +547,71 @@ fn drain_a_webhook_backlog() {
         accepted.len()
     );
 }
+
+#[test]
+fn a_merchant_endpoint_never_gets_another_merchants_backlog_after_a_config_change() {
+    // Who is owed a row is decided when it is written. A webhook for every merchant builds a
+    // backlog while its endpoint is down; then the operator scopes it to acme. globex's rows
+    // must not be POSTed to acme's shop: dead-lettered, counted, and acme's delivered.
+    let mut rig = Rig::new("webhook-rescoped", &[PortKind::Ascii("pack")]);
+    let (port, http) = (free_port().unwrap(), free_port().unwrap());
+    let extra = setup(
+        &rig.dir.0,
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[webhook]]\nname = \"shop\"\nurl = \"https://localhost:{port}/h\"\nsecret_file = \"{{secret}}\"\nca_file = \"{{ca}}\"\ncarries = [\"milestones\"]\n"
+        ),
+    );
+    let mut text = std::fs::read_to_string(&rig.config).unwrap();
+    text.push_str(&extra);
+    std::fs::write(&rig.config, text).unwrap();
+    let mut agent = rig.start_agent();
+    rig.wait_ports_open();
+    let mut packer = rig.take_ptys().remove(0);
+    for i in 0..4 {
+        pack(&mut packer, i);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || shop_backlog(&rig.config)
+            == Some(4)),
+        "four packed milestones owed: {:?}",
+        shop_backlog(&rig.config)
+    );
+    agent.stop();
+    // The webhook table is the config's last: scope it to acme.
+    let mut text = std::fs::read_to_string(&rig.config).unwrap();
+    text.push_str("merchant = \"acme\"\n");
+    std::fs::write(&rig.config, text).unwrap();
+    let shop = Receiver::start(
+        port,
+        &rig.dir.0,
+        keys(),
+        Box::new(|_, _| Reply::Status(200, None)),
+    );
+    let _agent = rig.start_agent();
+    let acme: BTreeSet<String> = [0, 2].iter().map(|&i| parcel_id(i)).collect();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let got: BTreeSet<String> = shop
+                .accepted()
+                .into_iter()
+                .filter_map(|h| h.parcel)
+                .collect();
+            got == acme && webhook_status(&rig.config)["dead_letters"] == 2
+        }),
+        "acme's two delivered, globex's two dead-lettered: {:?} {:?}",
+        shop.hits()
+            .iter()
+            .map(|h| h.parcel.clone())
+            .collect::<Vec<_>>(),
+        webhook_status(&rig.config)
+    );
+    let globex = [parcel_id(1), parcel_id(3)];
+    assert!(
+        shop.hits()
+            .iter()
+            .all(|h| !globex.iter().any(|g| h.parcel.as_deref() == Some(g))),
+        "no globex parcel reached acme's endpoint"
+    );
+    assert_eq!(shop_backlog(&rig.config), Some(0));
+}

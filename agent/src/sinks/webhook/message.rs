@@ -15,6 +15,8 @@ pub struct Outgoing {
     /// What ordering is kept per: the order (which covers its parcels), else the parcel.
     pub key: String,
     pub body: bytes::Bytes,
+    /// The merchant the message names, if any.
+    pub merchant: Option<String>,
 }
 
 /// `None`: not a message a webhook carries (a raw scan row, an unknown schema).
@@ -61,6 +63,7 @@ pub fn build(row: i64, payload: &str) -> Result<Outgoing, String> {
         id,
         key,
         body: bytes::Bytes::from(body.to_string()),
+        merchant: field("merchant").map(str::to_string),
     })
 }
 

@@ -238,6 +238,27 @@ impl Loop {
                 Item::Message { payload, .. } => message::build(p.row, payload),
                 Item::Event(..) => Err("a raw scan".into()),
             };
+            // Who gets a row was decided when it was written; a merchant's endpoint checks
+            // again before it sends (the config may have changed since): another merchant's
+            // parcel is dead-lettered, never POSTed.
+            let foreign = |o: &message::Outgoing| {
+                let want = self.shared.hook.merchant.as_deref();
+                want.is_some() && o.merchant.as_deref() != want
+            };
+            if let Some(o) = out.as_ref().ok().filter(|o| foreign(o)) {
+                tracing::error!(webhook = %self.name(), row = p.row, merchant = ?o.merchant,
+                    "a message for another merchant is owed to this merchant's webhook (the config changed since it was written?): dead-lettered, not sent");
+                let op = WriteOp::Webhook(WebhookMark::DeadLetter {
+                    webhook: self.name().to_string(),
+                    row: p.row,
+                    status: 0,
+                    reason: format!("another merchant's message ({:?})", o.merchant),
+                    at_ms: crate::clock::now_ms(),
+                });
+                let _ = self.store.send(op).await;
+                self.known.remove(&p.row);
+                continue;
+            }
             match out {
                 Ok(out) => {
                     let key = out.key.clone();
