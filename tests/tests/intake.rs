@@ -210,11 +210,17 @@ fn the_intake_answers_every_path_and_stored_scans_arrive_with_their_step() {
     let m = http_get(http, "/metrics").unwrap();
     for line in [
         "darkleg_intake_requests_total{status=\"409\"} 2",
-        "darkleg_intake_requests_total{status=\"401\"} 3",
         "darkleg_intake_scans_total{result=\"rejected\"} 1",
     ] {
         assert!(m.contains(line), "{line}\n{m}");
     }
+    // Three refusals of ours, and any poll with the new token that came before the reload.
+    let unauthorized: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("darkleg_intake_requests_total{status=\"401\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(unauthorized >= 3, "401s counted: {unauthorized}\n{m}");
 }
 
 #[test]
