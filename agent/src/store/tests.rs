@@ -440,24 +440,30 @@ fn extreme_sequence_numbers_do_not_overflow() {
     close(s, j);
 }
 
+/// Device `d` fills the store to its ceiling once; its events count as derived (no deriver
+/// runs here; an agent's keeps up, and only what it has read may be evicted). The scans
+/// stored.
+fn fill_derived(f: &Fixture, s: &StoreHandle) -> u64 {
+    hello(s, "d", 0);
+    let mut stored = 0u64;
+    while submit(s, stored + 1).is_ok() {
+        stored += 1;
+        assert!(stored < 10_000);
+    }
+    rusqlite::Connection::open(f.config.db_path())
+        .unwrap()
+        .execute("UPDATE derive_watermark SET last_row = ?1", [i64::MAX])
+        .unwrap();
+    stored
+}
+
 #[test]
 fn a_full_outbox_evicts_delivered_rows_first_and_never_an_undelivered_one() {
     let mut f = Fixture::with_upstreams("evict", &["a"]);
     f.config = Fixture::config(&f.dir, &["a"], "[store]\nmax_db_mb = 1\n");
     let (s, j) = f.open();
-    hello(&s, "d", 0);
-    // Fill to the ceiling once.
-    let mut stored = 0u64;
-    while submit(&s, stored + 1).is_ok() {
-        stored += 1;
-        assert!(stored < 10_000);
-    }
+    let mut stored = fill_derived(&f, &s);
     let first_fill = stored;
-    // No deriver runs here; an agent's keeps up. Only what it has read may be evicted.
-    rusqlite::Connection::open(f.config.db_path())
-        .unwrap()
-        .execute("UPDATE derive_watermark SET last_row = ?1", [i64::MAX])
-        .unwrap();
     // The upstream confirms the older half: those rows may go, the rest may not.
     let delivered: Vec<i64> = {
         let r = Reader::open(&f.config.db_path()).unwrap();
@@ -794,16 +800,7 @@ fn bookkeeping_that_does_not_fit_never_refuses_scans_nor_holds_back_delivery_mar
     let mut f = Fixture::with_upstreams("held-full", &["a"]);
     f.config = Fixture::config(&f.dir, &["a"], "[store]\nmax_db_mb = 1\n");
     let (s, j) = f.open();
-    hello(&s, "d", 0);
-    let mut stored = 0u64;
-    while submit(&s, stored + 1).is_ok() {
-        stored += 1;
-        assert!(stored < 10_000);
-    }
-    rusqlite::Connection::open(f.config.db_path())
-        .unwrap()
-        .execute("UPDATE derive_watermark SET last_row = ?1", [i64::MAX])
-        .unwrap();
+    let stored = fill_derived(&f, &s);
     // A report that cannot fit in a full store, then the upstream confirms everything.
     s.send_blocking(WriteOp::Port {
         port: "p".into(),
