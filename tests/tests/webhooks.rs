@@ -332,9 +332,10 @@ fn replay(config: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn a_refused_message_is_dead_lettered_and_replayed_and_410_disables_until_replay() {
-    let mut rig = Rig::new("webhook-dead", &[PortKind::Ascii("pack")]);
+/// A plain pack scanner and one webhook `shop` carrying milestones, on fresh ports; the rig
+/// and the webhook's and the status server's ports. The webhook table is the config's last.
+fn shop_rig(name: &str) -> (Rig, u16, u16) {
+    let rig = Rig::new(name, &[PortKind::Ascii("pack")]);
     let (port, http) = (free_port().unwrap(), free_port().unwrap());
     let extra = setup(
         &rig.dir.0,
@@ -345,6 +346,12 @@ fn a_refused_message_is_dead_lettered_and_replayed_and_410_disables_until_replay
     let mut text = std::fs::read_to_string(&rig.config).unwrap();
     text.push_str(&extra);
     std::fs::write(&rig.config, text).unwrap();
+    (rig, port, http)
+}
+
+#[test]
+fn a_refused_message_is_dead_lettered_and_replayed_and_410_disables_until_replay() {
+    let (mut rig, port, http) = shop_rig("webhook-dead");
     let bad = parcel_id(3);
     let shop = {
         let bad = bad.clone();
@@ -553,17 +560,7 @@ fn a_merchant_endpoint_never_gets_another_merchants_backlog_after_a_config_chang
     // Who is owed a row is decided when it is written. A webhook for every merchant builds a
     // backlog while its endpoint is down; then the operator scopes it to acme. globex's rows
     // must not be POSTed to acme's shop: dead-lettered, counted, and acme's delivered.
-    let mut rig = Rig::new("webhook-rescoped", &[PortKind::Ascii("pack")]);
-    let (port, http) = (free_port().unwrap(), free_port().unwrap());
-    let extra = setup(
-        &rig.dir.0,
-        &format!(
-            "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[webhook]]\nname = \"shop\"\nurl = \"https://localhost:{port}/h\"\nsecret_file = \"{{secret}}\"\nca_file = \"{{ca}}\"\ncarries = [\"milestones\"]\n"
-        ),
-    );
-    let mut text = std::fs::read_to_string(&rig.config).unwrap();
-    text.push_str(&extra);
-    std::fs::write(&rig.config, text).unwrap();
+    let (mut rig, port, _) = shop_rig("webhook-rescoped");
     let mut agent = rig.start_agent();
     rig.wait_ports_open();
     let mut packer = rig.take_ptys().remove(0);
