@@ -40,6 +40,41 @@ async fn post(sender: &mut Sender, body: String) -> (u16, Duration) {
     (status, t.elapsed())
 }
 
+/// A release agent with `sources` and an upstream whose broker is down (the durable intake
+/// alone is measured), `extra` appended to the upstream's config; its scratch dir, process
+/// and status port, once `/healthz` answers.
+fn offline_agent(
+    name: &str,
+    sources: &str,
+    extra: &str,
+) -> (std::path::PathBuf, std::process::Child, u16) {
+    let dir = scratch(name);
+    let mut broker = Mosquitto::start(&dir.join("broker")).unwrap();
+    broker.stop();
+    let http = free_port().unwrap();
+    let upstream = format!(
+        "[[upstream]]\nname = \"central\"\nurl = \"{}\"\n{extra}",
+        broker.url()
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config_text(&dir, sources, &upstream, http)).unwrap();
+    let agent = release_agent(&path, &dir.join("agent.log"));
+    assert!(wait_until(Duration::from_secs(60), || http_ok(
+        http, "/healthz"
+    )
+    .is_some()));
+    (dir, agent, http)
+}
+
+/// The load generators' runtime: one worker, beside the agent's on the same two cores.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn scan(device: &str, seq: u64) -> Value {
     json!({"device": device, "seq": seq, "code": format!("00{:018}", 87_123_450_000_000_000 + seq), "step": "pack"})
 }
@@ -62,26 +97,9 @@ pub fn intake_load(
     conns: usize,
     secs: u64,
 ) -> Value {
-    let dir = scratch("intake");
-    let mut broker = Mosquitto::start(&dir.join("broker")).unwrap();
-    broker.stop();
-    let http = free_port().unwrap();
-    let upstream = format!(
-        "[[upstream]]\nname = \"central\"\nurl = \"{}\"\n[intake]\nallow_unauthenticated = true\n",
-        broker.url()
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, config_text(&dir, "", &upstream, http)).unwrap();
-    let mut agent = release_agent(&path, &dir.join("agent.log"));
-    assert!(wait_until(Duration::from_secs(60), || http_ok(
-        http, "/healthz"
-    )
-    .is_some()));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (dir, mut agent, http) =
+        offline_agent("intake", "", "[intake]\nallow_unauthenticated = true\n");
+    let rt = client_runtime();
 
     // Throughput: batched posts.
     let (batched_per_s, batch_p99_ms, refused) = rt.block_on(async {
@@ -167,30 +185,13 @@ pub fn intake_load(
 /// line a second for `secs`. DataWedge waits for no answer, so the figures are whether all
 /// were stored, how long after the last line, and what it cost the agent.
 pub fn datawedge_load(conns: usize, secs: u64) -> Value {
-    let dir = scratch("datawedge");
-    let mut broker = Mosquitto::start(&dir.join("broker")).unwrap();
-    broker.stop();
-    let (http, port) = (free_port().unwrap(), free_port().unwrap());
+    let port = free_port().unwrap();
     let sources = format!(
         "[[network_scanner]]\nlisten = \"127.0.0.1:{port}\"\ntransport = \"tcp\"\nstation = \"pack\"\nmax_connections = {}\n",
         conns + 16
     );
-    let upstream = format!(
-        "[[upstream]]\nname = \"central\"\nurl = \"{}\"\n",
-        broker.url()
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, config_text(&dir, &sources, &upstream, http)).unwrap();
-    let mut agent = release_agent(&path, &dir.join("agent.log"));
-    assert!(wait_until(Duration::from_secs(60), || http_ok(
-        http, "/healthz"
-    )
-    .is_some()));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (dir, mut agent, http) = offline_agent("datawedge", &sources, "");
+    let rt = client_runtime();
     let sent = rt.block_on(async {
         use tokio::io::AsyncWriteExt;
         let tasks: Vec<_> = (0..conns)
