@@ -67,6 +67,12 @@ fn hello(s: &StoreHandle, device: &str, last_acked: u64) -> u64 {
     .unwrap()
 }
 
+/// Outbox rows owed to `upstream`, in order.
+fn pending_rows(r: &Reader, upstream: &str) -> Vec<i64> {
+    let rows = r.pending(upstream, 0, 1_000_000).unwrap();
+    rows.iter().map(|p| p.row).collect()
+}
+
 /// Codes of the scans owed to `upstream`, in outbox order.
 fn pending_codes(r: &Reader, upstream: &str) -> Vec<String> {
     let rows = r.pending(upstream, 0, 1_000_000).unwrap();
@@ -239,12 +245,7 @@ fn each_upstream_has_its_own_outbox_and_pruning_spares_the_undelivered() {
         ascii(&s, code, [100, 200, 10_000][i]);
     }
     let r = Reader::open(&f.config.db_path()).unwrap();
-    let rows: Vec<i64> = r
-        .pending("a", 0, 10)
-        .unwrap()
-        .iter()
-        .map(|p| p.row)
-        .collect();
+    let rows: Vec<i64> = pending_rows(&r, "a");
     // Upstream a acks the first two; b acks nothing.
     send_and_settle(
         &s,
@@ -741,12 +742,7 @@ fn a_delivery_mark_whose_commit_failed_is_applied_once_the_store_takes_writes_ag
         assert_eq!(framed(&s, "d", seq), FramedOutcome::Stored { acked: seq });
     }
     let r = Reader::open(&f.config.db_path()).unwrap();
-    let rows: Vec<i64> = r
-        .pending("a", 0, 10)
-        .unwrap()
-        .iter()
-        .map(|p| p.row)
-        .collect();
+    let rows: Vec<i64> = pending_rows(&r, "a");
     assert_eq!(rows.len(), 3);
 
     let mut other = rusqlite::Connection::open(f.config.db_path()).unwrap();
@@ -770,12 +766,7 @@ fn a_delivery_mark_whose_commit_failed_is_applied_once_the_store_takes_writes_ag
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let left = loop {
-        let left: Vec<i64> = r
-            .pending("a", 0, 10)
-            .unwrap()
-            .iter()
-            .map(|p| p.row)
-            .collect();
+        let left: Vec<i64> = pending_rows(&r, "a");
         if left.len() < 3 || std::time::Instant::now() > deadline {
             break left;
         }
@@ -815,11 +806,7 @@ fn bookkeeping_that_does_not_fit_never_refuses_scans_nor_holds_back_delivery_mar
     .unwrap();
     let rows: Vec<i64> = {
         let r = Reader::open(&f.config.db_path()).unwrap();
-        r.pending("a", 0, 100_000)
-            .unwrap()
-            .iter()
-            .map(|p| p.row)
-            .collect()
+        pending_rows(&r, "a")
     };
     assert_eq!(rows.len() as u64, stored);
     s.send_blocking(WriteOp::Delivered {
