@@ -332,6 +332,16 @@ fn replay(config: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `darkleg status` as an operator reads it.
+fn status_text(config: &Path) -> String {
+    let out = Command::new(darkleg_bin())
+        .args(["status", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A plain pack scanner and one webhook `shop` carrying milestones, on fresh ports; the rig
 /// and the webhook's and the status server's ports. The webhook table is the config's last.
 fn shop_rig(name: &str) -> (Rig, u16, u16) {
@@ -398,12 +408,7 @@ fn a_refused_message_is_dead_lettered_and_replayed_and_410_disables_until_replay
         metrics.contains("darkleg_webhook_dead_letters{webhook=\"shop\"} 1"),
         "{metrics}"
     );
-    let text = Command::new(darkleg_bin())
-        .args(["status", "--config"])
-        .arg(&rig.config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = status_text(&rig.config);
     assert!(
         text.contains("dead letters      1 (last: HTTP 422"),
         "{text}"
@@ -455,12 +460,7 @@ fn a_refused_message_is_dead_lettered_and_replayed_and_410_disables_until_replay
         metrics.contains("darkleg_webhook_disabled{webhook=\"shop\"} 1"),
         "{metrics}"
     );
-    let text = Command::new(darkleg_bin())
-        .args(["status", "--config"])
-        .arg(&rig.config)
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&text.stdout).contains("DISABLED"));
+    assert!(status_text(&rig.config).contains("DISABLED"));
 
     // A restart keeps it disabled; a replay lifts it and the three arrive.
     agent.kill9();
