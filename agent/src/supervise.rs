@@ -196,6 +196,41 @@ impl Health {
         })
     }
 
+    /// Like [`spawn`](Self::spawn), but the future runs on a thread of its own with a
+    /// single-threaded runtime: an upstream's loop and its connection task then wake each
+    /// other without crossing threads (on the shared runtime every PUBACK burst was a
+    /// cross-thread wake-up and a context switch). A panic there is reported as one here.
+    pub fn spawn_on_thread<F, Fut>(
+        &self,
+        name: impl Into<String>,
+        make: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let name = name.into();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new().name(name.clone()).spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the thread");
+                rt.block_on(make())
+            }));
+            let _ = tx.send(r);
+        });
+        self.spawn(name, async move {
+            if let Err(e) = thread {
+                panic!("could not start its thread: {e}");
+            }
+            if let Ok(Err(panic)) = rx.await {
+                std::panic::resume_unwind(panic);
+            }
+        })
+    }
+
     /// Spawns a thread watched as `name`.
     pub fn spawn_thread<F>(
         &self,

@@ -1,10 +1,12 @@
-//! A broker connection as rumqttc options: address, persistent session, credentials read at
-//! connect time, TLS with the system's roots or a given CA, and a client certificate (mTLS).
-//! Used by the upstream sinks and by the relay source alike, with [`backoff`] for reconnects
-//! (rumqttc has none).
+//! A broker connection: address, persistent session, credentials read at connect time, TLS
+//! with the system's roots or a given CA, and a client certificate (mTLS), with [`backoff`]
+//! for reconnects and [`failover`] across `urls`. The upstream sinks speak MQTT themselves
+//! ([`wire`] over [`Dialer`]'s stream); the relay source subscribes through rumqttc, with
+//! the [`options`] made here.
 
 pub mod backoff;
 pub mod failover;
+pub mod wire;
 
 use crate::config::BrokerLink;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
@@ -41,22 +43,58 @@ pub fn options(link: &BrokerLink, what: &str) -> Result<MqttOptions, String> {
     Ok(o)
 }
 
-/// The same connection for an MQTT 5 client. The session is kept an hour past a
-/// disconnect (v5 ends it at once by default); a sink's in-flight state comes from SQLite
-/// regardless.
-pub fn options_v5(link: &BrokerLink, what: &str) -> Result<rumqttc::v5::MqttOptions, String> {
-    let mut o = rumqttc::v5::MqttOptions::new(&link.client_id, &link.host, link.port);
-    o.set_keep_alive(link.keep_alive);
-    o.set_clean_start(false);
-    o.set_session_expiry_interval(Some(3600));
-    o.set_max_packet_size(Some(MAX_PACKET as u32));
-    if let Some((user, password)) = credentials(link, what)? {
-        o.set_credentials(user, password);
+/// A connected byte stream to a broker: TCP, or TLS over it.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Stream for T {}
+
+/// What a connection to `link` needs that can fail before the network is touched: the
+/// password read now, the TLS config (CA and client certificate files). An error here is
+/// the gateway's, not the broker's.
+pub struct Dialer {
+    host: String,
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    pub credentials: Option<(String, String)>,
+}
+
+impl Dialer {
+    pub fn new(link: &BrokerLink, what: &str) -> Result<Dialer, String> {
+        Ok(Dialer {
+            host: link.host.clone(),
+            port: link.port,
+            tls: match link.tls {
+                true => Some(Arc::new(tls_config(link, what)?)),
+                false => None,
+            },
+            credentials: credentials(link, what)?,
+        })
     }
-    if let Some(t) = tls_transport(link, what)? {
-        o.set_transport(t);
+
+    /// TCP (no Nagle: a publish should not wait for the next one) and, for `mqtts://`, the
+    /// TLS handshake, within [`HANDSHAKE_SECS`].
+    pub async fn dial(&self) -> Result<Box<dyn Stream>, String> {
+        let secs = std::time::Duration::from_secs(HANDSHAKE_SECS);
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            let Some(config) = &self.tls else {
+                return Ok(Box::new(tcp) as Box<dyn Stream>);
+            };
+            let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+                .map_err(|e| format!("{}: not a name TLS can check: {e}", self.host))?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            Ok(Box::new(tls) as Box<dyn Stream>)
+        };
+        match tokio::time::timeout(secs, connect).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("connect timed out after {HANDSHAKE_SECS} s")),
+        }
     }
-    Ok(o)
 }
 
 /// Username and password, the password read now (a rotated file counts from the next connect).

@@ -255,11 +255,12 @@ impl Reader {
     }
 
     /// Events after `after_row`, in row order (per device, sequence order).
+    /// (`LIMIT (?2 + 0)`: a bare parameter there re-prepares the statement at every call.)
     pub fn events_after(&self, after_row: i64, limit: usize) -> Result<Vec<EventRow>, StoreError> {
         let run = || -> rusqlite::Result<Vec<EventRow>> {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT row, device, step, code, symbology, captured_at, station FROM events
-                 WHERE row > ?1 ORDER BY row LIMIT ?2",
+                 WHERE row > ?1 ORDER BY row LIMIT (?2 + 0)",
             )?;
             let rows = stmt.query_map(params![after_row, limit as i64], |r| {
                 let step: String = r.get(2)?;
@@ -486,7 +487,7 @@ impl Reader {
                  LEFT JOIN facts f ON f.event_row = e.row AND f.kind != 'order_closed'
                  LEFT JOIN parcels p ON p.parcel = f.parcel
                  WHERE e.row > ?1 AND e.captured_at >= ?2 AND e.captured_at < ?3
-                 ORDER BY e.row LIMIT ?4",
+                 ORDER BY e.row LIMIT (?4 + 0)",
             )?;
             let rows = stmt.query_map(
                 params![after_row, since_ms as i64, until_ms as i64, limit as i64],

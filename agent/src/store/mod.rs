@@ -328,6 +328,25 @@ fn register_upstreams(
     tx.commit()
 }
 
+/// The outbox read. `LIMIT (?3 + 0)`, not `LIMIT ?3`: SQLite plans a bare parameter in
+/// LIMIT by its bound value and then re-prepares the statement at every new binding — a full
+/// parse and plan on every read of the drain.
+const PENDING_SQL: &str = "SELECT * FROM (
+                   SELECT e.row, e.event_id, e.device, e.seq, e.step, e.code, e.symbology, e.station,
+                          e.operator, e.captured_at, e.received_at, NULL AS topic, NULL AS payload,
+                          e.origin_site, e.origin_gateway, e.hops
+                   FROM outbox o JOIN events e ON e.row = o.row
+                   WHERE o.upstream = ?1 AND o.row > ?2 ORDER BY o.row LIMIT (?3 + 0))
+                 UNION ALL
+                 SELECT * FROM (
+                   -- Walk the (small) messages table, not the whole outbox: a backlog of a
+                   -- million scans must not be scanned on every read for the few messages.
+                   SELECT m.row, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, m.topic, m.payload,
+                          NULL, NULL, NULL
+                   FROM messages m CROSS JOIN outbox o ON o.upstream = ?1 AND o.row = m.row
+                   WHERE m.row > ?2 ORDER BY m.row LIMIT (?3 + 0))
+                 ORDER BY 1 LIMIT (?3 + 0)";
+
 /// A read connection: sinks fetch pending rows, `status` reads counters.
 pub struct Reader {
     conn: Connection,
@@ -377,6 +396,16 @@ impl Reader {
     }
 
     /// Up to `limit` events owed to `upstream` after `after_row`, in outbox order.
+    /// How many times the outbox read was re-prepared on this connection (a regression
+    /// guard: it should be planned once).
+    #[cfg(test)]
+    pub fn pending_reprepares(&self) -> i32 {
+        self.conn
+            .prepare_cached(PENDING_SQL)
+            .map(|s| s.get_status(rusqlite::StatementStatus::RePrepare))
+            .unwrap_or(-1)
+    }
+
     pub fn pending(
         &self,
         upstream: &str,
@@ -384,23 +413,7 @@ impl Reader {
         limit: usize,
     ) -> Result<Vec<Pending>, StoreError> {
         let run = || -> rusqlite::Result<Vec<Pending>> {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT * FROM (
-                   SELECT e.row, e.event_id, e.device, e.seq, e.step, e.code, e.symbology, e.station,
-                          e.operator, e.captured_at, e.received_at, NULL AS topic, NULL AS payload,
-                          e.origin_site, e.origin_gateway, e.hops
-                   FROM outbox o JOIN events e ON e.row = o.row
-                   WHERE o.upstream = ?1 AND o.row > ?2 ORDER BY o.row LIMIT ?3)
-                 UNION ALL
-                 SELECT * FROM (
-                   -- Walk the (small) messages table, not the whole outbox: a backlog of a
-                   -- million scans must not be scanned on every read for the few messages.
-                   SELECT m.row, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, m.topic, m.payload,
-                          NULL, NULL, NULL
-                   FROM messages m CROSS JOIN outbox o ON o.upstream = ?1 AND o.row = m.row
-                   WHERE m.row > ?2 ORDER BY m.row LIMIT ?3)
-                 ORDER BY 1 LIMIT ?3",
-            )?;
+            let mut stmt = self.conn.prepare_cached(PENDING_SQL)?;
             let rows = stmt.query_map(params![upstream, after_row, limit as i64], |r| {
                 // Rows this agent wrote; a value that does not parse means a damaged file,
                 // which must stop delivery rather than send a wrong event.

@@ -465,7 +465,7 @@ pub(super) fn evict_delivered(
                  SELECT row FROM events e
                  WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.row = e.row)
                    AND e.row <= (SELECT last_row FROM derive_watermark WHERE id = 1)
-                 ORDER BY row LIMIT ?1)",
+                 ORDER BY row LIMIT (?1 + 0))",
         )?
         .execute([limit as i64])?;
     let messages = sp
@@ -474,7 +474,7 @@ pub(super) fn evict_delivered(
                  SELECT row FROM messages m
                  WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.row = m.row)
                    AND NOT EXISTS (SELECT 1 FROM webhook_dead_letters d WHERE d.row = m.row)
-                 ORDER BY row LIMIT ?1)",
+                 ORDER BY row LIMIT (?1 + 0))",
         )?
         .execute([limit as i64])?;
     Ok(events + messages)

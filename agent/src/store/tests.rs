@@ -238,6 +238,22 @@ fn a_resend_with_a_different_code_is_a_counted_conflict_never_a_duplicate() {
 }
 
 #[test]
+fn the_outbox_read_is_planned_once_not_at_every_read() {
+    let f = Fixture::new("reprepare");
+    let (s, j) = f.open();
+    for code in ["a1", "a2", "a3"] {
+        ascii(&s, code, 100);
+    }
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    // A drain reads with a moving cursor and a limit that follows the window's room.
+    for (after, limit) in [(0, 8), (1, 3), (2, 64), (0, 1), (3, 8192)] {
+        r.pending("a", after, limit).unwrap();
+    }
+    assert_eq!(r.pending_reprepares(), 0);
+    close(s, j);
+}
+
+#[test]
 fn each_upstream_has_its_own_outbox_and_pruning_spares_the_undelivered() {
     let f = Fixture::new("outbox");
     let (s, j) = f.open();

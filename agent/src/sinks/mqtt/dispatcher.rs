@@ -51,6 +51,12 @@ impl Dispatcher {
         }
     }
 
+    /// How many publishes may be unacknowledged at once on this connection (an MQTT 5
+    /// broker's receive maximum can make it smaller than the configured window).
+    pub fn set_window(&mut self, window: usize) {
+        self.window = window.max(1);
+    }
+
     /// A new connection: whatever was on the old one is resent from the store.
     pub fn reset(&mut self) {
         self.cursor = 0;

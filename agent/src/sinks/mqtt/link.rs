@@ -1,206 +1,338 @@
 //! One connection to an upstream broker, in MQTT 5 or 3.1.1, seen by the service as a few
-//! events: connected, a publish written under a packet id, a publish acknowledged — or
-//! refused, which only MQTT 5 can say (its PUBACK carries a reason code; a 3.1.1 broker that
-//! will not take a message acks it and drops it, or closes the connection).
+//! events: connected, a publish acknowledged — or refused, which only MQTT 5 can say (its
+//! PUBACK carries a reason code; a 3.1.1 broker that will not take a message acks it and
+//! drops it, or closes the connection).
 //!
-//! `poll()` runs in its own task and is never cancelled mid-packet: a `select!` beside a
-//! timer would drop a handshake in progress on a slow link.
+//! [`Link::publish`] encodes into a buffer at once and returns the packet id; one task per
+//! connection writes whatever has piled up in one write (a burst of publishes is one
+//! syscall, not one each) and reads PUBACKs in bulk. The codec and the packet ids are
+//! [`crate::mqtt::wire`]; this file is the I/O around it. The handshake runs in that task
+//! too, never under a caller's `select!`: a CONNECT on a slow link is not dropped half-way.
 
 use crate::config::{BrokerLink, Upstream};
-use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason};
-use rumqttc::{Event, Outgoing, Packet, QoS};
-use tokio::sync::mpsc;
+use crate::mqtt::wire::{self, Incoming, Pkids, Version};
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
     Connected {
         session_present: bool,
+        /// MQTT 5: the broker takes at most this many unacknowledged publishes.
+        receive_maximum: Option<u16>,
     },
-    /// The client wrote a publish under this packet id (in request order).
-    Sent(u16),
     Acked(u16),
     /// The broker answered the publish with a failure reason code (MQTT 5).
-    Refused {
-        pkid: u16,
-        reason: String,
-    },
+    Refused { pkid: u16, reason: String },
 }
 
-enum Client {
-    V311(rumqttc::AsyncClient),
-    V5(rumqttc::v5::AsyncClient),
+/// Encoded packets waiting for the writer, shared between the caller and the connection task.
+struct Outbound {
+    buf: Mutex<BytesMut>,
+    wake: Notify,
+    /// A DISCONNECT is queued: the writer ends after writing it.
+    closing: AtomicBool,
+    /// A PINGREQ went out and its PINGRESP has not come back.
+    ping_owed: AtomicBool,
+}
+
+impl Outbound {
+    fn push(&self, encode: impl FnOnce(&mut BytesMut) -> Result<(), String>) -> Result<(), String> {
+        encode(&mut self.buf.lock().unwrap_or_else(|e| e.into_inner()))?;
+        self.wake.notify_one();
+        Ok(())
+    }
 }
 
 pub struct Link {
-    client: Client,
-    events: mpsc::Receiver<Result<LinkEvent, String>>,
-    _driver: AbortOnDrop,
+    version: Version,
+    out: Arc<Outbound>,
+    pkids: Pkids,
+    events: mpsc::Receiver<Result<Vec<LinkEvent>, String>>,
+    /// Events of a batch already received, not yet handed out.
+    ready: VecDeque<LinkEvent>,
+    _task: AbortOnDrop,
 }
+
+/// Read buffer growth step, and the largest packet a broker may send us.
+const READ_CHUNK: usize = 64 * 1024;
 
 impl Link {
     /// Starts connecting to `broker` (one of `u`'s); the first event is `Connected` or an
-    /// error.
+    /// error. Errors returned here are the gateway's own (a password or certificate file).
     pub fn open(u: &Upstream, broker: &BrokerLink, v5: bool) -> Result<Link, String> {
-        // The channel holds every publish the window allows, plus a disconnect.
-        let cap = u.window + 16;
-        let (tx, events) = mpsc::channel::<Result<LinkEvent, String>>(1024);
         let what = format!("upstream {}", u.name);
-        let (client, driver) = if v5 {
-            let mut o = crate::mqtt::options_v5(broker, &what)?;
-            o.set_outgoing_inflight_upper_limit(u.window.min(u16::MAX as usize) as u16);
-            o.set_connection_timeout(crate::mqtt::HANDSHAKE_SECS);
-            let (client, el) = rumqttc::v5::AsyncClient::new(o, cap);
-            (Client::V5(client), drive(el, tx, map_v5))
-        } else {
-            let o = super::options::mqtt_options(u, broker)?;
-            let (client, mut el) = rumqttc::AsyncClient::new(o, cap);
-            el.set_network_options(crate::mqtt::network_options());
-            (Client::V311(client), drive(el, tx, map_v311))
+        let dialer = crate::mqtt::Dialer::new(broker, &what)?;
+        let version = if v5 { Version::V5 } else { Version::V311 };
+        let hello = wire::Hello {
+            client_id: broker.client_id.clone(),
+            keep_alive_secs: broker.keep_alive.as_secs().min(u16::MAX as u64) as u16,
+            credentials: dialer.credentials.clone(),
+            session_expiry_secs: 3600,
+            max_incoming: crate::mqtt::MAX_PACKET as u32,
         };
+        let out = Arc::new(Outbound {
+            buf: Mutex::new(BytesMut::with_capacity(READ_CHUNK)),
+            wake: Notify::new(),
+            closing: AtomicBool::new(false),
+            ping_owed: AtomicBool::new(false),
+        });
+        let (tx, events) = mpsc::channel(256);
+        let task = tokio::spawn(run(dialer, version, hello, broker.keep_alive, out.clone(), tx));
         Ok(Link {
-            client,
+            version,
+            out,
+            pkids: Pkids::default(),
             events,
-            _driver: AbortOnDrop(driver),
+            ready: VecDeque::new(),
+            _task: AbortOnDrop(task),
         })
     }
 
     pub fn is_v5(&self) -> bool {
-        matches!(self.client, Client::V5(_))
+        self.version == Version::V5
     }
 
-    /// Hands a QoS 1 publish to the client without waiting: the caller keeps within the
-    /// window, so a full channel is a bookkeeping error, reported rather than awaited.
-    pub fn publish(&self, topic: String, payload: String) -> Result<(), String> {
-        let r = match &self.client {
-            Client::V311(c) => c
-                .try_publish(topic, QoS::AtLeastOnce, false, payload)
-                .map_err(|e| e.to_string()),
-            Client::V5(c) => c
-                .try_publish(
-                    topic,
-                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                    false,
-                    payload,
-                )
-                .map_err(|e| e.to_string()),
-        };
-        r.map_err(|e| format!("handing a publish to the client: {e}"))
+    /// Queues a QoS 1 publish and returns its packet id. The caller keeps within the
+    /// window, so running out of packet ids is a bookkeeping error, reported.
+    pub fn publish(&mut self, topic: &str, payload: String) -> Result<u16, String> {
+        let pkid = self
+            .pkids
+            .take()
+            .ok_or("all 65,535 packet ids are unacknowledged")?;
+        let version = self.version;
+        self.out
+            .push(|buf| wire::publish(version, pkid, topic, Bytes::from(payload), buf))?;
+        Ok(pkid)
     }
 
-    pub fn disconnect(&self) {
-        let _ = match &self.client {
-            Client::V311(c) => c.try_disconnect().map_err(|e| e.to_string()),
-            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
-        };
+    /// Sends DISCONNECT and waits (briefly) until it is written and the connection closed.
+    pub async fn disconnect(&mut self) {
+        let out = &self.out;
+        let _ = out.push(|buf| {
+            wire::disconnect(buf);
+            // Under the buffer's lock: the writer sees the flag with the DISCONNECT in hand.
+            out.closing.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while self.events.recv().await.is_some() {}
+        })
+        .await;
     }
 
-    /// The next event; `None` once the connection task ended.
+    /// The next event; `None` once the connection task ended. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Result<LinkEvent, String>> {
-        self.events.recv().await
+        loop {
+            if let Some(ev) = self.pop_ready() {
+                return Some(Ok(ev));
+            }
+            match self.events.recv().await? {
+                Ok(batch) => self.ready.extend(batch),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// The next event if one has already arrived.
+    pub fn try_recv(&mut self) -> Option<Result<LinkEvent, String>> {
+        if self.ready.is_empty() {
+            match self.events.try_recv() {
+                Ok(Ok(batch)) => self.ready.extend(batch),
+                Ok(Err(e)) => return Some(Err(e)),
+                Err(_) => return None,
+            }
+        }
+        self.pop_ready().map(Ok)
+    }
+
+    /// An acknowledged packet id is free again once its event is handed out.
+    fn pop_ready(&mut self) -> Option<LinkEvent> {
+        let ev = self.ready.pop_front()?;
+        if let LinkEvent::Acked(pkid) | LinkEvent::Refused { pkid, .. } = &ev {
+            self.pkids.release(*pkid);
+        }
+        Some(ev)
     }
 
     /// Nothing more is waiting right now (a burst of acks has been read).
     pub fn is_idle(&self) -> bool {
-        self.events.is_empty()
+        self.ready.is_empty() && self.events.is_empty()
     }
 }
 
-/// Either version's event loop, polled the same way.
-trait Poll: Send + 'static {
-    type Event;
-    fn next(&mut self) -> impl std::future::Future<Output = Result<Self::Event, String>> + Send;
-}
+type Events = mpsc::Sender<Result<Vec<LinkEvent>, String>>;
 
-impl Poll for rumqttc::EventLoop {
-    type Event = Event;
-    async fn next(&mut self) -> Result<Event, String> {
-        self.poll().await.map_err(|e| e.to_string())
+/// The connection: dial, handshake, then the reader and the writer side by side until one
+/// of them fails; the failure is the last event.
+async fn run(
+    dialer: crate::mqtt::Dialer,
+    version: Version,
+    hello: wire::Hello,
+    keep_alive: Duration,
+    out: Arc<Outbound>,
+    tx: Events,
+) {
+    let ended = async {
+        let stream = dialer.dial().await?;
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+        let (session_present, receive_maximum) =
+            handshake(version, &hello, &mut rd, &mut wr, &mut inbuf).await?;
+        let connected = LinkEvent::Connected {
+            session_present,
+            receive_maximum,
+        };
+        if tx.send(Ok(vec![connected])).await.is_err() {
+            return Ok(());
+        }
+        tokio::select! {
+            r = read_loop(version, rd, inbuf, &out, &tx) => r,
+            r = write_loop(wr, keep_alive, version, &out) => r,
+        }
+    };
+    if let Err(e) = ended.await {
+        let _ = tx.send(Err(e)).await;
     }
 }
 
-impl Poll for rumqttc::v5::EventLoop {
-    type Event = rumqttc::v5::Event;
-    async fn next(&mut self) -> Result<rumqttc::v5::Event, String> {
-        self.poll().await.map_err(|e| e.to_string())
-    }
-}
-
-/// Polls `el` in a task of its own until the connection fails or nobody listens.
-fn drive<P: Poll>(
-    mut el: P,
-    tx: mpsc::Sender<Result<LinkEvent, String>>,
-    map: fn(P::Event) -> Option<LinkEvent>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// CONNECT, then the CONNACK within [`crate::mqtt::HANDSHAKE_SECS`].
+async fn handshake(
+    version: Version,
+    hello: &wire::Hello,
+    rd: &mut (impl AsyncReadExt + Unpin),
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    inbuf: &mut BytesMut,
+) -> Result<(bool, Option<u16>), String> {
+    let secs = crate::mqtt::HANDSHAKE_SECS;
+    let exchange = async {
+        let mut connect = BytesMut::new();
+        wire::connect(version, hello, &mut connect)?;
+        wr.write_all(&connect).await.map_err(|e| e.to_string())?;
+        wr.flush().await.map_err(|e| e.to_string())?;
         loop {
-            let ev = el.next().await.map(map);
-            if !forward(&tx, ev).await {
-                break;
+            if let Some(p) = wire::decode(version, inbuf, hello.max_incoming)? {
+                return match p {
+                    Incoming::ConnAck {
+                        session_present,
+                        receive_maximum,
+                        ..
+                    } => Ok((session_present, receive_maximum)),
+                    Incoming::ConnRefused(why) => Err(why),
+                    Incoming::Disconnect(why) => Err(format!("the broker disconnected: {why}")),
+                    other => Err(format!("expected CONNACK, the broker sent {other:?}")),
+                };
+            }
+            inbuf.reserve(READ_CHUNK);
+            if rd.read_buf(inbuf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("the broker closed the connection before its CONNACK".into());
             }
         }
-    })
+    };
+    match tokio::time::timeout(Duration::from_secs(secs), exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no CONNACK within {secs} s")),
+    }
 }
 
-/// Sends an event on; false once the loop should stop (an error ends the connection).
-async fn forward(
-    tx: &mpsc::Sender<Result<LinkEvent, String>>,
-    ev: Result<Option<LinkEvent>, String>,
-) -> bool {
-    match ev {
-        Ok(None) => true,
-        Ok(Some(ev)) => tx.send(Ok(ev)).await.is_ok(),
-        Err(e) => {
-            let _ = tx.send(Err(e)).await;
-            false
+/// Reads whatever has arrived, decodes every whole packet, hands the acks on as one batch.
+async fn read_loop(
+    version: Version,
+    mut rd: impl AsyncReadExt + Unpin,
+    mut inbuf: BytesMut,
+    out: &Outbound,
+    tx: &Events,
+) -> Result<(), String> {
+    let max = crate::mqtt::MAX_PACKET as u32;
+    loop {
+        let mut batch = Vec::new();
+        while let Some(p) = wire::decode(version, &mut inbuf, max)? {
+            match p {
+                Incoming::PubAck { pkid, refusal: None } => batch.push(LinkEvent::Acked(pkid)),
+                Incoming::PubAck {
+                    pkid,
+                    refusal: Some(reason),
+                } => batch.push(LinkEvent::Refused { pkid, reason }),
+                Incoming::PingResp => out.ping_owed.store(false, Ordering::SeqCst),
+                Incoming::Publish { pkid } if pkid != 0 => out.push(|buf| {
+                    wire::puback(version, pkid, buf);
+                    Ok(())
+                })?,
+                Incoming::Disconnect(why) => {
+                    let _ = tx.send(Ok(batch)).await;
+                    return Err(format!("the broker disconnected: {why}"));
+                }
+                Incoming::ConnAck { .. } | Incoming::ConnRefused(_) => {
+                    return Err("the broker sent a second CONNACK".into())
+                }
+                Incoming::Publish { .. } | Incoming::Other => {}
+            }
+        }
+        if !batch.is_empty() && tx.send(Ok(batch)).await.is_err() {
+            return Ok(()); // nobody listens: the link was dropped
+        }
+        inbuf.reserve(READ_CHUNK);
+        match rd.read_buf(&mut inbuf).await {
+            Ok(0) => return Err("connection closed by the broker".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
         }
     }
 }
 
-fn map_v311(ev: Event) -> Option<LinkEvent> {
-    match ev {
-        Event::Incoming(Packet::ConnAck(c)) => Some(LinkEvent::Connected {
-            session_present: c.session_present,
-        }),
-        Event::Outgoing(Outgoing::Publish(pkid)) => Some(LinkEvent::Sent(pkid)),
-        Event::Incoming(Packet::PubAck(a)) => Some(LinkEvent::Acked(a.pkid)),
-        _ => None,
+/// Writes what piled up, in one write, whenever woken; pings every `keep_alive` and gives
+/// up when the previous ping went unanswered that long.
+async fn write_loop(
+    mut wr: impl AsyncWriteExt + Unpin,
+    keep_alive: Duration,
+    version: Version,
+    out: &Outbound,
+) -> Result<(), String> {
+    let write_timeout = Duration::from_secs(crate::mqtt::HANDSHAKE_SECS);
+    let pinging = !keep_alive.is_zero();
+    let mut tick = tokio::time::interval(keep_alive.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    loop {
+        tokio::select! {
+            _ = out.wake.notified() => {}
+            _ = tick.tick(), if pinging => {
+                if out.ping_owed.swap(true, Ordering::SeqCst) {
+                    return Err(format!("no PINGRESP within {} s", keep_alive.as_secs()));
+                }
+                out.push(|buf| { wire::ping(version, buf); Ok(()) })?;
+            }
+        }
+        let (chunk, closing) = {
+            let mut buf = out.buf.lock().unwrap_or_else(|e| e.into_inner());
+            (buf.split(), out.closing.load(Ordering::SeqCst))
+        };
+        if !chunk.is_empty() {
+            let write = async {
+                wr.write_all(&chunk).await?;
+                wr.flush().await
+            };
+            match tokio::time::timeout(write_timeout, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => {
+                    return Err(format!(
+                        "a write to the broker did not finish within {} s",
+                        write_timeout.as_secs()
+                    ))
+                }
+            }
+        }
+        if closing {
+            let _ = wr.shutdown().await;
+            return Ok(());
+        }
     }
-}
-
-fn map_v5(ev: rumqttc::v5::Event) -> Option<LinkEvent> {
-    use rumqttc::v5::Event as E;
-    match ev {
-        E::Incoming(Packet5::ConnAck(c)) => Some(LinkEvent::Connected {
-            session_present: c.session_present,
-        }),
-        E::Outgoing(Outgoing::Publish(pkid)) => Some(LinkEvent::Sent(pkid)),
-        E::Incoming(Packet5::PubAck(a)) => Some(match refusal(a.reason) {
-            None => LinkEvent::Acked(a.pkid),
-            Some(name) => LinkEvent::Refused {
-                pkid: a.pkid,
-                reason: match a.properties.and_then(|p| p.reason_string) {
-                    Some(detail) => format!("{name}: {detail}"),
-                    None => name.to_string(),
-                },
-            },
-        }),
-        _ => None,
-    }
-}
-
-/// The name of a PUBACK reason code that means "not delivered" (≥ 0x80), as MQTT 5 says it.
-pub fn refusal(reason: PubAckReason) -> Option<&'static str> {
-    Some(match reason {
-        // 0x10: accepted, nobody subscribed yet — delivered as far as the broker goes.
-        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => return None,
-        PubAckReason::UnspecifiedError => "unspecified error (0x80)",
-        PubAckReason::ImplementationSpecificError => "implementation specific error (0x83)",
-        PubAckReason::NotAuthorized => "not authorized (0x87)",
-        PubAckReason::TopicNameInvalid => "topic name invalid (0x90)",
-        PubAckReason::PacketIdentifierInUse => "packet identifier in use (0x91)",
-        PubAckReason::QuotaExceeded => "quota exceeded (0x97)",
-        PubAckReason::PayloadFormatInvalid => "payload format invalid (0x99)",
-    })
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -208,24 +340,5 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_failure_codes_are_refusals() {
-        assert_eq!(refusal(PubAckReason::Success), None);
-        assert_eq!(refusal(PubAckReason::NoMatchingSubscribers), None);
-        assert_eq!(
-            refusal(PubAckReason::NotAuthorized),
-            Some("not authorized (0x87)")
-        );
-        assert_eq!(
-            refusal(PubAckReason::QuotaExceeded),
-            Some("quota exceeded (0x97)")
-        );
     }
 }

@@ -12,7 +12,6 @@ use crate::mqtt::backoff::Backoff;
 use crate::mqtt::failover::{self, Failover};
 use crate::store::{Reader, StoreHandle, WriteOp};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -37,7 +36,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let reader = match Reader::open(&store.path) {
-        Ok(r) => Arc::new(Mutex::new(r)),
+        Ok(r) => r,
         Err(e) => {
             tracing::error!(upstream = %upstream.name, "{e}");
             return;
@@ -104,7 +103,7 @@ struct Session<'a> {
     upstream: &'a Upstream,
     gateway: &'a Gateway,
     store: &'a StoreHandle,
-    reader: Arc<Mutex<Reader>>,
+    reader: Reader,
     backoff: Backoff,
     /// Connection attempts failed in a row.
     failures: u32,
@@ -130,6 +129,8 @@ const PARK_MAX: Duration = Duration::from_secs(300);
 /// the connection. Acks received this close to a connection loss are not trusted: the rows
 /// stay owed and are resent (a duplicate at worst) rather than counted delivered and lost.
 const ACK_GRACE_311: Duration = Duration::from_secs(1);
+/// How often acknowledged rows are marked delivered while acks keep coming.
+const MARK_EVERY: Duration = Duration::from_millis(50);
 /// A connection this old counts as healthy: reconnect back-off starts over.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
@@ -149,7 +150,10 @@ impl Session<'_> {
         let connack = tokio::time::timeout(CONNECT_TIMEOUT, async {
             while let Some(ev) = link.recv().await {
                 match ev {
-                    Ok(LinkEvent::Connected { session_present }) => return Ok(session_present),
+                    Ok(LinkEvent::Connected {
+                        session_present,
+                        receive_maximum,
+                    }) => return Ok((session_present, receive_maximum)),
                     Ok(_) => continue,
                     Err(e) => return Err(e),
                 }
@@ -162,7 +166,18 @@ impl Session<'_> {
         };
         let version = if v5 { "5" } else { "3.1.1" };
         match connack {
-            Ok(Ok(session_present)) => {
+            Ok(Ok((session_present, receive_maximum))) => {
+                // An MQTT 5 broker that takes fewer unacknowledged publishes than the window
+                // would close the connection on the first one past its limit.
+                let window = match receive_maximum {
+                    Some(max) if (max as usize) < self.upstream.window => {
+                        tracing::info!(upstream = %self.upstream.name, window = self.upstream.window, receive_maximum = max,
+                            "the broker takes fewer publishes in flight than the window: keeping to its receive maximum");
+                        max.max(1) as usize
+                    }
+                    _ => self.upstream.window,
+                };
+                d.set_window(window);
                 tracing::info!(upstream = %self.upstream.name, broker = %broker.url(), session_present, mqtt = version, "upstream connected");
                 if self.upstream.mqtt_version == MqttVersion::Auto && !v5 {
                     tracing::info!(upstream = %self.upstream.name,
@@ -195,6 +210,7 @@ impl Session<'_> {
             batches: HashMap::new(),
             trust_acks_at_once: link.is_v5(),
             last_sent: None,
+            last_mark: Instant::now(),
             named_refusal: false,
         };
         let ended = self.deliver(&mut link, d, &mut c, stop).await;
@@ -252,7 +268,7 @@ impl Session<'_> {
                 // Bounded per read: a wide window of large batches must not pull a whole
                 // backlog into memory at once.
                 let want = (room * self.upstream.batch).clamp(1, MAX_ROWS_PER_READ);
-                let rows = match self.fetch(d.cursor(), want).await {
+                let rows = match self.fetch(d.cursor(), want) {
                     Ok(rows) => rows,
                     Err(e) => return Ended::Retry(e, failover::Ended::Local),
                 };
@@ -282,14 +298,19 @@ impl Session<'_> {
                 }
                 for publish in publishes {
                     let last = publish.last_row();
-                    if let Err(e) = link.publish(publish.topic, publish.payload) {
-                        return Ended::Lost(e);
-                    }
+                    let pkid = match link.publish(&publish.topic, publish.payload) {
+                        Ok(pkid) => pkid,
+                        Err(e) => return Ended::Lost(e),
+                    };
                     // The dispatcher tracks a publish by its last row; a batch's rows wait here.
                     if publish.rows.len() > 1 {
                         c.batches.insert(last, publish.rows);
                     }
                     d.handed(last);
+                    if let Err(e) = d.on_outgoing_publish(pkid) {
+                        return Ended::Retry(e.to_string(), failover::Ended::Local);
+                    }
+                    c.last_sent = Some(Instant::now());
                 }
             }
             // A held-back row whose time came is below this connection's cursor: a fresh
@@ -306,39 +327,24 @@ impl Session<'_> {
                 );
             }
             let until_release = c.next_release(ACK_GRACE_311);
+            // Acked rows not yet marked are marked when their interval is up.
+            let until_mark = (!c.delivered.is_empty())
+                .then(|| MARK_EVERY.saturating_sub(c.last_mark.elapsed()));
+            let wait = until_release
+                .into_iter()
+                .chain(until_mark)
+                .min()
+                .unwrap_or(Duration::from_secs(2));
             let ended = tokio::select! {
-                ev = link.recv() => match ev {
-                    None => Some(Ended::Lost("event loop ended".into())),
-                    Some(Err(e)) => Some(Ended::Lost(e)),
-                    Some(Ok(LinkEvent::Sent(pkid))) => {
-                        c.last_sent = Some(Instant::now());
-                        d.on_outgoing_publish(pkid)
-                            .err()
-                            .map(|e| Ended::Retry(e.to_string(), failover::Ended::Local))
+                ev = link.recv() => {
+                    // Everything that arrived with it is handled in the same turn.
+                    let mut ended = self.on_event(ev, d, c, &mut healthy).await;
+                    while ended.is_none() {
+                        let Some(ev) = link.try_recv() else { break };
+                        ended = self.on_event(Some(ev), d, c, &mut healthy).await;
                     }
-                    Some(Ok(LinkEvent::Acked(pkid))) => {
-                        if let Some(row) = d.on_puback(pkid) {
-                            c.acked(row);
-                            // A 3.1.1 ack proves nothing until it outlived the grace.
-                            if c.trust_acks_at_once {
-                                self.proved_healthy(&mut healthy);
-                            }
-                        }
-                        None
-                    }
-                    Some(Ok(LinkEvent::Refused { pkid, reason })) => {
-                        let rows = d.on_puback(pkid).map(|row| c.rows(row)).unwrap_or_default();
-                        tracing::error!(upstream = %self.upstream.name, broker = %self.broker().url(), rows = rows.len(),
-                            "the broker refused a publication: {reason}; it stays in the outbox and is offered again later (10 s, doubling up to 5 min), the rest of the backlog goes on");
-                        self.refused(rows.len(), reason.clone()).await;
-                        c.named_refusal = true;
-                        for r in rows {
-                            self.park(r);
-                        }
-                        None
-                    }
-                    Some(Ok(LinkEvent::Connected { .. })) => None,
-                },
+                    ended
+                }
                 changed = committed.changed() => {
                     if changed.is_err() {
                         Some(Ended::Stop) // the store is gone: shutting down
@@ -349,11 +355,11 @@ impl Session<'_> {
                 }
                 _ = stop.changed() => {
                     Self::let_acks_mature(link, d, c).await;
-                    link.disconnect();
+                    link.disconnect().await;
                     Some(Ended::Stop)
                 }
                 // Safety net: look at the outbox now and then even without a notification.
-                _ = tokio::time::sleep(until_release.unwrap_or(Duration::from_secs(2))) => {
+                _ = tokio::time::sleep(wait) => {
                     more = true;
                     None
                 }
@@ -365,10 +371,51 @@ impl Session<'_> {
             if c.release(ACK_GRACE_311) || connected_at.elapsed() >= HEALTHY_AFTER {
                 self.proved_healthy(&mut healthy);
             }
-            // Fold a burst of PUBACKs into one delivery mark (one commit).
-            if !c.delivered.is_empty() && (c.delivered.len() >= 512 || link.is_idle()) {
+            // Fold PUBACKs into one delivery mark (one commit, one fsync) per interval: a
+            // mark late by that much costs at most a resend after a crash, never a loss.
+            if !c.delivered.is_empty()
+                && (c.delivered.len() >= 512
+                    || (link.is_idle() && c.last_mark.elapsed() >= MARK_EVERY))
+            {
                 self.mark(&mut c.delivered).await;
+                c.last_mark = Instant::now();
             }
+        }
+    }
+
+    /// One event of the connection; `Some` when it ends the connection.
+    async fn on_event(
+        &mut self,
+        ev: Option<Result<LinkEvent, String>>,
+        d: &mut Dispatcher,
+        c: &mut Conn,
+        healthy: &mut bool,
+    ) -> Option<Ended> {
+        match ev {
+            None => Some(Ended::Lost("connection task ended".into())),
+            Some(Err(e)) => Some(Ended::Lost(e)),
+            Some(Ok(LinkEvent::Acked(pkid))) => {
+                if let Some(row) = d.on_puback(pkid) {
+                    c.acked(row);
+                    // A 3.1.1 ack proves nothing until it outlived the grace.
+                    if c.trust_acks_at_once {
+                        self.proved_healthy(healthy);
+                    }
+                }
+                None
+            }
+            Some(Ok(LinkEvent::Refused { pkid, reason })) => {
+                let rows = d.on_puback(pkid).map(|row| c.rows(row)).unwrap_or_default();
+                tracing::error!(upstream = %self.upstream.name, broker = %self.broker().url(), rows = rows.len(),
+                    "the broker refused a publication: {reason}; it stays in the outbox and is offered again later (10 s, doubling up to 5 min), the rest of the backlog goes on");
+                self.refused(rows.len(), reason.clone()).await;
+                c.named_refusal = true;
+                for r in rows {
+                    self.park(r);
+                }
+                None
+            }
+            Some(Ok(LinkEvent::Connected { .. })) => None,
         }
     }
 
@@ -443,15 +490,13 @@ impl Session<'_> {
         wait
     }
 
-    async fn fetch(&self, after: i64, limit: usize) -> Result<Vec<crate::store::Pending>, String> {
-        let reader = self.reader.clone();
-        let name = self.upstream.name.clone();
-        tokio::task::spawn_blocking(move || {
-            let r = reader.lock().unwrap_or_else(|e| e.into_inner());
-            r.pending(&name, after, limit).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?
+    /// Reads owed rows. Synchronously: the sink has a thread of its own
+    /// ([`crate::supervise::Health::spawn_on_thread`]), and a read of a few hundred rows is
+    /// shorter than a hop to the blocking pool and back.
+    fn fetch(&self, after: i64, limit: usize) -> Result<Vec<crate::store::Pending>, String> {
+        self.reader
+            .pending(&self.upstream.name, after, limit)
+            .map_err(|e| e.to_string())
     }
 
     async fn mark(&self, delivered: &mut Vec<i64>) {
@@ -491,6 +536,8 @@ struct Conn {
     trust_acks_at_once: bool,
     /// When the client last wrote a publish.
     last_sent: Option<Instant>,
+    /// When acked rows were last marked delivered.
+    last_mark: Instant,
     /// The broker named a refusal on this connection (MQTT 5): no guessing at its close.
     named_refusal: bool,
 }
