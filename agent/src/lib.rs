@@ -174,10 +174,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
             store.clone(),
             stop_rx.clone(),
         );
-        links.push(health.spawn_on_thread(format!("sink {}", u.name), move || async move {
-            supervise::fault_point("sink");
-            sinks::mqtt::run(u, gateway, store, stop).await
-        }));
+        links.push(
+            health.spawn_on_thread(format!("sink {}", u.name), move || async move {
+                supervise::fault_point("sink");
+                sinks::mqtt::run(u, gateway, store, stop).await
+            }),
+        );
     }
     for w in &config.webhooks {
         links.push(health.spawn(

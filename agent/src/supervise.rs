@@ -211,16 +211,18 @@ impl Health {
     {
         let name = name.into();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let thread = std::thread::Builder::new().name(name.clone()).spawn(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime for the thread");
-                rt.block_on(make())
-            }));
-            let _ = tx.send(r);
-        });
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a runtime for the thread");
+                    rt.block_on(make())
+                }));
+                let _ = tx.send(r);
+            });
         self.spawn(name, async move {
             if let Err(e) = thread {
                 panic!("could not start its thread: {e}");

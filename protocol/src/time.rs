@@ -13,13 +13,32 @@ impl fmt::Display for Rfc3339 {
         let secs = self.0 / 1000;
         let (days, rem) = (secs / 86_400, secs % 86_400);
         let (y, m, d) = civil_from_days(days as i64);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60
-        )
+        if !(0..=9999).contains(&y) {
+            // Outside four digits (a corrupt clock): the general path, sign and all.
+            return write!(
+                f,
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+                rem / 3600,
+                rem / 60 % 60,
+                rem % 60
+            );
+        }
+        // Digits written straight into a buffer: every scan message carries two of these.
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: u64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, y as u64);
+        put(5, 2, m as u64);
+        put(8, 2, d as u64);
+        put(11, 2, rem / 3600);
+        put(14, 2, rem / 60 % 60);
+        put(17, 2, rem % 60);
+        put(20, 3, ms);
+        f.write_str(core::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -72,6 +91,41 @@ mod tests {
         }
         assert_eq!(parse_rfc3339_ms("2026-13-01T00:00:00.000Z"), None);
         assert_eq!(parse_rfc3339_ms("2026-11-22 20:26:40"), None);
+    }
+
+    /// The fast path writes what the formatter would, across the whole four-digit range and
+    /// past it.
+    #[test]
+    fn digits_match_the_formatter() {
+        use super::civil_from_days;
+        let reference = |ms: u64| {
+            let (secs, rem_ms) = (ms / 1000, ms % 1000);
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            let (y, m, d) = civil_from_days(days as i64);
+            std::format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{rem_ms:03}Z",
+                rem / 3600,
+                rem / 60 % 60,
+                rem % 60
+            )
+        };
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..200_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Mostly within year 9999 (253,402,300,799,999 ms), some far beyond it.
+            let ms = if i % 10 == 0 {
+                x >> 8
+            } else {
+                x % 253_402_300_800_000
+            };
+            assert_eq!(Rfc3339(ms).to_string(), reference(ms), "{ms}");
+        }
+        assert_eq!(
+            Rfc3339(253_402_300_799_999).to_string(),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 
     #[test]

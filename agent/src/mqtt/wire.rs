@@ -180,7 +180,8 @@ pub fn publish(
         .write(out)
         .map_err(|e| e.to_string()),
     };
-    r.map(|_| ()).map_err(|e| format!("encoding a publish: {e}"))
+    r.map(|_| ())
+        .map_err(|e| format!("encoding a publish: {e}"))
 }
 
 pub fn ping(version: Version, out: &mut BytesMut) {

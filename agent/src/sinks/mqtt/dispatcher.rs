@@ -1,8 +1,8 @@
 //! Which outbox rows are on the wire under which MQTT packet id.
 //!
-//! rumqttc's `publish()` does not return the packet id its PUBACK will carry; it reports
-//! `Outgoing::Publish(pkid)` when it writes each publish, in request order. So rows handed
-//! to the client queue here until their pkid is seen, then wait for the PUBACK. On every
+//! A row is handed to the link, then assigned the packet id the link gave its publish, then
+//! waits for the PUBACK (the two steps stay apart so a link that reports ids later, as
+//! rumqttc's event loop did, fits the same bookkeeping). On every
 //! (re)connect the window is forgotten and the outbox is read again from its first
 //! undelivered row: SQLite, not the client's memory, decides what is in flight.
 

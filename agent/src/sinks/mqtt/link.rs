@@ -19,16 +19,25 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 
+/// What the broker's CONNACK said about the session and its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    pub session_present: bool,
+    /// MQTT 5: the broker takes at most this many unacknowledged publishes.
+    pub receive_maximum: Option<u16>,
+    /// MQTT 5: the largest packet the broker takes.
+    pub max_packet: Option<u32>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
-    Connected {
-        session_present: bool,
-        /// MQTT 5: the broker takes at most this many unacknowledged publishes.
-        receive_maximum: Option<u16>,
-    },
+    Connected(Granted),
     Acked(u16),
     /// The broker answered the publish with a failure reason code (MQTT 5).
-    Refused { pkid: u16, reason: String },
+    Refused {
+        pkid: u16,
+        reason: String,
+    },
 }
 
 /// Encoded packets waiting for the writer, shared between the caller and the connection task.
@@ -83,7 +92,14 @@ impl Link {
             ping_owed: AtomicBool::new(false),
         });
         let (tx, events) = mpsc::channel(256);
-        let task = tokio::spawn(run(dialer, version, hello, broker.keep_alive, out.clone(), tx));
+        let task = tokio::spawn(run(
+            dialer,
+            version,
+            hello,
+            broker.keep_alive,
+            out.clone(),
+            tx,
+        ));
         Ok(Link {
             version,
             out,
@@ -182,12 +198,8 @@ async fn run(
         let stream = dialer.dial().await?;
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
-        let (session_present, receive_maximum) =
-            handshake(version, &hello, &mut rd, &mut wr, &mut inbuf).await?;
-        let connected = LinkEvent::Connected {
-            session_present,
-            receive_maximum,
-        };
+        let granted = handshake(version, &hello, &mut rd, &mut wr, &mut inbuf).await?;
+        let connected = LinkEvent::Connected(granted);
         if tx.send(Ok(vec![connected])).await.is_err() {
             return Ok(());
         }
@@ -208,7 +220,7 @@ async fn handshake(
     rd: &mut (impl AsyncReadExt + Unpin),
     wr: &mut (impl AsyncWriteExt + Unpin),
     inbuf: &mut BytesMut,
-) -> Result<(bool, Option<u16>), String> {
+) -> Result<Granted, String> {
     let secs = crate::mqtt::HANDSHAKE_SECS;
     let exchange = async {
         let mut connect = BytesMut::new();
@@ -221,8 +233,12 @@ async fn handshake(
                     Incoming::ConnAck {
                         session_present,
                         receive_maximum,
-                        ..
-                    } => Ok((session_present, receive_maximum)),
+                        max_packet,
+                    } => Ok(Granted {
+                        session_present,
+                        receive_maximum,
+                        max_packet,
+                    }),
                     Incoming::ConnRefused(why) => Err(why),
                     Incoming::Disconnect(why) => Err(format!("the broker disconnected: {why}")),
                     other => Err(format!("expected CONNACK, the broker sent {other:?}")),
@@ -253,7 +269,10 @@ async fn read_loop(
         let mut batch = Vec::new();
         while let Some(p) = wire::decode(version, &mut inbuf, max)? {
             match p {
-                Incoming::PubAck { pkid, refusal: None } => batch.push(LinkEvent::Acked(pkid)),
+                Incoming::PubAck {
+                    pkid,
+                    refusal: None,
+                } => batch.push(LinkEvent::Acked(pkid)),
                 Incoming::PubAck {
                     pkid,
                     refusal: Some(reason),

@@ -1,7 +1,7 @@
 //! The thin loop: reads the outbox, turns rows into publishes ([`plan`]), hands them to the
 //! [`Link`], feeds its events to the [`Dispatcher`], and sends delivery marks to the store
-//! writer. One connection per attempt — a fresh client each time, so nothing rumqttc
-//! remembered from the last connection is replayed behind our back; the outbox is the only
+//! writer. One connection per attempt — fresh packet ids and an empty window each time, so
+//! nothing from the last connection is replayed behind our back; the outbox is the only
 //! memory. A refused publication (MQTT 5 reason code ≥ 0x80) is never marked delivered.
 
 use super::batcher::{plan, Shape};
@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Past rumqttc's own handshake timeout ([`crate::mqtt::HANDSHAKE_SECS`]), which fires first.
+/// Past the link's own handshake timeout ([`crate::mqtt::HANDSHAKE_SECS`]), which fires first.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Outbox rows read at a time.
 const MAX_ROWS_PER_READ: usize = 8192;
@@ -150,10 +150,7 @@ impl Session<'_> {
         let connack = tokio::time::timeout(CONNECT_TIMEOUT, async {
             while let Some(ev) = link.recv().await {
                 match ev {
-                    Ok(LinkEvent::Connected {
-                        session_present,
-                        receive_maximum,
-                    }) => return Ok((session_present, receive_maximum)),
+                    Ok(LinkEvent::Connected(granted)) => return Ok(granted),
                     Ok(_) => continue,
                     Err(e) => return Err(e),
                 }
@@ -165,11 +162,14 @@ impl Session<'_> {
             _ = stop.changed() => return Ended::Stop,
         };
         let version = if v5 { "5" } else { "3.1.1" };
+        let broker_max_packet;
         match connack {
-            Ok(Ok((session_present, receive_maximum))) => {
+            Ok(Ok(granted)) => {
+                let session_present = granted.session_present;
+                broker_max_packet = granted.max_packet;
                 // An MQTT 5 broker that takes fewer unacknowledged publishes than the window
                 // would close the connection on the first one past its limit.
-                let window = match receive_maximum {
+                let window = match granted.receive_maximum {
                     Some(max) if (max as usize) < self.upstream.window => {
                         tracing::info!(upstream = %self.upstream.name, window = self.upstream.window, receive_maximum = max,
                             "the broker takes fewer publishes in flight than the window: keeping to its receive maximum");
@@ -211,6 +211,7 @@ impl Session<'_> {
             trust_acks_at_once: link.is_v5(),
             last_sent: None,
             last_mark: Instant::now(),
+            max_packet: broker_max_packet,
             named_refusal: false,
         };
         let ended = self.deliver(&mut link, d, &mut c, stop).await;
@@ -249,7 +250,13 @@ impl Session<'_> {
         let events_topic = self.upstream.events_topic(self.gateway);
         let shape = Shape {
             batch: self.upstream.batch,
-            max_bytes: self.upstream.max_message_bytes,
+            // A batch must also fit the packet size an MQTT 5 broker announced.
+            max_bytes: match c.max_packet {
+                Some(max) => (max as usize)
+                    .saturating_sub(events_topic.len() + 16)
+                    .min(self.upstream.max_message_bytes),
+                None => self.upstream.max_message_bytes,
+            },
             events_topic: &events_topic,
             topic_prefix: &self.upstream.topic_prefix,
             site: &self.gateway.site,
@@ -328,8 +335,8 @@ impl Session<'_> {
             }
             let until_release = c.next_release(ACK_GRACE_311);
             // Acked rows not yet marked are marked when their interval is up.
-            let until_mark = (!c.delivered.is_empty())
-                .then(|| MARK_EVERY.saturating_sub(c.last_mark.elapsed()));
+            let until_mark =
+                (!c.delivered.is_empty()).then(|| MARK_EVERY.saturating_sub(c.last_mark.elapsed()));
             let wait = until_release
                 .into_iter()
                 .chain(until_mark)
@@ -415,7 +422,7 @@ impl Session<'_> {
                 }
                 None
             }
-            Some(Ok(LinkEvent::Connected { .. })) => None,
+            Some(Ok(LinkEvent::Connected(_))) => None,
         }
     }
 
@@ -538,6 +545,8 @@ struct Conn {
     last_sent: Option<Instant>,
     /// When acked rows were last marked delivered.
     last_mark: Instant,
+    /// The largest packet the broker takes (MQTT 5 CONNACK).
+    max_packet: Option<u32>,
     /// The broker named a refusal on this connection (MQTT 5): no guessing at its close.
     named_refusal: bool,
 }
