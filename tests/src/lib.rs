@@ -180,8 +180,15 @@ impl Rig {
 
     /// [`Rig::new`] with extra config, e.g. a `[store]` table.
     pub fn with_store(name: &str, ports: &[PortKind], extra: &str) -> Rig {
+        Rig::with_broker(name, ports, extra, "")
+    }
+
+    /// [`Rig::with_store`] with extra Mosquitto config lines (a later line overrides the
+    /// generated one).
+    pub fn with_broker(name: &str, ports: &[PortKind], extra: &str, broker_extra: &str) -> Rig {
         let dir = Scratch::new(name);
-        let broker = Mosquitto::start(&dir.0.join("broker")).expect("starting mosquitto");
+        let broker =
+            Mosquitto::start_with(&dir.0.join("broker"), broker_extra).expect("starting mosquitto");
         // Scan events only; milestones and alerts have their own tests and subscribers.
         let collector =
             Collector::start(broker.port, "darkleg/v1/+/+/events", &format!("e2e-{name}"));

@@ -57,10 +57,15 @@ fn events_stored(rig: &Rig) -> u64 {
     status(&rig.config)["events"].as_u64().unwrap_or(0)
 }
 
-fn drain_with_milestones(name: &str, batch: usize, window: usize) {
+fn drain_with_milestones(name: &str, batch: usize, window: usize) -> String {
+    drain_with_milestones_on(name, &format!("batch = {batch}\nwindow = {window}\n"), "")
+}
+
+/// Returns the agent's log.
+fn drain_with_milestones_on(name: &str, upstream_keys: &str, broker_extra: &str) -> String {
     const PARCELS: u64 = 2000;
-    let mut rig = Rig::new(name, &[PortKind::Ascii("pack")]);
-    set_upstream(&rig, &format!("batch = {batch}\nwindow = {window}\n"));
+    let mut rig = Rig::with_broker(name, &[PortKind::Ascii("pack")], "", broker_extra);
+    set_upstream(&rig, upstream_keys);
     rig.broker.stop();
     let agent = rig.start_agent();
     rig.wait_ports_open();
@@ -89,7 +94,7 @@ fn drain_with_milestones(name: &str, batch: usize, window: usize) {
     let arrived = || distinct_ids(&rig.collector);
     assert!(
         wait_until(Duration::from_secs(90), || arrived() >= expected),
-        "batch {batch} window {window}: {} of {expected} scans arrived, backlog {:?}",
+        "{upstream_keys}: {} of {expected} scans arrived, backlog {:?}",
         arrived(),
         rig.backlog()
     );
@@ -100,6 +105,28 @@ fn drain_with_milestones(name: &str, batch: usize, window: usize) {
         "the client's request channel overflowed"
     );
     drop(agent);
+    log
+}
+
+/// Mosquitto announces its `max_inflight_messages` as MQTT 5's receive maximum (Debian's
+/// default: 20): the agent keeps to it (Mosquitto itself tolerates more, so the limit is
+/// unit-tested in the service) and the backlog drains on one connection.
+#[test]
+fn an_mqtt5_broker_with_a_small_receive_maximum_takes_the_backlog_on_one_connection() {
+    let log = drain_with_milestones_on(
+        "drain-rm4",
+        "mqtt_version = \"5\"\nwindow = 256\n",
+        "max_inflight_messages 4\n",
+    );
+    assert!(
+        log.contains("keeping to its receive maximum"),
+        "the agent noticed the broker's limit: {log}"
+    );
+    assert_eq!(
+        log.matches("upstream connected").count(),
+        1,
+        "one connection carried the whole backlog: {log}"
+    );
 }
 
 #[test]

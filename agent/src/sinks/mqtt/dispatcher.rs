@@ -57,6 +57,10 @@ impl Dispatcher {
         self.window = window.max(1);
     }
 
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
     /// A new connection: whatever was on the old one is resent from the store.
     pub fn reset(&mut self) {
         self.cursor = 0;

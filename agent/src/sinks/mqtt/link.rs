@@ -127,8 +127,9 @@ impl Link {
         Ok(pkid)
     }
 
-    /// Sends DISCONNECT and waits (briefly) until it is written and the connection closed.
-    pub async fn disconnect(&mut self) {
+    /// Sends DISCONNECT and waits (briefly) until it is written and the connection closed;
+    /// returns the events that arrived meanwhile (late PUBACKs are still acks).
+    pub async fn disconnect(&mut self) -> Vec<LinkEvent> {
         let out = &self.out;
         let _ = out.push(|buf| {
             wire::disconnect(buf);
@@ -136,10 +137,14 @@ impl Link {
             out.closing.store(true, Ordering::SeqCst);
             Ok(())
         });
+        let mut late = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while self.events.recv().await.is_some() {}
+            while let Some(Ok(ev)) = self.recv().await {
+                late.push(ev);
+            }
         })
         .await;
+        late
     }
 
     /// The next event; `None` once the connection task ended. Cancel-safe.

@@ -6,7 +6,7 @@
 
 use super::batcher::{plan, Shape};
 use super::dispatcher::Dispatcher;
-use super::link::{Link, LinkEvent};
+use super::link::{Granted, Link, LinkEvent};
 use crate::config::{Gateway, MqttVersion, Upstream};
 use crate::mqtt::backoff::Backoff;
 use crate::mqtt::failover::{self, Failover};
@@ -167,16 +167,11 @@ impl Session<'_> {
             Ok(Ok(granted)) => {
                 let session_present = granted.session_present;
                 broker_max_packet = granted.max_packet;
-                // An MQTT 5 broker that takes fewer unacknowledged publishes than the window
-                // would close the connection on the first one past its limit.
-                let window = match granted.receive_maximum {
-                    Some(max) if (max as usize) < self.upstream.window => {
-                        tracing::info!(upstream = %self.upstream.name, window = self.upstream.window, receive_maximum = max,
-                            "the broker takes fewer publishes in flight than the window: keeping to its receive maximum");
-                        max.max(1) as usize
-                    }
-                    _ => self.upstream.window,
-                };
+                let window = connection_window(self.upstream.window, &granted);
+                if window < self.upstream.window {
+                    tracing::info!(upstream = %self.upstream.name, window = self.upstream.window, receive_maximum = window,
+                        "the broker takes fewer publishes in flight than the window: keeping to its receive maximum");
+                }
                 d.set_window(window);
                 tracing::info!(upstream = %self.upstream.name, broker = %broker.url(), session_present, mqtt = version, "upstream connected");
                 if self.upstream.mqtt_version == MqttVersion::Auto && !v5 {
@@ -268,7 +263,8 @@ impl Session<'_> {
         let mut healthy = false;
         // Refill the window in chunks, not one row per PUBACK: one outbox read per quarter
         // window keeps the read cost per event small while the window stays mostly full.
-        let refill_at = (self.upstream.window / 4).max(1);
+        // (Of this connection's window: a broker's receive maximum may have narrowed it.)
+        let refill_at = (d.window() / 4).max(1);
         loop {
             while more && (d.room() >= refill_at || d.in_flight() == 0) {
                 let room = d.room();
@@ -362,7 +358,13 @@ impl Session<'_> {
                 }
                 _ = stop.changed() => {
                     Self::let_acks_mature(link, d, c).await;
-                    link.disconnect().await;
+                    for ev in link.disconnect().await {
+                        if let LinkEvent::Acked(pkid) = ev {
+                            if let Some(row) = d.on_puback(pkid) {
+                                c.acked(row);
+                            }
+                        }
+                    }
                     Some(Ended::Stop)
                 }
                 // Safety net: look at the outbox now and then even without a notification.
@@ -551,6 +553,15 @@ struct Conn {
     named_refusal: bool,
 }
 
+/// The window on a connection: the configured one, or an MQTT 5 broker's receive maximum
+/// if that is smaller (a broker may close the connection on the first publish past it).
+fn connection_window(configured: usize, granted: &Granted) -> usize {
+    match granted.receive_maximum {
+        Some(max) => configured.min(max.max(1) as usize),
+        None => configured,
+    }
+}
+
 /// A connect error that means no broker answered (down, unreachable, refused at TCP).
 fn unreachable(e: &str) -> bool {
     let e = e.to_ascii_lowercase();
@@ -599,5 +610,24 @@ impl Conn {
         self.held
             .front()
             .map(|(at, _)| grace.saturating_sub(at.elapsed()) + Duration::from_millis(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_receive_maximum_narrows_the_window_never_widens_it() {
+        let granted = |receive_maximum| Granted {
+            session_present: false,
+            receive_maximum,
+            max_packet: None,
+        };
+        assert_eq!(connection_window(256, &granted(None)), 256);
+        assert_eq!(connection_window(256, &granted(Some(20))), 20);
+        assert_eq!(connection_window(8, &granted(Some(20))), 8);
+        // 0 is a protocol error on the broker's side; one at a time still delivers.
+        assert_eq!(connection_window(256, &granted(Some(0))), 1);
     }
 }
