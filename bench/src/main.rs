@@ -92,7 +92,9 @@ fn only(args: &Args, phase: &str) -> bool {
         "relay" => relay::relay_throughput(n / 10, 100),
         "drain1" => drain::darkleg_drain(n / 5, 1, None, false),
         "steady" => latency::steady_latency(args.steady_secs),
-        "steady-backlog" => latency::steady_latency_while_draining(args.steady_secs, n),
+        "steady-backlog" => {
+            latency::steady_latency_while_draining(args.steady_secs, n.max(300_000))
+        }
         "thingsboard" => thingsboard(args),
         _ => return false,
     };
@@ -152,9 +154,14 @@ fn main() {
     let secs = if args.quick { 5 } else { 10 };
     let http_intake = intake::intake_load(8, 100, 100, 1000, 50, secs);
     let datawedge = intake::datawedge_load(500, secs);
-    eprintln!("  [3/8] steady 1,000 scans/s, alone and while {backlog} drain to another upstream");
+    eprintln!(
+        "  [3/8] steady 1,000 scans/s, alone and while {} drain to another upstream",
+        backlog.max(300_000)
+    );
     let steady = latency::steady_latency(args.steady_secs);
-    let steady_backlog = latency::steady_latency_while_draining(args.steady_secs, backlog);
+    // Big enough to still be draining when the steady run ends (one event per message).
+    let steady_backlog =
+        latency::steady_latency_while_draining(args.steady_secs, backlog.max(300_000));
     eprintln!("  [4/8] darkleg: {backlog} backlog, SIGKILL in the outage, drain with batch = 100");
     let batched = drain::darkleg_drain(backlog, 100, Some(256), true);
     eprintln!(

@@ -122,16 +122,17 @@ pub fn find_thingsboard(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
 }
 
 /// The ThingsBoard IoT Gateway on the same outage: `n` scans published unpaced (QoS 1) into
-/// its local broker while its upstream is down; two cases — killed with SIGKILL 0.5 s after
-/// the last PUBACK having started during the outage (`cold`) or after one upstream connect
-/// (`warm`) — then the upstream back. The script's whole output goes to `log`.
+/// its local broker while its upstream is down, then the upstream back; started during the
+/// outage (`cold`) or after one upstream connect (`warm`), each without a kill (intake into
+/// its SQLite, drain) and killed with SIGKILL 0.5 s after the last PUBACK (what survives).
+/// The script's whole output goes to `log`.
 pub fn thingsboard(script: &Path, n: u64, log: &Path) -> Result<Value, String> {
     let json_out = log.with_extension("json");
     let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let mut child = Command::new("python3")
         .arg(script)
         .arg(n.to_string())
-        .args(["--cases", "0.5", "--modes", "cold,warm", "--rate", "0"])
+        .args(["--cases", "none,0.5", "--modes", "cold,warm", "--rate", "0"])
         .args(["--quiet", "5", "--json"])
         .arg(&json_out)
         .stdin(Stdio::null())
@@ -158,14 +159,18 @@ pub fn thingsboard(script: &Path, n: u64, log: &Path) -> Result<Value, String> {
     let text = std::fs::read_to_string(&json_out)
         .map_err(|e| format!("{}: {e} (see {})", json_out.display(), log.display()))?;
     let cases: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let case = |mode: &str| {
+    let case = |mode: &str, kill: &str| {
         cases
             .as_array()
-            .and_then(|a| a.iter().find(|c| c["mode"] == mode))
+            .and_then(|a| a.iter().find(|c| c["mode"] == mode && c["kill"] == kill))
             .cloned()
             .unwrap_or(Value::Null)
     };
-    let (cold, warm) = (case("cold"), case("warm"));
+    let (warm, cold_kill, warm_kill) = (
+        case("warm", "-"),
+        case("cold", "0.5s"),
+        case("warm", "0.5s"),
+    );
     Ok(json!({
         "events": n,
         // Acked by its local broker: not durable yet.
@@ -173,8 +178,8 @@ pub fn thingsboard(script: &Path, n: u64, log: &Path) -> Result<Value, String> {
         // Until every scan was a row in its SQLite file.
         "durable_per_s": warm["durable/s"],
         "drain_per_s": warm["drain/s"],
-        "survived_sigkill_cold": cold["delivered"],
-        "survived_sigkill_warm": warm["delivered"],
+        "survived_sigkill_cold": cold_kill["delivered"],
+        "survived_sigkill_warm": warm_kill["delivered"],
         "log": log.display().to_string(),
         "cases": cases,
     }))

@@ -346,6 +346,6 @@ pub fn print(doc: &Value) {
             Some(false) => "MISSED",
             None => "",
         };
-        println!("  {:<62} {:<34} {verdict}", g.goal, g.figure);
+        println!("  {:<72} {:<40} {verdict}", g.goal, g.figure);
     }
 }
