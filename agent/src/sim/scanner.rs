@@ -268,15 +268,15 @@ impl Operator {
         let rx = master.try_clone_native().ok()?;
         Some(Parts {
             flash: self.flash.clone(),
-            tx: PtyTx {
-                port: tx,
-                radio: self.radio.clone(),
-                noise: Noise {
+            tx: PtyTx::new(
+                tx,
+                self.radio.clone(),
+                Noise {
                     chance: self.cfg.garbage,
                     rng: xorshift(&mut self.rng) | 1,
                     bytes: self.garbage.clone(),
                 },
-            },
+            ),
             rx: PtyRx {
                 port: rx,
                 radio: self.radio.clone(),
