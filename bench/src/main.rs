@@ -26,6 +26,8 @@ mod report;
 // Phase modules reach the shared helpers at the crate root (as they did when all lived in
 // main.rs); some only other workers' modules use.
 #[allow(unused_imports)]
+pub(crate) use ingest::durable_ingest_with;
+#[allow(unused_imports)]
 pub(crate) use measure::{
     config_text, histogram_quantile, http_ok, proc_usage, release_agent, scratch, Counter,
 };
