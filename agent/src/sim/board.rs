@@ -115,11 +115,29 @@ pub fn xorshift(state: &mut u64) -> u64 {
     *state
 }
 
-/// The scanner's transmit side of the pty.
+/// The scanner's transmit side of the pty: a UART with a DMA buffer. The firmware writes
+/// frames into it and flushes once per poll, so a burst of frames costs one `write(2)` (the
+/// pty's, not the firmware's, cost dominated a bench load at one syscall a frame).
 pub struct PtyTx {
     pub port: TTYPort,
     pub radio: Radio,
     pub noise: Noise,
+    /// Frames (and line noise) written since the last flush.
+    pub pending: Vec<u8>,
+    /// Noise bytes in `pending`, counted once they are on the line.
+    pub pending_garbage: u64,
+}
+
+impl PtyTx {
+    pub fn new(port: TTYPort, radio: Radio, noise: Noise) -> PtyTx {
+        PtyTx {
+            port,
+            radio,
+            noise,
+            pending: Vec::with_capacity(8192),
+            pending_garbage: 0,
+        }
+    }
 }
 
 impl embedded_io::ErrorType for PtyTx {
@@ -134,18 +152,37 @@ impl embedded_io::Write for PtyTx {
         let roll = (self.noise.roll() % 10_000) as f64 / 10_000.0;
         if self.noise.chance > 0.0 && roll < self.noise.chance {
             let n = 1 + self.noise.roll() as usize % 64;
-            let junk: Vec<u8> = (0..n).map(|_| self.noise.roll() as u8).collect();
-            if self.port.write_all(&junk).is_ok() {
-                self.noise.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            for _ in 0..n {
+                let b = self.noise.roll() as u8;
+                self.pending.push(b);
             }
+            self.pending_garbage += n as u64;
         }
-        // A write that fails or times out (no agent on the other end, buffer full) is a
-        // lost frame, as on a radio; the firmware's retransmit covers it.
-        self.port.write(buf).map_err(|_| ErrorKind::Other)
+        self.pending.extend_from_slice(buf);
+        Ok(buf.len())
     }
 
+    /// A write that fails or times out (no agent on the other end, buffer full) loses what
+    /// was left unsent, as on a radio; the firmware's retransmit covers it.
     fn flush(&mut self) -> Result<(), ErrorKind> {
-        Ok(())
+        let mut sent = 0;
+        let result = loop {
+            if sent == self.pending.len() {
+                break Ok(());
+            }
+            match self.port.write(&self.pending[sent..]) {
+                Ok(0) | Err(_) => break Err(ErrorKind::Other),
+                Ok(n) => sent += n,
+            }
+        };
+        if result.is_ok() && self.pending_garbage > 0 {
+            self.noise
+                .bytes
+                .fetch_add(self.pending_garbage, Ordering::Relaxed);
+        }
+        self.pending.clear();
+        self.pending_garbage = 0;
+        result
     }
 }
 

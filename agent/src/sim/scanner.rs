@@ -18,6 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Most scans a bench-load operator makes between two firmware polls.
+const BENCH_BURST: usize = 16;
+
 /// A pty pair whose slave end is closed, so the agent can open it by path.
 pub struct Pty {
     pub master: TTYPort,
@@ -268,15 +271,15 @@ impl Operator {
         let rx = master.try_clone_native().ok()?;
         Some(Parts {
             flash: self.flash.clone(),
-            tx: PtyTx {
-                port: tx,
-                radio: self.radio.clone(),
-                noise: Noise {
+            tx: PtyTx::new(
+                tx,
+                self.radio.clone(),
+                Noise {
                     chance: self.cfg.garbage,
                     rng: xorshift(&mut self.rng) | 1,
                     bytes: self.garbage.clone(),
                 },
-            },
+            ),
             rx: PtyRx {
                 port: rx,
                 radio: self.radio.clone(),
@@ -343,7 +346,37 @@ impl Operator {
                     // burst of the scans the wait "saved".
                     next_scan = next_scan.max(now);
                 }
-                if self.next < self.plan.len() && now >= next_scan && keeping_up && arrived {
+                // A bench load (no pause between scans) takes several scans per poll, so the
+                // firmware sends them as one burst; a paced operator scans one at a time.
+                let burst = if self.cfg.scan_interval.is_zero() {
+                    BENCH_BURST
+                } else {
+                    1
+                };
+                let mut room = if self.cfg.scan_interval.is_zero() {
+                    (2 * u64::from(self.cfg.window)).saturating_sub(u64::from(fw.pending))
+                } else {
+                    u64::MAX
+                };
+                for k in 0..burst {
+                    // Later scans of a burst: the parcel must have arrived, the flash live.
+                    let still = k == 0
+                        || (self
+                            .cfg
+                            .released
+                            .as_ref()
+                            .is_none_or(|r| r.load(Ordering::Relaxed) > self.next)
+                            && !self.flash.chip().is_dead());
+                    if !(self.next < self.plan.len()
+                        && now >= next_scan
+                        && keeping_up
+                        && arrived
+                        && still
+                        && room > 0)
+                    {
+                        break;
+                    }
+                    room -= 1;
                     scanned = true;
                     let scan = self.plan[self.next].clone();
                     if scanner.stats().step != scan.step {
