@@ -186,9 +186,11 @@ pub fn intake_load(
 /// were stored, how long after the last line, and what it cost the agent.
 pub fn datawedge_load(conns: usize, secs: u64) -> Value {
     let port = free_port().unwrap();
+    // The default max_connections (1,024), as a floor would run it: the bench must not
+    // raise the bound to fit.
+    assert!(conns <= darkleg_agent::config::NETWORK_MAX_CONNECTIONS);
     let sources = format!(
-        "[[network_scanner]]\nlisten = \"127.0.0.1:{port}\"\ntransport = \"tcp\"\nstation = \"pack\"\nmax_connections = {}\n",
-        conns + 16
+        "[[network_scanner]]\nlisten = \"127.0.0.1:{port}\"\ntransport = \"tcp\"\nstation = \"pack\"\n"
     );
     let (dir, mut agent, http) = offline_agent("datawedge", &sources, "");
     let rt = client_runtime();

@@ -21,7 +21,7 @@ use parse::{BodyError, PostedScan};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_rustls::TlsAcceptor;
 
 /// Largest request body.
@@ -99,6 +99,7 @@ fn error(code: StatusCode, message: String, field: Option<String>) -> Response {
 }
 
 async fn scans(State(intake): State<Arc<Intake>>, req: Request) -> Response {
+    let received = Instant::now();
     // Authentication before the body is read: a stranger costs a head, not a megabyte.
     if !intake
         .tokens
@@ -175,7 +176,10 @@ async fn scans(State(intake): State<Arc<Intake>>, req: Request) -> Response {
             )
         }
     };
-    answer(&scans, outcomes)
+    let r = answer(&scans, outcomes);
+    // The app's wait for the durable answer, beside the framed scanners' acks on /metrics.
+    crate::observe::latency::HTTP_ACK_LATENCY.observe(received.elapsed());
+    r
 }
 
 fn body_is_batch(body: &[u8]) -> bool {
