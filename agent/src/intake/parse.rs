@@ -145,8 +145,8 @@ fn typed(body: &[u8]) -> Result<RawBody, BodyError> {
         }
         let mut field = e.path().to_string();
         let message = e.inner().to_string();
-        // serde names a missing or unknown field in its message, not in the path.
-        for lead in ["missing field `", "unknown field `"] {
+        // serde names a missing, unknown or repeated field in its message, not in the path.
+        for lead in ["missing field `", "unknown field `", "duplicate field `"] {
             if let Some(rest) = message.strip_prefix(lead) {
                 if let Some((name, _)) = rest.split_once('`') {
                     field = if field == name || field.ends_with(&format!(".{name}")) {

@@ -494,7 +494,7 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
         fams
     }
 
-    const FAMILIES: [(&str, &str, &[&str]); 23] = [
+    const FAMILIES: [(&str, &str, &[&str]); 24] = [
         ("events_captured_total", "counter", &[]),
         ("events_rejected_total", "counter", &[]),
         ("events_synced_total", "counter", &["upstream"]),
