@@ -52,13 +52,34 @@ struct RawScan {
     captured_at: Option<String>,
 }
 
+/// A scan that must be a JSON object: serde's derived structs take an array too, field by
+/// field in order, and `["tc52-7",3,"0034…"]` must not pass for a scan.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Only<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Only<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a scan object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Only(std::marker::PhantomData))
+            .map(Object)
+    }
+}
+
 /// Either body shape in one pass over the bytes (no `serde_json::Value` in between: a
 /// batch of 1,000 was parsed twice before). The scan fields are optional here only so that
 /// one struct takes both shapes; [`parse`] names what a single scan lacks.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBody {
-    scans: Option<Vec<RawScan>>,
+    scans: Option<Vec<Object<RawScan>>>,
     device: Option<String>,
     seq: Option<u64>,
     code: Option<String>,
@@ -104,7 +125,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<PostedScan>, BodyError> {
             if scans.is_empty() {
                 return Err(bad("scans", "is empty"));
             }
-            (scans, true)
+            (scans.into_iter().map(|o| o.0).collect(), true)
         }
         None => {
             let missing = |f: &str| bad(f, format!("missing field `{f}`"));
@@ -138,6 +159,15 @@ pub fn parse(body: &[u8]) -> Result<Vec<PostedScan>, BodyError> {
 
 /// serde with the path of the failing field; broken JSON names none.
 fn typed(body: &[u8]) -> Result<RawBody, BodyError> {
+    // serde takes a struct from a JSON array too, field by field in order: a body is an
+    // object, never `[null,"tc52-7",3,"0034…"]`.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{') {
+        return Err(bad(
+            "",
+            "not a JSON object (hint: one scan {...} or {\"scans\":[...]})",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let b = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         if !e.inner().is_data() {
@@ -310,6 +340,8 @@ mod tests {
             "scans[0].stpe"
         );
         assert_eq!(field("[1]"), "");
+        assert_eq!(field(r#" [null,"tc52-7",3,"x"]"#), "");
+        assert_eq!(field(r#"{"scans":[["tc52-7",3,"x"]]}"#), "scans[0]");
         assert_eq!(field(r#"{"scans":{"device":"a"}}"#), "scans");
     }
 
