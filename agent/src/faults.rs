@@ -10,5 +10,7 @@ pub static REFUSED_FULL: AtomicU64 = AtomicU64::new(0);
 pub static EVICTED_FOR_ROOM: AtomicU64 = AtomicU64::new(0);
 /// The outbox is full of undelivered rows: new scans are being refused right now.
 pub static STORE_FULL: AtomicBool = AtomicBool::new(false);
+/// Connections the `[http]` listener closed at accept: `max_connections` were open.
+pub static HTTP_REFUSED: AtomicU64 = AtomicU64::new(0);
 /// Steps of the gateway's wall clock against its monotonic clock (NTP step, bad RTC).
 pub static CLOCK_JUMPS: AtomicU64 = AtomicU64::new(0);

@@ -221,6 +221,26 @@ fn the_intake_answers_every_path_and_stored_scans_arrive_with_their_step() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(unauthorized >= 3, "401s counted: {unauthorized}\n{m}");
+    // Every answer the store gave (200, 409) is in the ack-latency histogram under
+    // source="http"; refusals before the store (401, 400, 413) are not acks.
+    let sample = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing\n{m}")) as u64
+    };
+    let answered = sample("darkleg_intake_requests_total{status=\"200\"}")
+        + sample("darkleg_intake_requests_total{status=\"409\"}");
+    assert!(answered >= 4, "{m}");
+    assert_eq!(
+        sample("darkleg_ack_latency_seconds_count{source=\"http\"}"),
+        answered,
+        "{m}"
+    );
+    assert_eq!(
+        sample("darkleg_ack_latency_seconds_bucket{source=\"http\",le=\"+Inf\"}"),
+        answered
+    );
 }
 
 #[test]

@@ -14,6 +14,7 @@ use darkleg_tests::scanner::FramedConfig;
 use darkleg_tests::workload::parcel_scans;
 use darkleg_tests::*;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// The agent with a test fault armed; killed when dropped.
@@ -148,10 +149,11 @@ fn a_port_thread_panic_reopens_the_port_and_loses_no_scan() {
 fn healthz_names_a_dead_part_and_the_status_server_bounds_its_connections() {
     let dir = Scratch::new("live-http");
     let text = format!(
-        "[gateway]\nsite = \"e2e\"\nid = \"gw-01\"\ndata_dir = \"{}\"\n",
+        "[gateway]\nsite = \"e2e\"\nid = \"gw-01\"\ndata_dir = \"{}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\nmax_connections = 16\n",
         dir.0.join("data").display()
     );
     let config = Config::parse(&text, "t.toml").unwrap();
+    assert_eq!(config.http_max_connections, 16);
     let (store, writer) = darkleg_agent::store::StoreHandle::open(&config).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -193,8 +195,10 @@ fn healthz_names_a_dead_part_and_the_status_server_bounds_its_connections() {
         "only dead parts are named"
     );
 
-    // Clients that connect and send nothing take every slot; one more is closed at once.
-    let idle: Vec<std::net::TcpStream> = (0..darkleg_agent::observe::MAX_CONNECTIONS)
+    // Clients that connect and send nothing take every slot; one more is closed at once,
+    // and counted (darkleg_http_connections_refused_total reads this counter).
+    let refused_before = darkleg_agent::faults::HTTP_REFUSED.load(Ordering::Relaxed);
+    let idle: Vec<std::net::TcpStream> = (0..config.http_max_connections)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
     let mut extra = String::new();
@@ -204,6 +208,10 @@ fn healthz_names_a_dead_part_and_the_status_server_bounds_its_connections() {
             !extra.starts_with("HTTP/1.1")
         }),
         "a connection past the bound is closed unanswered: {extra}"
+    );
+    assert!(
+        darkleg_agent::faults::HTTP_REFUSED.load(Ordering::Relaxed) > refused_before,
+        "the refused connection is counted"
     );
     // The idle ones time out and free their slots: the server answers again.
     assert!(

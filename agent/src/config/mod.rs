@@ -17,7 +17,7 @@ pub use dark_leg::{AlertRules, Cutoff, EpcisConfig, Merchant, ParcelRules, Patte
 use darkleg_protocol::Step;
 pub use hid::{HidScanner, Layout};
 pub use intake::Intake;
-pub use network::{NetworkScanner, Suffix, Transport};
+pub use network::{NetworkScanner, Suffix, Transport, MAX_CONNECTIONS as NETWORK_MAX_CONNECTIONS};
 pub use relay::{Carries, Relay, Route};
 use serde::Deserialize;
 use std::fmt;
@@ -26,6 +26,9 @@ use std::time::Duration;
 use toml::Spanned;
 pub use upstream::{MqttVersion, Upstream};
 pub use webhook::Webhook;
+
+/// `[http] max_connections` by default.
+pub const HTTP_MAX_CONNECTIONS: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -47,6 +50,8 @@ pub struct Config {
     pub epcis: EpcisConfig,
     /// Where `/metrics`, `/healthz` and the status page are served; `None`: not at all.
     pub http: Option<std::net::SocketAddr>,
+    /// `[http] max_connections`: connections served at once; more are closed and counted.
+    pub http_max_connections: usize,
     /// `POST /v1/scans` on the `[http]` listener; `None`: not served.
     pub intake: Option<Intake>,
 }
@@ -219,6 +224,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Spanned<String>,
+    max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -458,6 +464,13 @@ impl Validator<'_> {
                     )
                 })?),
             };
+        // Every handheld that posts keeps its own keep-alive connection: room for a floor's
+        // worth by default, within the shipped unit's LimitNOFILE (8192).
+        let http_max_connections = match raw.http.as_ref().and_then(|h| h.max_connections.as_ref())
+        {
+            Some(v) => self.range(v, "http.max_connections", 1, 65_536)? as usize,
+            None => HTTP_MAX_CONNECTIONS,
+        };
         let intake = self.intake(raw.intake, http)?;
         Ok(Config {
             gateway,
@@ -474,6 +487,7 @@ impl Validator<'_> {
             alerts: self.alerts(raw.alerts)?,
             epcis: self.epcis(raw.epcis)?,
             http,
+            http_max_connections,
             intake,
         })
     }
@@ -522,6 +536,22 @@ url = "mqtts://broker.example:8883"
                 proptest::prop_assert!(!e.message.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn http_max_connections_defaults_and_is_bounded() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.http_max_connections, HTTP_MAX_CONNECTIONS);
+        let http = |n: &str| {
+            format!("{GOOD}\n[http]\nlisten = \"127.0.0.1:9187\"\nmax_connections = {n}\n")
+        };
+        let c = Config::parse(&http("2000"), "t.toml").unwrap();
+        assert_eq!(c.http_max_connections, 2000);
+        let e = error_of(&http("0"));
+        assert!(
+            e.contains("`http.max_connections`: 0 is out of range 1..=65536"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -49,6 +49,10 @@ impl Suffix {
     }
 }
 
+/// `max_connections` by default: one connection per handheld, room for a large floor on one
+/// gateway, within the shipped unit's LimitNOFILE (8192) beside the HTTP listener's.
+pub const MAX_CONNECTIONS: usize = 1024;
+
 #[derive(Debug, Clone)]
 pub struct NetworkScanner {
     pub listen: SocketAddr,
@@ -161,8 +165,13 @@ impl Validator<'_> {
                 station_name: r.name.unwrap_or_else(|| step.as_str().to_string()),
                 suffix: r.suffix.unwrap_or(Suffix::Lf),
                 devices,
-                max_connections: int(&r.max_connections, "max_connections", 1, 65_536, 512)?
-                    as usize,
+                max_connections: int(
+                    &r.max_connections,
+                    "max_connections",
+                    1,
+                    65_536,
+                    MAX_CONNECTIONS as i64,
+                )? as usize,
                 max_line: int(&r.max_line, "max_line", 16, 65_536, 4096)? as usize,
                 idle: Duration::from_secs(int(&r.idle_secs, "idle_secs", 1, 86_400, 600)? as u64),
             });
@@ -190,7 +199,7 @@ mod tests {
         let n = &c.network_scanners[0];
         assert_eq!(n.transport, super::Transport::Tcp);
         assert_eq!(n.suffix, super::Suffix::Lf);
-        assert_eq!((n.max_connections, n.max_line), (512, 4096));
+        assert_eq!((n.max_connections, n.max_line), (1024, 4096));
         assert_eq!(n.port_name(), "tcp://0.0.0.0:58627");
         assert_eq!(
             n.devices[&"10.0.0.7".parse::<std::net::IpAddr>().unwrap()],
@@ -215,6 +224,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("`network_scanner[0].max_line`"), "{e}");
+        for (key, bad) in [
+            ("max_connections", "0"),
+            ("idle_secs", "0"),
+            ("idle_secs", "86401"),
+        ] {
+            let e = parse(&format!(
+                "[[network_scanner]]\nlisten = \"0.0.0.0:1\"\nstation = \"pack\"\n{key} = {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(
+                e.starts_with(&format!(
+                    "t.toml:9: `network_scanner[0].{key}`: {bad} is out of range"
+                )),
+                "{e}"
+            );
+        }
+        assert_eq!(n.idle, std::time::Duration::from_secs(600));
         let e = parse(
             "[[network_scanner]]\nlisten = \"0.0.0.0:1\"\nstation = \"pack\"\nsuffix = \"nl\"\n",
         )

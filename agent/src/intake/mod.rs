@@ -18,10 +18,13 @@ use axum::routing::post;
 use axum::{Json, Router};
 use darkleg_protocol::Step;
 use parse::{BodyError, PostedScan};
+use serde::Serialize;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
 /// Largest request body.
@@ -75,8 +78,13 @@ pub fn build(config: &Config, store: StoreHandle) -> Result<Option<Served>, Stri
 
 /// A JSON answer, counted by its status.
 fn reply(code: StatusCode, body: Value) -> Response {
+    finish(code, Json(body).into_response())
+}
+
+/// `r` with status `code`, counted, with the headers every intake answer carries.
+fn finish(code: StatusCode, mut r: Response) -> Response {
     metrics::request(code.as_u16());
-    let mut r = (code, Json(body)).into_response();
+    *r.status_mut() = code;
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if matches!(code.as_u16(), 503 | 507) {
@@ -99,6 +107,7 @@ fn error(code: StatusCode, message: String, field: Option<String>) -> Response {
 }
 
 async fn scans(State(intake): State<Arc<Intake>>, req: Request) -> Response {
+    let received = Instant::now();
     // Authentication before the body is read: a stranger costs a head, not a megabyte.
     if !intake
         .tokens
@@ -164,8 +173,8 @@ async fn scans(State(intake): State<Arc<Intake>>, req: Request) -> Response {
             }
         }
     }
-    intake.register(&scans).await;
-    let outcomes = match tokio::time::timeout(STORE_TIMEOUT, intake.submit(&scans)).await {
+    let mut kept = Vec::with_capacity(scans.len());
+    let outcomes = match tokio::time::timeout(STORE_TIMEOUT, intake.submit(scans, &mut kept)).await {
         Ok(o) => o,
         Err(_) => {
             return error(
@@ -175,7 +184,10 @@ async fn scans(State(intake): State<Arc<Intake>>, req: Request) -> Response {
             )
         }
     };
-    answer(&scans, outcomes)
+    let r = answer(&kept, outcomes);
+    // The app's wait for the durable answer, beside the framed scanners' acks on /metrics.
+    crate::observe::latency::HTTP_ACK_LATENCY.observe(received.elapsed());
+    r
 }
 
 fn body_is_batch(body: &[u8]) -> bool {
@@ -226,6 +238,13 @@ struct Submitted {
     rejected: Option<String>,
 }
 
+/// What the answer says of a scan once the scan itself went to the writer.
+struct Kept {
+    seq: u64,
+    device: String,
+    rejected: Option<String>,
+}
+
 impl Intake {
     /// The posted scan as the writer takes it: its step resolved, its code checked.
     fn framed(&self, p: PostedScan) -> Result<Submitted, String> {
@@ -266,32 +285,63 @@ impl Intake {
         })
     }
 
-    /// A device first seen since start says hello, as a framed scanner would: the devices
-    /// table names it with its source and firmware. Its sequence state is untouched.
-    async fn register(&self, scans: &[Submitted]) {
+    /// Every scan to the writer at once, in one run of the queue (one group commit for a
+    /// batch), then every answer. A device first seen since start says hello first, as a
+    /// framed scanner would — in the same run, not a commit of its own ahead of the scans:
+    /// the devices table names it with its source and firmware, its sequence state
+    /// untouched. The scans move into the ops; what the answer needs stays in `keep`.
+    async fn submit(
+        &self,
+        scans: Vec<Submitted>,
+        keep: &mut Vec<Kept>,
+    ) -> Vec<Result<FramedOutcome, StoreError>> {
         let new: Vec<String> = {
             let mut seen = self.registered.lock().unwrap_or_else(|e| e.into_inner());
             // Bounded memory whatever names clients invent; a re-hello is harmless.
             if seen.len() > 100_000 {
                 seen.clear();
             }
-            scans
-                .iter()
-                .filter(|s| seen.insert(s.device.clone()))
-                .map(|s| s.device.clone())
-                .collect()
+            let mut new = Vec::new();
+            for s in &scans {
+                // A batch is mostly one device: look before cloning its name.
+                if !seen.contains(&s.device) {
+                    seen.insert(s.device.clone());
+                    new.push(s.device.clone());
+                }
+            }
+            new
         };
+        let mut ops = Vec::with_capacity(new.len() + scans.len());
+        let mut hellos = Vec::with_capacity(new.len());
         for device in new {
-            let rx = self
-                .store
-                .request(|reply| WriteOp::Hello {
-                    device: device.clone(),
-                    firmware: FIRMWARE.into(),
-                    port: PORT.into(),
-                    last_acked: 0,
-                    reply,
-                })
-                .await;
+            let (reply, rx) = oneshot::channel();
+            ops.push(WriteOp::Hello {
+                device: device.clone(),
+                firmware: FIRMWARE.into(),
+                port: PORT.into(),
+                last_acked: 0,
+                reply,
+            });
+            hellos.push((device, rx));
+        }
+        let mut pending = Vec::with_capacity(scans.len());
+        for s in scans {
+            keep.push(Kept {
+                seq: s.scan.seq,
+                device: s.device.clone(),
+                rejected: s.rejected,
+            });
+            let (reply, rx) = oneshot::channel();
+            ops.push(WriteOp::Framed {
+                device: s.device,
+                port: PORT.into(),
+                scan: s.scan,
+                reply,
+            });
+            pending.push(rx);
+        }
+        self.store.send_many(ops).await;
+        for (device, rx) in hellos {
             if !matches!(rx.await, Ok(Ok(_))) {
                 // Try again with the next request; the scans go on regardless.
                 self.registered
@@ -299,23 +349,6 @@ impl Intake {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&device);
             }
-        }
-    }
-
-    /// Every scan to the writer at once (one group commit for a batch), then every answer.
-    async fn submit(&self, scans: &[Submitted]) -> Vec<Result<FramedOutcome, StoreError>> {
-        let mut pending = Vec::with_capacity(scans.len());
-        for s in scans {
-            let rx = self
-                .store
-                .request(|reply| WriteOp::Framed {
-                    device: s.device.clone(),
-                    port: PORT.into(),
-                    scan: s.scan.clone(),
-                    reply,
-                })
-                .await;
-            pending.push(rx);
         }
         let mut out = Vec::with_capacity(pending.len());
         for rx in pending {
@@ -328,66 +361,105 @@ impl Intake {
     }
 }
 
+/// One scan's line in an answer.
+#[derive(Serialize)]
+struct ScanResult<'a> {
+    device: &'a str,
+    seq: u64,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_seq: Option<u64>,
+}
+
+/// An answer's body, serialized straight from borrows (no `Value` per scan).
+#[derive(Serialize)]
+struct Answer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_seq: Option<u64>,
+    results: Vec<ScanResult<'a>>,
+}
+
 /// The answer for one request: 200 with every scan's result, unless a scan hit a store
 /// failure (507 while full, else 503) or broke its device's sequence (409).
-fn answer(scans: &[Submitted], outcomes: Vec<Result<FramedOutcome, StoreError>>) -> Response {
+fn answer(scans: &[Kept], outcomes: Vec<Result<FramedOutcome, StoreError>>) -> Response {
     let mut results = Vec::with_capacity(scans.len());
-    let (mut full, mut failed, mut first_409): (bool, Option<String>, Option<Value>) =
-        (false, None, None);
+    let (mut full, mut failed) = (false, None::<String>);
+    let mut first_409: Option<(String, Option<u64>)> = None;
     for (s, outcome) in scans.iter().zip(outcomes) {
-        let (seq, device) = (s.scan.seq, s.device.as_str());
-        let mut r = json!({ "device": device, "seq": seq });
-        let status = match outcome {
+        let (seq, device) = (s.seq, s.device.as_str());
+        let mut r = ScanResult {
+            device,
+            seq,
+            status: "",
+            reason: None,
+            expected_seq: None,
+        };
+        r.status = match outcome {
             Ok(FramedOutcome::Stored { .. }) => "stored",
             Ok(FramedOutcome::Duplicate { .. }) => "duplicate",
             Ok(FramedOutcome::Refused { .. }) if s.rejected.is_some() => {
-                r["reason"] = json!(s.rejected);
+                r.reason = s.rejected.as_deref().map(Cow::Borrowed);
                 "rejected"
             }
             // Not refused by us: the seq names a different stored scan (counted as a
             // conflict on the device, as for a framed scanner that reused a seq).
             Ok(FramedOutcome::Refused { acked }) => {
                 let why = format!("device {device}: seq {seq} already names a different scan (stored up to {acked}); not stored — number new scans after {acked}");
-                r["reason"] = json!(why);
-                first_409.get_or_insert_with(|| json!({ "error": why }));
+                first_409.get_or_insert_with(|| (why.clone(), None));
+                r.reason = Some(why.into());
                 "conflict"
             }
             Ok(FramedOutcome::OutOfOrder { acked }) => {
                 let expected = acked + 1;
                 let why = format!("device {device}: seq {seq} is not the next; expected {expected} (resend from {expected})");
-                r["reason"] = json!(why);
-                r["expected_seq"] = json!(expected);
-                first_409.get_or_insert_with(|| json!({ "error": why, "expected_seq": expected }));
+                first_409.get_or_insert_with(|| (why.clone(), Some(expected)));
+                r.reason = Some(why.into());
+                r.expected_seq = Some(expected);
                 "gap"
             }
             Err(e) => {
                 full |= e.full;
-                r["reason"] = json!(e.to_string());
-                failed.get_or_insert_with(|| e.to_string());
+                let why = e.to_string();
+                failed.get_or_insert_with(|| why.clone());
+                r.reason = Some(why.into());
                 "not_stored"
             }
         };
-        metrics::scan(status);
-        r["status"] = json!(status);
+        metrics::scan(r.status);
         results.push(r);
     }
-    if let Some(why) = failed {
-        let (code, message) = if full {
+    let (code, error, expected_seq) = if let Some(why) = failed {
+        if full {
             (
                 StatusCode::INSUFFICIENT_STORAGE,
-                format!("the gateway's outbox is full; not stored: {why} (retry later; what was stored comes back as duplicate)"),
+                Some(format!("the gateway's outbox is full; not stored: {why} (retry later; what was stored comes back as duplicate)")),
+                None,
             )
         } else {
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("not stored: {why} (retry later)"),
+                Some(format!("not stored: {why} (retry later)")),
+                None,
             )
-        };
-        return reply(code, json!({ "error": message, "results": results }));
-    }
-    if let Some(mut body) = first_409 {
-        body["results"] = Value::Array(results);
-        return reply(StatusCode::CONFLICT, body);
-    }
-    reply(StatusCode::OK, json!({ "results": results }))
+        }
+    } else if let Some((why, expected)) = first_409 {
+        (StatusCode::CONFLICT, Some(why), expected)
+    } else {
+        (StatusCode::OK, None, None)
+    };
+    let body = Answer {
+        error,
+        expected_seq,
+        results,
+    };
+    // Serializing borrowed strs and numbers into a Vec cannot fail.
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    finish(
+        code,
+        ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+    )
 }

@@ -52,10 +52,42 @@ struct RawScan {
     captured_at: Option<String>,
 }
 
+/// A scan that must be a JSON object: serde's derived structs take an array too, field by
+/// field in order, and `["tc52-7",3,"0034…"]` must not pass for a scan.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Only<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Only<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a scan object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Only(std::marker::PhantomData))
+            .map(Object)
+    }
+}
+
+/// Either body shape in one pass over the bytes (no `serde_json::Value` in between: a
+/// batch of 1,000 was parsed twice before). The scan fields are optional here only so that
+/// one struct takes both shapes; [`parse`] names what a single scan lacks.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawBatch {
-    scans: Vec<RawScan>,
+struct RawBody {
+    scans: Option<Vec<Object<RawScan>>>,
+    device: Option<String>,
+    seq: Option<u64>,
+    code: Option<String>,
+    symbology: Option<String>,
+    step: Option<String>,
+    station: Option<String>,
+    operator: Option<String>,
+    captured_at: Option<String>,
 }
 
 fn bad(field: impl Into<String>, message: impl Into<String>) -> BodyError {
@@ -67,20 +99,48 @@ fn bad(field: impl Into<String>, message: impl Into<String>) -> BodyError {
 
 /// Parses and checks a body.
 pub fn parse(body: &[u8]) -> Result<Vec<PostedScan>, BodyError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| bad("", format!("not JSON: {e}")))?;
-    let batch = value.get("scans").is_some();
-    let (raw, prefix) = if batch {
-        let b: RawBatch = typed(value)?;
-        if b.scans.len() > MAX_SCANS {
-            return Err(BodyError::TooMany(b.scans.len()));
+    let b = typed(body)?;
+    let (raw, prefix) = match b.scans {
+        Some(scans) => {
+            // A scan's fields beside "scans": one shape or the other, not both.
+            let beside = [
+                ("device", b.device.is_some()),
+                ("seq", b.seq.is_some()),
+                ("code", b.code.is_some()),
+                ("symbology", b.symbology.is_some()),
+                ("step", b.step.is_some()),
+                ("station", b.station.is_some()),
+                ("operator", b.operator.is_some()),
+                ("captured_at", b.captured_at.is_some()),
+            ];
+            if let Some((name, _)) = beside.iter().find(|(_, set)| *set) {
+                return Err(bad(
+                    *name,
+                    format!("unknown field `{name}` beside `scans` (hint: put it in each scan)"),
+                ));
+            }
+            if scans.len() > MAX_SCANS {
+                return Err(BodyError::TooMany(scans.len()));
+            }
+            if scans.is_empty() {
+                return Err(bad("scans", "is empty"));
+            }
+            (scans.into_iter().map(|o| o.0).collect(), true)
         }
-        if b.scans.is_empty() {
-            return Err(bad("scans", "is empty"));
+        None => {
+            let missing = |f: &str| bad(f, format!("missing field `{f}`"));
+            let one = RawScan {
+                device: b.device.ok_or_else(|| missing("device"))?,
+                seq: b.seq.ok_or_else(|| missing("seq"))?,
+                code: b.code.ok_or_else(|| missing("code"))?,
+                symbology: b.symbology,
+                step: b.step,
+                station: b.station,
+                operator: b.operator,
+                captured_at: b.captured_at,
+            };
+            (vec![one], false)
         }
-        (b.scans, true)
-    } else {
-        (vec![typed::<RawScan>(value)?], false)
     };
     raw.into_iter()
         .enumerate()
@@ -97,13 +157,26 @@ pub fn parse(body: &[u8]) -> Result<Vec<PostedScan>, BodyError> {
         .collect()
 }
 
-/// serde with the path of the failing field.
-fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, BodyError> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
+/// serde with the path of the failing field; broken JSON names none.
+fn typed(body: &[u8]) -> Result<RawBody, BodyError> {
+    // serde takes a struct from a JSON array too, field by field in order: a body is an
+    // object, never `[null,"tc52-7",3,"0034…"]`.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{') {
+        return Err(bad(
+            "",
+            "not a JSON object (hint: one scan {...} or {\"scans\":[...]})",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let b = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        if !e.inner().is_data() {
+            return bad("", format!("not JSON: {}", e.inner()));
+        }
         let mut field = e.path().to_string();
         let message = e.inner().to_string();
-        // serde names a missing or unknown field in its message, not in the path.
-        for lead in ["missing field `", "unknown field `"] {
+        // serde names a missing, unknown or repeated field in its message, not in the path.
+        for lead in ["missing field `", "unknown field `", "duplicate field `"] {
             if let Some(rest) = message.strip_prefix(lead) {
                 if let Some((name, _)) = rest.split_once('`') {
                     field = if field == name || field.ends_with(&format!(".{name}")) {
@@ -120,7 +193,10 @@ fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, Body
             field.clear();
         }
         bad(field, message)
-    })
+    })?;
+    // Trailing bytes after the object.
+    de.end().map_err(|e| bad("", format!("not JSON: {e}")))?;
+    Ok(b)
 }
 
 /// A name or label the gateway will put in events: printable and bounded.
@@ -251,6 +327,22 @@ mod tests {
         );
         assert_eq!(field(r#"{"scans":[]}"#), "scans");
         assert_eq!(field("{\"device\":"), "");
+        assert_eq!(field(r#"{"device":"a","seq":1,"code":"x"} x"#), "");
+        assert_eq!(field(r#"{"device":"a","seq":1,"seq":2,"code":"x"}"#), "seq");
+        assert_eq!(field(r#"{"seq":1,"code":"x"}"#), "device");
+        assert_eq!(field(r#"{"device":"a","seq":1}"#), "code");
+        assert_eq!(
+            field(r#"{"scans":[{"device":"a","seq":1,"code":"x"}],"device":"a"}"#),
+            "device"
+        );
+        assert_eq!(
+            field(r#"{"scans":[{"device":"a","seq":1,"code":"x","stpe":"pack"}]}"#),
+            "scans[0].stpe"
+        );
+        assert_eq!(field("[1]"), "");
+        assert_eq!(field(r#" [null,"tc52-7",3,"x"]"#), "");
+        assert_eq!(field(r#"{"scans":[["tc52-7",3,"x"]]}"#), "scans[0]");
+        assert_eq!(field(r#"{"scans":{"device":"a"}}"#), "scans");
     }
 
     #[test]

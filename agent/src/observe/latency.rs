@@ -1,5 +1,6 @@
-//! Scan → durable-ack latency: how long a framed scanner waits between sending a scan and
-//! hearing it is on disk. A lock-free histogram the port threads feed and `/metrics` reads.
+//! Scan → durable-ack latency: how long a scanner waits between sending a scan and hearing it
+//! is on disk — a framed scanner's ack, an HTTP intake request's answer. Lock-free histograms
+//! the port threads and the intake feed and `/metrics` reads, one family with a `source` label.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,8 +43,16 @@ impl Histogram {
     }
 }
 
-/// The agent's one histogram of ack latency.
+/// Framed scanners: scan frame read to its ack written.
 pub static ACK_LATENCY: Histogram = Histogram::new();
+/// HTTP intake: request received to the answer built, for requests the store answered (one
+/// observation per request, however many scans it carried).
+pub static HTTP_ACK_LATENCY: Histogram = Histogram::new();
+
+/// `(source label, histogram)` for `/metrics`.
+pub fn by_source() -> [(&'static str, &'static Histogram); 2] {
+    [("framed", &ACK_LATENCY), ("http", &HTTP_ACK_LATENCY)]
+}
 
 #[cfg(test)]
 mod tests {

@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-pub use server::{bind, MAX_CONNECTIONS};
+pub use server::bind;
 
 /// Everything a page or a scrape shows, read in one go.
 #[derive(Debug)]
@@ -95,6 +95,7 @@ pub async fn serve_with(
     extra: Router,
     tls: Option<TlsAcceptor>,
 ) {
+    let max_connections = config.http_max_connections;
     let pages = Pages {
         config,
         db,
@@ -114,7 +115,7 @@ pub async fn serve_with(
                 "not found: try /, /metrics or /healthz\n".into(),
             )
         });
-    server::run(listener, app, tls, shutdown).await
+    server::run(listener, app, tls, max_connections, shutdown).await
 }
 
 /// A status answer: never cached, and the connection closed after it (as scrapers and the

@@ -1,6 +1,6 @@
 //! The HTTP stack under the status page and the intake: hyper 1's HTTP/1.1 server driven
-//! connection by connection, so the limits stay ours — at most [`MAX_CONNECTIONS`] at once
-//! (one more is closed at accept rather than queued without bound), [`HEAD_TIMEOUT`] for
+//! connection by connection, so the limits stay ours — at most `[http] max_connections` at
+//! once (one more is closed at accept and counted, rather than queued without bound), [`HEAD_TIMEOUT`] for
 //! each request head (also on an idle keep-alive connection), a lifetime after which a
 //! connection finishes its request and closes — and, with `[intake] tls_cert`, rustls
 //! in front of it.
@@ -9,14 +9,13 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-/// At most this many connections are served at once; more are closed at accept.
-pub const MAX_CONNECTIONS: usize = 64;
 /// The time a client has to send a request head (and a TLS handshake).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// After this, a connection answers the request in hand and closes: a keep-alive client
@@ -30,9 +29,11 @@ pub async fn run(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsAcceptor>,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut last_refusal_log: Option<Instant> = None;
     loop {
         let (sock, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -47,8 +48,16 @@ pub async fn run(
             _ = shutdown.changed() => return,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("http: {MAX_CONNECTIONS} connections open, closing a new one");
             drop(sock);
+            crate::faults::HTTP_REFUSED.fetch_add(1, Relaxed);
+            // Counted each time on /metrics; logged at most every 10 s (a flood is one line).
+            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                last_refusal_log = Some(Instant::now());
+                tracing::warn!(
+                    max_connections,
+                    "http: connections refused: too many open (raise [http] max_connections?)"
+                );
+            }
             continue;
         };
         let (app, tls) = (app.clone(), tls.clone());

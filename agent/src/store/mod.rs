@@ -184,6 +184,24 @@ impl StoreHandle {
         rx
     }
 
+    /// Ops queued together: room for all of them is taken at once, then they go in back
+    /// to back, so the writer's next drain takes them into one commit instead of splitting
+    /// a request across two fsyncs. Their replies are the callers' own; if the writer has
+    /// stopped, the ops (and so their reply senders) are dropped. More than the queue holds
+    /// go in queue-sized runs.
+    pub async fn send_many(&self, ops: Vec<WriteOp>) {
+        let mut ops = ops.into_iter();
+        while ops.len() > 0 {
+            let n = ops.len().min(self.tx.max_capacity());
+            let Ok(permits) = self.tx.reserve_many(n).await else {
+                return;
+            };
+            for (permit, op) in permits.zip(ops.by_ref()) {
+                permit.send(op);
+            }
+        }
+    }
+
     /// Framed scan, blocking until durable (or refused).
     pub fn framed_blocking(
         &self,
