@@ -11,6 +11,7 @@
 
 mod intake;
 mod relay;
+mod storage;
 
 use darkleg_agent::config::Config;
 use darkleg_agent::sim::broker::{free_port, Mosquitto};
@@ -200,51 +201,6 @@ fn durable_ingest_with(
         rate,
         histogram_quantile(&m, 0.5),
         histogram_quantile(&m, 0.99),
-    )
-}
-
-/// Slow storage: the durable ingest again with every fsync taking `ms` longer (an SD card,
-/// eMMC), through an LD_PRELOAD shim built here with the system's cc. `None` without a cc.
-fn slow_fsync_ingest(per_scanner: usize, ms: u64) -> Option<Value> {
-    let dir = scratch("slowfsync");
-    std::fs::create_dir_all(&dir).ok()?;
-    let so = dir.join("libslowfsync.so");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("shim/slowfsync.c");
-    let built = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&so)
-        .arg(&src)
-        .arg("-ldl")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !built {
-        eprintln!("  slow storage: no C compiler to build the fsync shim; phase skipped");
-        return None;
-    }
-    let count = dir.join("fsyncs");
-    let (so_s, count_s, ms_s) = (
-        so.display().to_string(),
-        count.display().to_string(),
-        ms.to_string(),
-    );
-    let (rate, p50, p99) = durable_ingest_with(
-        per_scanner,
-        true,
-        &[
-            ("LD_PRELOAD", &so_s),
-            ("DARKLEG_FSYNC_DELAY_MS", &ms_s),
-            ("DARKLEG_FSYNC_COUNT_FILE", &count_s),
-        ],
-    );
-    let fsyncs: u64 = std::fs::read_to_string(&count)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0);
-    let _ = std::fs::remove_dir_all(&dir);
-    Some(
-        json!({"fsync_delay_ms": ms, "events_per_s": rate, "ack_p50_ms": p50, "ack_p99_ms": p99,
-                "fsyncs": fsyncs, "events": 4 * per_scanner}),
     )
 }
 
@@ -474,7 +430,7 @@ fn main() {
         return;
     }
     if std::env::args().any(|a| a == "slowfsync") {
-        println!("{}", json!(slow_fsync_ingest(per_scanner, 10)));
+        println!("{}", json!(storage::slow_fsync_ingest(per_scanner, 10)));
         return;
     }
     if std::env::args().any(|a| a == "intake") {
@@ -494,7 +450,7 @@ fn main() {
     let (ingest, ack_p50, ack_p99) = durable_ingest(per_scanner, true);
     let (ingest_up, _, _) = durable_ingest(per_scanner, false);
     eprintln!("  [1/5] … again on slow storage (10 ms per fsync)");
-    let slow = slow_fsync_ingest(per_scanner, 10);
+    let slow = storage::slow_fsync_ingest(per_scanner, 10);
     eprintln!("  [1/5] … and the HTTP intake: batched posts, then 1,000 devices at 1 scan/s");
     let http_intake = intake::intake_load(8, 100, 100, 1000, 50, 10);
     let datawedge = intake::datawedge_load(500, 10);
