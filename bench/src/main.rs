@@ -9,6 +9,7 @@
 //! batching and with one event per message, with the agent's peak RSS, CPU and start-up time;
 //! and the baseline's ingest, drain and survival of a SIGKILL. Prints a table, writes JSON.
 
+mod growth;
 mod intake;
 mod relay;
 mod storage;
@@ -427,6 +428,10 @@ fn main() {
             "{}",
             json!({"events_per_s": rate, "with_upstream_up_per_s": up, "ack_p50_ms": p50, "ack_p99_ms": p99})
         );
+        return;
+    }
+    if std::env::args().any(|a| a == "growth") {
+        println!("{}", growth::growth());
         return;
     }
     if std::env::args().any(|a| a == "slowfsync") {

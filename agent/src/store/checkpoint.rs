@@ -27,16 +27,30 @@ pub const EVERY: Duration = Duration::from_millis(500);
 pub const WRITER_PAGES: u32 = 4_000;
 
 /// The writer's side: tells the checkpointer a commit happened (never blocks).
-pub struct Nudge(mpsc::SyncSender<()>);
+pub struct Nudge {
+    tx: Option<mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Nudge {
     pub fn committed(&self) {
-        let _ = self.0.try_send(());
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(());
+        }
+    }
+
+    /// Stops the thread and waits for its connection to close, so the writer's connection
+    /// is the last one and, as without this thread, checkpoints the WAL away on close.
+    pub fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
-/// Opens the checkpointer's connection and starts its thread; it stops once the writer
-/// (holding the [`Nudge`]) is gone.
+/// Opens the checkpointer's connection and starts its thread; it stops with
+/// [`Nudge::stop`] (or once the writer, holding the [`Nudge`], is gone).
 pub fn start(path: &Path, sync: Synchronous) -> Result<Nudge, String> {
     let conn = Connection::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     super::configure(&conn, sync, None).map_err(|e| format!("configuring: {e}"))?;
@@ -47,11 +61,14 @@ pub fn start(path: &Path, sync: Synchronous) -> Result<Nudge, String> {
     )
     .map_err(|e| format!("configuring: {e}"))?;
     let (tx, rx) = mpsc::sync_channel(1);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("store-checkpoint".into())
         .spawn(move || run(&conn, &rx))
         .map_err(|e| format!("starting the checkpoint thread: {e}"))?;
-    Ok(Nudge(tx))
+    Ok(Nudge {
+        tx: Some(tx),
+        thread: Some(thread),
+    })
 }
 
 fn run(conn: &Connection, rx: &mpsc::Receiver<()>) {

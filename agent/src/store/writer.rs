@@ -225,6 +225,7 @@ impl Writer {
             commit_took = started.elapsed();
         }
         tracing::debug!("store writer: all senders gone, stopping");
+        self.checkpoint.stop();
     }
 
     fn take_queued(&self, rx: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec<WriteOp>) {
