@@ -114,8 +114,8 @@ impl StoreHandle {
                 r.get(0)
             })
             .map_err(|e| StoreError::new("reading the store's incarnation", e))?;
-        // The bulk of checkpointing moves to its own thread; the writer's autocheckpoint,
-        // raised, only bounds the WAL (see `checkpoint`).
+        // The bulk of checkpointing moves to its own thread; the writer's autocheckpoint
+        // only copies what that thread has not yet and bounds the WAL (see `checkpoint`).
         conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_PAGES)
             .map_err(|e| StoreError::new("configuring SQLite", e))?;
         let checkpoint = checkpoint::start(&path, config.store.synchronous)
