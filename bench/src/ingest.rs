@@ -1,15 +1,13 @@
 //! Durable ingest from firmware scanners on ptys (`synchronous = "full"`, the default), with
 //! the upstream down and then while publishing; and again on slow storage.
 
-use crate::measure::{histogram_quantile, http_ok, scratch};
+use crate::measure::{histogram_quantile, http_ok};
 use darkleg_agent::sim::broker::free_port;
 use darkleg_protocol::Step;
 use darkleg_tests::workload::parcel_scans;
 use darkleg_tests::{wait_until, PortKind, Rig};
 use serde_json::{json, Value};
 use std::io::Write;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -45,51 +43,6 @@ pub fn durable_ingest_with(
         rate,
         histogram_quantile(&m, 0.5),
         histogram_quantile(&m, 0.99),
-    )
-}
-
-/// Slow storage: the durable ingest again with every fsync taking `ms` longer (an SD card,
-/// eMMC), through an LD_PRELOAD shim built here with the system's cc. `None` without a cc.
-pub fn slow_fsync_ingest(per_scanner: usize, ms: u64) -> Option<Value> {
-    let dir = scratch("slowfsync");
-    std::fs::create_dir_all(&dir).ok()?;
-    let so = dir.join("libslowfsync.so");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("shim/slowfsync.c");
-    let built = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&so)
-        .arg(&src)
-        .arg("-ldl")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !built {
-        eprintln!("  slow storage: no C compiler to build the fsync shim; phase skipped");
-        return None;
-    }
-    let count = dir.join("fsyncs");
-    let (so_s, count_s, ms_s) = (
-        so.display().to_string(),
-        count.display().to_string(),
-        ms.to_string(),
-    );
-    let (rate, p50, p99) = durable_ingest_with(
-        per_scanner,
-        true,
-        &[
-            ("LD_PRELOAD", &so_s),
-            ("DARKLEG_FSYNC_DELAY_MS", &ms_s),
-            ("DARKLEG_FSYNC_COUNT_FILE", &count_s),
-        ],
-    );
-    let fsyncs: u64 = std::fs::read_to_string(&count)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0);
-    let _ = std::fs::remove_dir_all(&dir);
-    Some(
-        json!({"fsync_delay_ms": ms, "events_per_s": rate, "ack_p50_ms": p50, "ack_p99_ms": p99,
-                "fsyncs": fsyncs, "events": 4 * per_scanner}),
     )
 }
 

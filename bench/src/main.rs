@@ -14,6 +14,7 @@
 //! with a verdict; writes JSON. `--quick` shrinks every backlog so the table comes in minutes.
 
 mod drain;
+mod growth;
 mod hooks;
 mod ingest;
 mod intake;
@@ -22,6 +23,7 @@ mod measure;
 mod peer;
 mod relay;
 mod report;
+mod storage;
 
 // Phase modules reach the shared helpers at the crate root (as they did when all lived in
 // main.rs); some only other workers' modules use.
@@ -86,7 +88,8 @@ fn only(args: &Args, phase: &str) -> bool {
             json!({"events_per_s": rate, "with_upstream_up_per_s": up, "ack_p50_ms": p50, "ack_p99_ms": p99})
         }
         "ascii" => ingest::ascii_ingest(per),
-        "slowfsync" => json!(ingest::slow_fsync_ingest(per, 10)),
+        "slowfsync" => json!(storage::slow_fsync_ingest(per, 10)),
+        "growth" => growth::growth(&growth::sizes(args.quick)),
         "intake" => json!([
             intake::intake_load(8, 100, 100, 1000, 50, 10),
             intake::datawedge_load(500, 10)
@@ -142,7 +145,7 @@ fn main() {
     );
     if let Some(phase) = &args.only {
         if !only(&args, phase) {
-            eprintln!("--only {phase}: not a phase (ingest, ascii, slowfsync, intake, relay, drain1, steady, steady-backlog, thingsboard)");
+            eprintln!("--only {phase}: not a phase (ingest, ascii, slowfsync, growth, intake, relay, drain1, steady, steady-backlog, thingsboard)");
             std::process::exit(2);
         }
         return;

@@ -27,6 +27,8 @@ pub struct PortContext {
 const READ_TIMEOUT: Duration = Duration::from_millis(50);
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 const TIME_SYNC_EVERY: Duration = Duration::from_secs(600);
+/// Scans read ahead of an answer at most (a window is at most 255).
+const BURST_MAX: usize = 256;
 
 /// Counters reported to the store about once a second, so status shows them without
 /// costing an fsync per rejected byte.
@@ -210,7 +212,7 @@ type FramedReply = (
     oneshot::Receiver<Result<FramedOutcome, StoreError>>,
 );
 
-fn framed_loop<P: Read + Write>(
+fn framed_loop<P: Read + Write + serialport::SerialPort>(
     ctx: &PortContext,
     port: &mut P,
     counters: &mut Counters,
@@ -333,6 +335,11 @@ fn framed_loop<P: Read + Write>(
                     counters.reject(format!("unexpected frame from scanner: {other:?}"));
                 }
             }
+        }
+        // A scanner sends its window in one burst, which may span reads: take all of it into
+        // this commit rather than leave the rest for the one after (a second fsync's wait).
+        if pending.len() < BURST_MAX && port.bytes_to_read().is_ok_and(|n| n > 0) {
+            continue;
         }
         answer(ctx, port, &mut pending)?;
         // Every 10 minutes, and at once after the gateway's clock stepped.

@@ -3,6 +3,7 @@
 //! Writes go through one writer thread ([`writer`]) with group commit; reads (sinks, status)
 //! use their own connections, which WAL lets run beside the writer.
 
+mod checkpoint;
 pub mod derived;
 mod devices;
 mod held;
@@ -113,6 +114,12 @@ impl StoreHandle {
                 r.get(0)
             })
             .map_err(|e| StoreError::new("reading the store's incarnation", e))?;
+        // The bulk of checkpointing moves to its own thread; the writer's autocheckpoint
+        // only copies what that thread has not yet and bounds the WAL (see `checkpoint`).
+        conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_PAGES)
+            .map_err(|e| StoreError::new("configuring SQLite", e))?;
+        let checkpoint = checkpoint::start(&path, config.store.synchronous)
+            .map_err(|e| StoreError::new("starting the checkpointer", e))?;
         let (committed_tx, committed) = watch::channel(max_row);
         let (tx, rx) = mpsc::channel(16_384);
         let w = writer::Writer {
@@ -124,6 +131,8 @@ impl StoreHandle {
             _lock: lock,
             devices: devices::Devices::new(incarnation as u64),
             held: held::Held::default(),
+            checkpoint,
+            expected: Vec::new(),
         };
         let join = std::thread::Builder::new()
             .name("store-writer".into())

@@ -157,10 +157,26 @@ pub(super) struct Writer {
     pub devices: Devices,
     /// Delivery marks and counters not yet durable (see `held`).
     pub held: super::held::Held,
+    /// Tells the checkpoint thread the WAL grew.
+    pub checkpoint: super::checkpoint::Nudge,
+    /// Ports of the framed scans in the last batch: on a slow disk, the next batch waits a
+    /// moment for them to send again (see `gather`).
+    pub expected: Vec<String>,
 }
 
 /// How long the writer waits for new work before trying held-back bookkeeping alone.
 const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A commit this slow is a slow disk (an SD card's fsync): worth gathering a burst for. A
+/// fast disk commits in well under this, and never waits.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(4);
+const GATHER_GAP: std::time::Duration = std::time::Duration::from_micros(300);
+const GATHER_POLL: std::time::Duration = std::time::Duration::from_micros(50);
+const GATHER_MAX: std::time::Duration = std::time::Duration::from_millis(5);
+
+fn slow_disk(commit_took: std::time::Duration) -> bool {
+    commit_took >= SLOW_COMMIT
+}
 
 impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<WriteOp>) {
@@ -170,6 +186,8 @@ impl Writer {
             .enable_time()
             .build()
             .expect("a current-thread runtime for the store writer's timer");
+        // How long the last batch took to apply and commit (mostly its fsync).
+        let mut commit_took = std::time::Duration::ZERO;
         loop {
             let next = if self.held.is_empty() {
                 Some(rx.blocking_recv())
@@ -190,15 +208,69 @@ impl Writer {
                 }
                 None => {} // the retry tick: held-back bookkeeping alone
             }
-            while batch.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
+            self.take_queued(&mut rx, &mut batch);
+            if !batch.is_empty() && slow_disk(commit_took) {
+                self.gather(&mut rx, &mut batch, commit_took);
+            }
+            self.expected.clear();
+            for op in &batch {
+                if let WriteOp::Framed { port, .. } = op {
+                    if !self.expected.contains(port) {
+                        self.expected.push(port.clone());
+                    }
                 }
             }
+            let started = std::time::Instant::now();
             self.apply_batch(&mut batch);
+            commit_took = started.elapsed();
         }
         tracing::debug!("store writer: all senders gone, stopping");
+        self.checkpoint.stop();
+    }
+
+    fn take_queued(&self, rx: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec<WriteOp>) {
+        while batch.len() < self.max_batch {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// On a slow disk, waits a moment for the rest of a burst before committing. Scanners
+    /// answered by the last commit refill their windows within about a millisecond; committing
+    /// the first of those scans alone would make the rest wait for the fsync after (two
+    /// fsyncs for them, a half-empty commit for the disk), and the ports would stay split in
+    /// two groups that take turns. So it waits until every port the last commit answered has
+    /// sent again — or, with none to wait for, until a quiet [`GATHER_GAP`] — never more than
+    /// a quarter of a commit.
+    fn gather(
+        &mut self,
+        rx: &mut mpsc::Receiver<WriteOp>,
+        batch: &mut Vec<WriteOp>,
+        commit_took: std::time::Duration,
+    ) {
+        let until = std::time::Instant::now() + (commit_took / 4).min(GATHER_MAX);
+        let mut quiet_since = std::time::Instant::now();
+        let mut seen = 0;
+        while batch.len() < self.max_batch {
+            for op in &batch[seen..] {
+                if let WriteOp::Framed { port, .. } = op {
+                    self.expected.retain(|p| p != port);
+                }
+            }
+            seen = batch.len();
+            let now = std::time::Instant::now();
+            let quiet = self.expected.is_empty() && now - quiet_since >= GATHER_GAP;
+            if now >= until || quiet {
+                break;
+            }
+            std::thread::sleep(GATHER_POLL);
+            self.take_queued(rx, batch);
+            if batch.len() > seen {
+                quiet_since = std::time::Instant::now();
+            }
+        }
     }
 
     fn apply_batch(&mut self, batch: &mut Vec<WriteOp>) {
@@ -244,6 +316,7 @@ impl Writer {
             }
         }
         self.held.succeeded();
+        self.checkpoint.committed();
         if full {
             self.make_room(refused as u64);
         }
