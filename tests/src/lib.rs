@@ -702,6 +702,7 @@ pub fn write_device_scans(
             station: None,
             received_at_ms: 1_795_300_000_000 + seq,
             refused: false,
+            gaps_allowed: true,
         };
         window.push_back(store.framed_blocking(device.to_string(), "p".into(), scan));
         if window.len() == 256 {

@@ -279,6 +279,7 @@ impl Intake {
                 station: p.station,
                 received_at_ms,
                 refused: rejected.is_some(),
+                gaps_allowed: false,
             },
             device: p.device,
             rejected,

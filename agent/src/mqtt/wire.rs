@@ -41,6 +41,8 @@ pub enum Incoming {
         receive_maximum: Option<u16>,
         /// MQTT 5: the largest packet the broker takes.
         max_packet: Option<u32>,
+        /// MQTT 5: the keep-alive the broker wants instead of ours (seconds).
+        server_keep_alive: Option<u16>,
     },
     /// The broker turned the CONNECT down (`reason` names its return code).
     ConnRefused(String),
@@ -208,15 +210,23 @@ pub fn decode(version: Version, buf: &mut BytesMut, max: u32) -> Result<Option<I
     if buf.is_empty() {
         return Ok(None);
     }
+    let before = buf.len();
+    // "Insufficient bytes" is only "wait for more" while the frame is still in the buffer:
+    // raised after the frame was taken off, it is a packet shorter than its own fields say
+    // (a 3.1.1 CONNACK read as MQTT 5, say), which must not vanish silently.
+    let short = |buf: &BytesMut| match buf.len() == before {
+        true => Ok(None),
+        false => Err("malformed packet from the broker: shorter than its fields".to_string()),
+    };
     match version {
         Version::V311 => match v4::Packet::read(buf, max as usize) {
             Ok(p) => Ok(Some(incoming_v311(p))),
-            Err(m4::Error::InsufficientBytes(_)) => Ok(None),
+            Err(m4::Error::InsufficientBytes(_)) => short(buf),
             Err(e) => Err(format!("malformed packet from the broker: {e}")),
         },
         Version::V5 => match v5::Packet::read(buf, Some(max)) {
             Ok(p) => Ok(Some(incoming_v5(p))),
-            Err(m5::Error::InsufficientBytes(_)) => Ok(None),
+            Err(m5::Error::InsufficientBytes(_)) => short(buf),
             Err(e) => Err(format!("malformed packet from the broker: {e}")),
         },
     }
@@ -229,8 +239,9 @@ fn incoming_v311(p: v4::Packet) -> Incoming {
                 session_present: c.session_present,
                 receive_maximum: None,
                 max_packet: None,
+                server_keep_alive: None,
             },
-            code => Incoming::ConnRefused(format!("connection refused by the broker: {code:?}")),
+            code => Incoming::ConnRefused(format!("the broker turned the CONNECT down: {code:?}")),
         },
         v4::Packet::PubAck(a) => Incoming::PubAck {
             pkid: a.pkid,
@@ -249,12 +260,13 @@ fn incoming_v5(p: v5::Packet) -> Incoming {
                 session_present: c.session_present,
                 receive_maximum: c.properties.as_ref().and_then(|p| p.receive_max),
                 max_packet: c.properties.as_ref().and_then(|p| p.max_packet_size),
+                server_keep_alive: c.properties.as_ref().and_then(|p| p.server_keep_alive),
             },
             code => {
                 let detail = c.properties.and_then(|p| p.reason_string);
                 Incoming::ConnRefused(match detail {
-                    Some(d) => format!("connection refused by the broker: {code:?}: {d}"),
-                    None => format!("connection refused by the broker: {code:?}"),
+                    Some(d) => format!("the broker turned the CONNECT down: {code:?}: {d}"),
+                    None => format!("the broker turned the CONNECT down: {code:?}"),
                 })
             }
         },
@@ -466,7 +478,8 @@ mod tests {
             Some(Incoming::ConnAck {
                 session_present: true,
                 receive_maximum: Some(32),
-                max_packet: None
+                max_packet: None,
+                server_keep_alive: None
             })
         );
     }
@@ -478,11 +491,20 @@ mod tests {
             .write(&mut wire)
             .unwrap();
         match decode(Version::V311, &mut wire, 1 << 20).unwrap() {
-            Some(Incoming::ConnRefused(why)) => assert!(why.contains("BadUserNamePassword")),
+            Some(Incoming::ConnRefused(why)) => {
+                assert!(why.contains("BadUserNamePassword"));
+                // Not "connection refused": that means no broker answered (no fallback).
+                assert!(!why.to_lowercase().contains("connection refused"), "{why}");
+            }
             other => panic!("{other:?}"),
         }
         let mut garbage = BytesMut::from(&[0x00u8, 0x00][..]);
         let e = decode(Version::V311, &mut garbage, 1 << 20).unwrap_err();
+        assert!(e.contains("malformed packet"), "{e}");
+        // A 3.1.1 broker's CONNACK (return code 1) to our MQTT 5 CONNECT: whole as a frame,
+        // short as an MQTT 5 CONNACK. An error, not a packet that silently disappears.
+        let mut old = BytesMut::from(&[0x20u8, 0x02, 0x00, 0x01][..]);
+        let e = decode(Version::V5, &mut old, 1 << 20).unwrap_err();
         assert!(e.contains("malformed packet"), "{e}");
     }
 }

@@ -318,6 +318,7 @@ fn framed_loop<P: Read + Write + serialport::SerialPort>(
                         station: ctx.scanner.station_name.clone(),
                         received_at_ms,
                         refused: false,
+                        gaps_allowed: true,
                     };
                     if let Err(e) = check_code(ev.code) {
                         tracing::warn!(port = %ctx.path, device = %dev, seq = ev.seq, "scan refused: {e}");

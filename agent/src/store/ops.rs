@@ -70,7 +70,7 @@ pub(super) fn framed(
         // Go-back-N has one way in: the next seq. A scanner whose flash lost a record
         // offers the one after it on every pass, for ever; after enough passes the hole is
         // taken as lost there — loudly, on record — rather than wedging every later scan.
-        if !devices.hole_is_permanent(device, last, s.seq) {
+        if !s.gaps_allowed || !devices.hole_is_permanent(device, last, s.seq) {
             let update = Update {
                 last_seq: last,
                 ..Update::default()

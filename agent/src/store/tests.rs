@@ -105,6 +105,7 @@ fn scan(device: &str, seq: u64) -> FramedScan {
         station: None,
         received_at_ms: seq.wrapping_add(2000),
         refused: false,
+        gaps_allowed: true,
     }
 }
 
@@ -235,6 +236,34 @@ fn a_resend_with_a_different_code_is_a_counted_conflict_never_a_duplicate() {
     let st = Reader::open(&f.config.db_path()).unwrap().status().unwrap();
     let d = st.devices.iter().find(|d| d.device == "d1").unwrap();
     assert_eq!((d.events, d.duplicates, d.conflicts), (1, 1, 1));
+}
+
+#[test]
+fn a_hole_is_never_accepted_for_a_source_that_resends_on_refusal() {
+    let f = Fixture::new("strict-gap");
+    let (s, j) = f.open();
+    let offer = |seq: u64, gaps_allowed: bool| {
+        s.framed_blocking(
+            "app".into(),
+            "http".into(),
+            FramedScan {
+                gaps_allowed,
+                ..scan("app", seq)
+            },
+        )
+        .blocking_recv()
+        .unwrap()
+        .unwrap()
+    };
+    assert_eq!(offer(1, false), FramedOutcome::Stored { acked: 1 });
+    // seq 2 never comes; 3 is resent far past the framed scanners' pass limit.
+    for _ in 0..3 * super::devices::GAP_PASSES {
+        assert_eq!(offer(3, false), FramedOutcome::OutOfOrder { acked: 1 });
+    }
+    // The hole is still there for 2, which is then stored, not answered "duplicate".
+    assert_eq!(offer(2, false), FramedOutcome::Stored { acked: 2 });
+    assert_eq!(offer(3, false), FramedOutcome::Stored { acked: 3 });
+    close(s, j);
 }
 
 #[test]

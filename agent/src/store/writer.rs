@@ -28,6 +28,11 @@ pub struct FramedScan {
     pub received_at_ms: u64,
     /// The source found the code unacceptable: consume the sequence number, store nothing.
     pub refused: bool,
+    /// A hole offered past for [`GAP_PASSES`](super::devices::GAP_PASSES) go-back passes is
+    /// taken as lost at the scanner (firmware whose flash lost a record). Off for the HTTP
+    /// intake: a client that resends on 409 must never have its hole accepted, or the seqs
+    /// it sends next would be answered "duplicate" and never stored.
+    pub gaps_allowed: bool,
 }
 
 /// A scan from a plain ASCII scanner: the gateway assigns the sequence.

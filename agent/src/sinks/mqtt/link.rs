@@ -27,6 +27,8 @@ pub struct Granted {
     pub receive_maximum: Option<u16>,
     /// MQTT 5: the largest packet the broker takes.
     pub max_packet: Option<u32>,
+    /// MQTT 5: the broker's keep-alive, which replaces ours (seconds).
+    pub server_keep_alive: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,14 +64,16 @@ pub struct Link {
     version: Version,
     out: Arc<Outbound>,
     pkids: Pkids,
-    events: mpsc::Receiver<Result<Vec<LinkEvent>, String>>,
+    events: mpsc::UnboundedReceiver<Result<Vec<LinkEvent>, String>>,
     /// Events of a batch already received, not yet handed out.
     ready: VecDeque<LinkEvent>,
     _task: AbortOnDrop,
 }
 
-/// Read buffer growth step, and the largest packet a broker may send us.
+/// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
+/// A write must make this much progress within the write timeout.
+const WRITE_PIECE: usize = 16 * 1024;
 
 impl Link {
     /// Starts connecting to `broker` (one of `u`'s); the first event is `Connected` or an
@@ -91,7 +95,9 @@ impl Link {
             closing: AtomicBool::new(false),
             ping_owed: AtomicBool::new(false),
         });
-        let (tx, events) = mpsc::channel(256);
+        // Unbounded, yet bounded by the window (one PUBACK per publish, one ping): a reader
+        // blocked on a full channel would stop reading PINGRESPs and end a good connection.
+        let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(
             dialer,
             version,
@@ -187,7 +193,7 @@ impl Link {
     }
 }
 
-type Events = mpsc::Sender<Result<Vec<LinkEvent>, String>>;
+type Events = mpsc::UnboundedSender<Result<Vec<LinkEvent>, String>>;
 
 /// The connection: dial, handshake, then the reader and the writer side by side until one
 /// of them fails; the failure is the last event.
@@ -204,8 +210,12 @@ async fn run(
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
         let granted = handshake(version, &hello, &mut rd, &mut wr, &mut inbuf).await?;
+        // MQTT 5: a Server Keep Alive in the CONNACK is the one to keep (3.2.2.3.14).
+        let keep_alive = granted
+            .server_keep_alive
+            .map_or(keep_alive, |s| Duration::from_secs(s as u64));
         let connected = LinkEvent::Connected(granted);
-        if tx.send(Ok(vec![connected])).await.is_err() {
+        if tx.send(Ok(vec![connected])).is_err() {
             return Ok(());
         }
         tokio::select! {
@@ -214,7 +224,7 @@ async fn run(
         }
     };
     if let Err(e) = ended.await {
-        let _ = tx.send(Err(e)).await;
+        let _ = tx.send(Err(e));
     }
 }
 
@@ -239,10 +249,12 @@ async fn handshake(
                         session_present,
                         receive_maximum,
                         max_packet,
+                        server_keep_alive,
                     } => Ok(Granted {
                         session_present,
                         receive_maximum,
                         max_packet,
+                        server_keep_alive,
                     }),
                     Incoming::ConnRefused(why) => Err(why),
                     Incoming::Disconnect(why) => Err(format!("the broker disconnected: {why}")),
@@ -257,7 +269,7 @@ async fn handshake(
     };
     match tokio::time::timeout(Duration::from_secs(secs), exchange).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no CONNACK within {secs} s")),
+        Err(_) => Err(format!("timed out after {secs} s waiting for the CONNACK")),
     }
 }
 
@@ -288,7 +300,7 @@ async fn read_loop(
                     Ok(())
                 })?,
                 Incoming::Disconnect(why) => {
-                    let _ = tx.send(Ok(batch)).await;
+                    let _ = tx.send(Ok(batch));
                     return Err(format!("the broker disconnected: {why}"));
                 }
                 Incoming::ConnAck { .. } | Incoming::ConnRefused(_) => {
@@ -297,7 +309,7 @@ async fn read_loop(
                 Incoming::Publish { .. } | Incoming::Other => {}
             }
         }
-        if !batch.is_empty() && tx.send(Ok(batch)).await.is_err() {
+        if !batch.is_empty() && tx.send(Ok(batch)).is_err() {
             return Ok(()); // nobody listens: the link was dropped
         }
         inbuf.reserve(READ_CHUNK);
@@ -337,19 +349,25 @@ async fn write_loop(
             (buf.split(), out.closing.load(Ordering::SeqCst))
         };
         if !chunk.is_empty() {
-            let write = async {
-                wr.write_all(&chunk).await?;
-                wr.flush().await
-            };
-            match tokio::time::timeout(write_timeout, write).await {
+            // The timeout is on progress, not on the whole burst: a full window of
+            // batches on a slow uplink takes long, and must not be cut and resent for ever.
+            for piece in chunk.chunks(WRITE_PIECE) {
+                match tokio::time::timeout(write_timeout, wr.write_all(piece)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => {
+                        return Err(format!(
+                            "the broker took no {} KiB within {} s",
+                            WRITE_PIECE / 1024,
+                            write_timeout.as_secs()
+                        ))
+                    }
+                }
+            }
+            match tokio::time::timeout(write_timeout, wr.flush()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => {
-                    return Err(format!(
-                        "a write to the broker did not finish within {} s",
-                        write_timeout.as_secs()
-                    ))
-                }
+                Err(_) => return Err("a flush to the broker did not finish".into()),
             }
         }
         if closing {

@@ -15,8 +15,9 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Past the link's own handshake timeout ([`crate::mqtt::HANDSHAKE_SECS`]), which fires first.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Past the link's own two timeouts (the dial, then the CONNACK: each
+/// [`crate::mqtt::HANDSHAKE_SECS`]), which fire first.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Outbox rows read at a time.
 const MAX_ROWS_PER_READ: usize = 8192;
 
@@ -623,6 +624,7 @@ mod tests {
             session_present: false,
             receive_maximum,
             max_packet: None,
+            server_keep_alive: None,
         };
         assert_eq!(connection_window(256, &granted(None)), 256);
         assert_eq!(connection_window(256, &granted(Some(20))), 20);
