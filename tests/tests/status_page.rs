@@ -101,7 +101,7 @@ fn a_supervisor_sees_scanners_backlog_and_alerts() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("darkleg_ack_latency_seconds_count 3"),
+        metrics.contains("darkleg_ack_latency_seconds_count{source=\"framed\"} 3"),
         "{metrics}"
     );
     assert!(get(http, "/nope").starts_with("HTTP/1.1 404"));
