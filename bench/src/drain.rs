@@ -58,12 +58,7 @@ pub fn darkleg_drain(n: u64, batch: u64, window: Option<u64>, kill: bool) -> Val
         counter.n() >= n
     });
     let elapsed = t0.elapsed().as_secs_f64();
-    let first = counter
-        .first_at
-        .lock()
-        .unwrap()
-        .map(|f| f.duration_since(t0).as_secs_f64())
-        .unwrap_or(0.0);
+    let first = counter.first_after(t0);
     let (cpu, hwm) = proc_usage(agent.id());
     if kill {
         survived_kill = Some(counter.n().min(n));

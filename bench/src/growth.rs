@@ -82,12 +82,7 @@ pub fn backlog(n: u64) -> Value {
             counter.n() >= sample
         });
     let elapsed = t0.elapsed().as_secs_f64();
-    let first = counter
-        .first_at
-        .lock()
-        .unwrap()
-        .map(|f| f.duration_since(t0).as_secs_f64())
-        .unwrap_or(0.0);
+    let first = counter.first_after(t0);
     let (_, hwm) = proc_usage(agent.id());
     terminate(&mut agent, Duration::from_secs(20));
     broker.stop();

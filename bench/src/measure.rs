@@ -65,6 +65,15 @@ impl Counter {
     pub fn n(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
     }
+
+    /// Seconds from `t0` to the first arrival (0 if none yet): drain rates count from there.
+    pub fn first_after(&self, t0: Instant) -> f64 {
+        self.first_at
+            .lock()
+            .unwrap()
+            .map(|f| f.duration_since(t0).as_secs_f64())
+            .unwrap_or(0.0)
+    }
 }
 
 /// The release agent; under `perf record` when DARKLEG_BENCH_PERF names an output file.
