@@ -1,6 +1,7 @@
 //! The peers darkleg is measured against, in the same run: the usual edge setup (a local
 //! Mosquitto, persistence on, bridged to a central one) and the ThingsBoard IoT Gateway
-//! with its SQLite storage, through the script in ../shared/peers that installs it from PyPI.
+//! with its SQLite storage, through a peer script given on the command line (it installs the
+//! gateway from PyPI into a venv). The tree itself never reaches outside the repository.
 
 use crate::measure::{scratch, Counter};
 use darkleg_agent::sim::broker::Mosquitto;
@@ -69,12 +70,7 @@ pub fn baseline(n: u64, kill_n: u64) -> Value {
     let counter = Counter::start(central.port, "bench/drain", "base-count-1");
     let t0 = Instant::now();
     let done = wait_until(Duration::from_secs(1800), || counter.n() >= n);
-    let first = counter
-        .first_at
-        .lock()
-        .unwrap()
-        .map(|f| f.duration_since(t0).as_secs_f64())
-        .unwrap_or(0.0);
+    let first = counter.first_after(t0);
     let drain = counter.n() as f64 / (t0.elapsed().as_secs_f64() - first).max(1e-9);
     drop(counter);
     // SIGKILL of the local broker during an outage.
@@ -94,31 +90,16 @@ pub fn baseline(n: u64, kill_n: u64) -> Value {
            "drain_per_s": drain, "sigkill_backlog": kill_n, "survived_sigkill": survived})
 }
 
-/// The ThingsBoard peer script: `explicit` (`--peer-thingsboard PATH`), else
-/// /work/shared/peers or ../shared/peers beside the repository. `Err` says where it looked.
+/// The ThingsBoard peer script: `--peer-thingsboard PATH`, or `DARKLEG_PEER_THINGSBOARD`.
+/// Nothing is looked for outside the repository; `Err` says how to name it.
 pub fn find_thingsboard(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
-    const NAME: &str = "thingsboard_gateway_peer.py";
-    if let Some(p) = explicit {
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("--peer-thingsboard {}: no such file", p.display()))
-        };
+    let given =
+        explicit.or_else(|| std::env::var_os("DARKLEG_PEER_THINGSBOARD").map(PathBuf::from));
+    match given {
+        Some(p) if p.is_file() => Ok(p),
+        Some(p) => Err(format!("--peer-thingsboard {}: no such file", p.display())),
+        None => Err("no peer script given (hint: --peer-thingsboard PATH/thingsboard_gateway_peer.py, or DARKLEG_PEER_THINGSBOARD)".into()),
     }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let candidates = [
-        PathBuf::from("/work/shared/peers").join(NAME),
-        repo.join("../shared/peers").join(NAME),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-            "no {NAME} in /work/shared/peers or ../shared/peers (hint: --peer-thingsboard PATH)"
-        )
-        })
 }
 
 /// The ThingsBoard IoT Gateway on the same outage: `n` scans published unpaced (QoS 1) into
