@@ -365,6 +365,14 @@ pub fn try_status(config: &Path) -> Result<Value, String> {
     Ok(serde_json::from_slice(&out.stdout).expect("status JSON"))
 }
 
+/// The last `n` lines of a log file (empty if it cannot be read): evidence for a failure
+/// message, since CI keeps the scratch directory only on its own machine.
+pub fn tail(path: &Path, n: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Polls `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

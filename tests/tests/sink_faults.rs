@@ -216,6 +216,7 @@ fn refused_then_fixed(name: &str, version: &str, reasons: &[&str]) {
     );
     // Borrowed, not moved out: the site (its agent, its scratch) lives to the end.
     let AclSite {
+        _dir: scratch,
         acl,
         broker,
         collector,
@@ -251,7 +252,7 @@ fn refused_then_fixed(name: &str, version: &str, reasons: &[&str]) {
     let reason = up("last_refusal").as_str().unwrap_or_default().to_string();
     assert!(reasons.iter().any(|r| reason.contains(r)), "{reason}");
     // No reconnect storm while refused: the back-off grows.
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let text = std::fs::read_to_string(&*log).unwrap_or_default();
     let connects = text.matches("upstream connected").count();
     assert!(connects <= 15, "{connects} connections in ~5 s");
 
@@ -260,8 +261,11 @@ fn refused_then_fixed(name: &str, version: &str, reasons: &[&str]) {
     let ids = || distinct_ids(collector);
     assert!(
         wait_until(Duration::from_secs(120), || ids() >= SCANS),
-        "{} of {SCANS} after the ACL was fixed",
-        ids()
+        "{} of {SCANS} after the ACL was fixed; upstream {}\nagent log:\n{}\nbroker log:\n{}",
+        ids(),
+        status(config)["upstreams"][0],
+        tail(log, 60),
+        tail(&scratch.0.join("broker/mosquitto.log"), 30),
     );
     assert!(wait_until(Duration::from_secs(10), || up("backlog")
         .as_u64()

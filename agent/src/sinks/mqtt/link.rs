@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 
@@ -64,11 +64,20 @@ pub struct Link {
     version: Version,
     out: Arc<Outbound>,
     pkids: Pkids,
-    events: mpsc::UnboundedReceiver<Result<Vec<LinkEvent>, String>>,
+    events: mpsc::UnboundedReceiver<Stamped>,
     /// Events of a batch already received, not yet handed out.
     ready: VecDeque<LinkEvent>,
+    /// When the batch of the event last handed out was read off the socket.
+    read_at: Instant,
+    /// When the connection's end (its error) was read, once it has been handed out.
+    ended_at: Option<Instant>,
     _task: AbortOnDrop,
 }
+
+/// What the connection task read, and when: the service may handle it much later (its
+/// thread waits on a full store queue), and a 3.1.1 ack is judged by how long the
+/// connection outlived it on the wire, not by when it was handled.
+type Stamped = (Instant, Result<Vec<LinkEvent>, String>);
 
 /// Read buffer growth step.
 const READ_CHUNK: usize = 64 * 1024;
@@ -112,6 +121,8 @@ impl Link {
             pkids: Pkids::default(),
             events,
             ready: VecDeque::new(),
+            read_at: Instant::now(),
+            ended_at: None,
             _task: AbortOnDrop(task),
         })
     }
@@ -134,8 +145,9 @@ impl Link {
     }
 
     /// Sends DISCONNECT and waits (briefly) until it is written and the connection closed;
-    /// returns the events that arrived meanwhile (late PUBACKs are still acks).
-    pub async fn disconnect(&mut self) -> Vec<LinkEvent> {
+    /// returns the events that arrived meanwhile (late PUBACKs are still acks), each with
+    /// when it was read.
+    pub async fn disconnect(&mut self) -> Vec<(LinkEvent, Instant)> {
         let out = &self.out;
         let _ = out.push(|buf| {
             wire::disconnect(buf);
@@ -146,7 +158,7 @@ impl Link {
         let mut late = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             while let Some(Ok(ev)) = self.recv().await {
-                late.push(ev);
+                late.push((ev, self.read_at));
             }
         })
         .await;
@@ -159,20 +171,44 @@ impl Link {
             if let Some(ev) = self.pop_ready() {
                 return Some(Ok(ev));
             }
-            match self.events.recv().await? {
-                Ok(batch) => self.ready.extend(batch),
-                Err(e) => return Some(Err(e)),
+            let (at, read) = self.events.recv().await?;
+            if let Some(e) = self.take(at, read) {
+                return Some(Err(e));
             }
         }
+    }
+
+    /// Takes in one batch from the connection task; its error, if it was the end.
+    fn take(&mut self, at: Instant, read: Result<Vec<LinkEvent>, String>) -> Option<String> {
+        self.read_at = at;
+        match read {
+            Ok(batch) => {
+                self.ready.extend(batch);
+                None
+            }
+            Err(e) => {
+                self.ended_at = Some(at);
+                Some(e)
+            }
+        }
+    }
+
+    /// When the last event handed out was read off the socket.
+    pub fn read_at(&self) -> Instant {
+        self.read_at
+    }
+
+    /// When the connection's end was read (once its error has been handed out).
+    pub fn ended_at(&self) -> Option<Instant> {
+        self.ended_at
     }
 
     /// The next event if one has already arrived.
     pub fn try_recv(&mut self) -> Option<Result<LinkEvent, String>> {
         if self.ready.is_empty() {
-            match self.events.try_recv() {
-                Ok(Ok(batch)) => self.ready.extend(batch),
-                Ok(Err(e)) => return Some(Err(e)),
-                Err(_) => return None,
+            let (at, read) = self.events.try_recv().ok()?;
+            if let Some(e) = self.take(at, read) {
+                return Some(Err(e));
             }
         }
         self.pop_ready().map(Ok)
@@ -193,7 +229,7 @@ impl Link {
     }
 }
 
-type Events = mpsc::UnboundedSender<Result<Vec<LinkEvent>, String>>;
+type Events = mpsc::UnboundedSender<Stamped>;
 
 /// The connection: dial, handshake, then the reader and the writer side by side until one
 /// of them fails; the failure is the last event.
@@ -215,7 +251,7 @@ async fn run(
             .server_keep_alive
             .map_or(keep_alive, |s| Duration::from_secs(s as u64));
         let connected = LinkEvent::Connected(granted);
-        if tx.send(Ok(vec![connected])).is_err() {
+        if tx.send((Instant::now(), Ok(vec![connected]))).is_err() {
             return Ok(());
         }
         tokio::select! {
@@ -224,7 +260,7 @@ async fn run(
         }
     };
     if let Err(e) = ended.await {
-        let _ = tx.send(Err(e));
+        let _ = tx.send((Instant::now(), Err(e)));
     }
 }
 
@@ -282,6 +318,7 @@ async fn read_loop(
     tx: &Events,
 ) -> Result<(), String> {
     let max = crate::mqtt::MAX_PACKET as u32;
+    let mut read_at = Instant::now();
     loop {
         let mut batch = Vec::new();
         while let Some(p) = wire::decode(version, &mut inbuf, max)? {
@@ -300,7 +337,7 @@ async fn read_loop(
                     Ok(())
                 })?,
                 Incoming::Disconnect(why) => {
-                    let _ = tx.send(Ok(batch));
+                    let _ = tx.send((read_at, Ok(batch)));
                     return Err(format!("the broker disconnected: {why}"));
                 }
                 Incoming::ConnAck { .. } | Incoming::ConnRefused(_) => {
@@ -309,11 +346,13 @@ async fn read_loop(
                 Incoming::Publish { .. } | Incoming::Other => {}
             }
         }
-        if !batch.is_empty() && tx.send(Ok(batch)).is_err() {
+        if !batch.is_empty() && tx.send((read_at, Ok(batch))).is_err() {
             return Ok(()); // nobody listens: the link was dropped
         }
         inbuf.reserve(READ_CHUNK);
-        match rd.read_buf(&mut inbuf).await {
+        let read = rd.read_buf(&mut inbuf).await;
+        read_at = Instant::now();
+        match read {
             Ok(0) => return Err("connection closed by the broker".into()),
             Ok(_) => {}
             Err(e) => return Err(e.to_string()),

@@ -212,8 +212,9 @@ impl Session<'_> {
         };
         let ended = self.deliver(&mut link, d, &mut c, stop).await;
         // Even when we close it, an ack younger than the grace may be a refusing broker's last
-        // word: it is resent (a duplicate at worst) rather than trusted.
-        c.release(ACK_GRACE_311);
+        // word: it is resent (a duplicate at worst) rather than trusted. Judged by when the
+        // close was read, however late this thread got to it.
+        c.release(ACK_GRACE_311, link.ended_at().unwrap_or_else(Instant::now));
         if !matches!(ended, Ended::Stop) && !c.named_refusal {
             let doubted: usize = c.held.iter().map(|(_, rows)| rows.len()).sum();
             // A broker that will not take a publication may ack and close, or just close
@@ -342,10 +343,10 @@ impl Session<'_> {
             let ended = tokio::select! {
                 ev = link.recv() => {
                     // Everything that arrived with it is handled in the same turn.
-                    let mut ended = self.on_event(ev, d, c, &mut healthy).await;
+                    let mut ended = self.on_event(ev, link.read_at(), d, c, &mut healthy).await;
                     while ended.is_none() {
                         let Some(ev) = link.try_recv() else { break };
-                        ended = self.on_event(Some(ev), d, c, &mut healthy).await;
+                        ended = self.on_event(Some(ev), link.read_at(), d, c, &mut healthy).await;
                     }
                     ended
                 }
@@ -359,10 +360,10 @@ impl Session<'_> {
                 }
                 _ = stop.changed() => {
                     Self::let_acks_mature(link, d, c).await;
-                    for ev in link.disconnect().await {
+                    for (ev, at) in link.disconnect().await {
                         if let LinkEvent::Acked(pkid) = ev {
                             if let Some(row) = d.on_puback(pkid) {
-                                c.acked(row);
+                                c.acked(row, at);
                             }
                         }
                     }
@@ -378,7 +379,11 @@ impl Session<'_> {
                 return ended;
             }
             // Released acks are trusted ones (release runs every turn, so none is left behind).
-            if c.release(ACK_GRACE_311) || connected_at.elapsed() >= HEALTHY_AFTER {
+            // Only with nothing unread from the link: a close waiting there would make the
+            // acks before it untrusted, and it must be seen first.
+            if (link.is_idle() && c.release(ACK_GRACE_311, Instant::now()))
+                || connected_at.elapsed() >= HEALTHY_AFTER
+            {
                 self.proved_healthy(&mut healthy);
             }
             // Fold PUBACKs into one delivery mark (one commit, one fsync) per interval: a
@@ -397,6 +402,7 @@ impl Session<'_> {
     async fn on_event(
         &mut self,
         ev: Option<Result<LinkEvent, String>>,
+        link_read_at: Instant,
         d: &mut Dispatcher,
         c: &mut Conn,
         healthy: &mut bool,
@@ -406,7 +412,7 @@ impl Session<'_> {
             Some(Err(e)) => Some(Ended::Lost(e)),
             Some(Ok(LinkEvent::Acked(pkid))) => {
                 if let Some(row) = d.on_puback(pkid) {
-                    c.acked(row);
+                    c.acked(row, link_read_at);
                     // A 3.1.1 ack proves nothing until it outlived the grace.
                     if c.trust_acks_at_once {
                         self.proved_healthy(healthy);
@@ -445,14 +451,14 @@ impl Session<'_> {
                 ev = link.recv() => match ev {
                     Some(Ok(LinkEvent::Acked(pkid))) => {
                         if let Some(row) = d.on_puback(pkid) {
-                            c.acked(row);
+                            c.acked(row, link.read_at());
                         }
                     }
                     Some(Ok(_)) => {}
                     None | Some(Err(_)) => return,
                 },
-                _ = tokio::time::sleep(wait) => {
-                    c.release(ACK_GRACE_311);
+                _ = tokio::time::sleep(wait), if link.is_idle() => {
+                    c.release(ACK_GRACE_311, Instant::now());
                 }
                 _ = tokio::time::sleep_until(deadline) => return,
             }
@@ -539,7 +545,8 @@ impl Session<'_> {
 struct Conn {
     /// Acked and trusted: marked delivered at the next commit.
     delivered: Vec<i64>,
-    /// Acked by a 3.1.1 broker, trusted once the connection outlived [`ACK_GRACE_311`].
+    /// Acked by a 3.1.1 broker (with when the ack was read), trusted once the connection
+    /// outlived it by [`ACK_GRACE_311`].
     held: VecDeque<(Instant, Vec<i64>)>,
     /// A batch's rows, by the last row the dispatcher tracks it under.
     batches: HashMap<i64, Vec<i64>>,
@@ -584,20 +591,22 @@ impl Conn {
         self.batches.remove(&row).unwrap_or_else(|| vec![row])
     }
 
-    fn acked(&mut self, row: i64) {
+    /// `row` was acked by a PUBACK read at `at`.
+    fn acked(&mut self, row: i64, at: Instant) {
         let rows = self.rows(row);
         if self.trust_acks_at_once {
             self.delivered.extend(rows);
         } else {
-            self.held.push_back((Instant::now(), rows));
+            self.held.push_back((at, rows));
         }
     }
 
-    /// Trusts the acks older than `grace`; true if any was.
-    fn release(&mut self, grace: Duration) -> bool {
+    /// Trusts the acks the connection outlived by `grace`: it was still up at `alive_at`
+    /// (now, with nothing unread; or when its close was read). True if any was trusted.
+    fn release(&mut self, grace: Duration, alive_at: Instant) -> bool {
         let mut any = false;
         while let Some((at, _)) = self.held.front() {
-            if at.elapsed() < grace {
+            if alive_at.saturating_duration_since(*at) < grace {
                 break;
             }
             let (_, rows) = self.held.pop_front().expect("front exists");
@@ -631,5 +640,36 @@ mod tests {
         assert_eq!(connection_window(8, &granted(Some(20))), 8);
         // 0 is a protocol error on the broker's side; one at a time still delivers.
         assert_eq!(connection_window(256, &granted(Some(0))), 1);
+    }
+
+    fn conn_311() -> Conn {
+        Conn {
+            delivered: Vec::new(),
+            held: VecDeque::new(),
+            batches: HashMap::new(),
+            trust_acks_at_once: false,
+            last_sent: None,
+            last_mark: Instant::now(),
+            max_packet: None,
+            named_refusal: false,
+        }
+    }
+
+    #[test]
+    fn a_311_ack_is_judged_by_when_the_close_was_read_not_when_it_was_handled() {
+        let t0 = Instant::now();
+        let mut c = conn_311();
+        c.acked(7, t0);
+        c.acked(8, t0 + Duration::from_millis(400));
+        // The broker closed 5 ms after its ack; this thread only got to it 2 s later (a full
+        // store queue): the ack is a refusing broker's last word, not trusted.
+        let closed = t0 + Duration::from_millis(5);
+        assert!(!c.release(ACK_GRACE_311, closed));
+        assert!(c.delivered.is_empty());
+        // Up a grace past the first ack, not yet past the second.
+        assert!(c.release(ACK_GRACE_311, t0 + Duration::from_millis(1200)));
+        assert_eq!(c.delivered, vec![7]);
+        assert!(c.release(ACK_GRACE_311, t0 + Duration::from_millis(1400)));
+        assert_eq!(c.delivered, vec![7, 8]);
     }
 }
