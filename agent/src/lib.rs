@@ -65,6 +65,22 @@ async fn heartbeat(db: std::path::PathBuf) {
     }
 }
 
+/// Re-reads the intake's tokens on each SIGHUP; the rest of the config is read at start.
+async fn on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    tokens: Option<Arc<intake::tokens::Tokens>>,
+) {
+    while hup.recv().await.is_some() {
+        match &tokens {
+            Some(t) => t.reload(),
+            None => tracing::info!(
+                "SIGHUP: nothing to re-read (only [intake] tokens_file is; other config changes take a restart)"
+            ),
+        }
+    }
+    std::future::pending::<()>().await
+}
+
 /// Why [`run`] ended early: it could not start (exit code 1), or a part of it died
 /// ([`supervise::EXIT_DIED`]).
 #[derive(Debug)]
@@ -98,6 +114,10 @@ const DERIVER_STALL: Duration = Duration::from_secs(120);
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
     let config = Arc::new(config);
     let health = supervise::Health::new();
+    // Watched from the start, with or without an intake: SIGHUP's default is to end the
+    // process, and `kill -HUP` (a reload in many service managers) must not stop capture.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("watching SIGHUP: {e}"))?;
     if let Ok(v) = std::env::var(supervise::TEST_PANIC_VAR) {
         tracing::warn!(
             "{}={v} is set: a TEST-ONLY fault will make {v} panic",
@@ -139,22 +159,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
                 extra,
                 tls,
             );
-            Some(health.spawn("status server", async move {
-                // SIGHUP re-reads the intake's tokens for as long as the server runs.
-                let reload = async move {
-                    match tokens {
-                        Some(t) => t.reload_on_sighup().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = serve => {}
-                    _ = reload => {}
-                }
-            }))
+            (Some(health.spawn("status server", serve)), tokens)
         }
-        None => None,
+        None => (None, None),
     };
+    let (http, tokens) = http;
+    health.spawn("SIGHUP watch", on_sighup(hup, tokens));
     let stop = Arc::new(AtomicBool::new(false));
     let sources = health.spawn(
         "port supervisor",

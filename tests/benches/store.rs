@@ -51,7 +51,7 @@ fn run(store_toml: &str, i: usize) -> f64 {
                         station: None,
                         received_at_ms: seq,
                         refused: false,
-                        gaps_allowed: true,
+                        client: darkleg_agent::store::SeqClient::Firmware,
                     };
                     window.push_back(store.framed_blocking(device.clone(), "p".into(), scan));
                     if window.len() == WINDOW {

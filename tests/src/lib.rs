@@ -710,7 +710,7 @@ pub fn write_device_scans(
             station: None,
             received_at_ms: 1_795_300_000_000 + seq,
             refused: false,
-            gaps_allowed: true,
+            client: darkleg_agent::store::SeqClient::Firmware,
         };
         window.push_back(store.framed_blocking(device.to_string(), "p".into(), scan));
         if window.len() == 256 {

@@ -74,6 +74,21 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
         }),
         "both listeners shown on status"
     );
+    // A SIGHUP (a service manager's reload) without an intake to re-read: capture goes on
+    // (its default action would end the agent; every scan below is sent after it).
+    let pid = agent.pid().unwrap().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status();
+    assert!(hup.unwrap().success());
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            &rig.log
+        )
+        .unwrap_or_default()
+        .contains("SIGHUP: nothing to re-read")),
+        "the SIGHUP is logged, not fatal"
+    );
 
     // TCP: four handhelds at once, each line written in two pieces with a pause between, so
     // lines straddle reads; one of them also sends garbage and an over-long line.

@@ -109,7 +109,7 @@ fn put(store: &StoreHandle, device: &str, seq: u64, s: &(Step, String, &str, u64
         station: Some(format!("{device}-station")),
         received_at_ms: s.3 + 5,
         refused: false,
-        gaps_allowed: true,
+        client: crate::store::SeqClient::Firmware,
     };
     store
         .framed_blocking(device.into(), "p".into(), scan)

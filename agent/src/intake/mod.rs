@@ -9,7 +9,7 @@ pub mod tls;
 pub mod tokens;
 
 use crate::config::Config;
-use crate::store::{FramedOutcome, FramedScan, StoreError, StoreHandle, WriteOp};
+use crate::store::{Conflict, FramedOutcome, FramedScan, StoreError, StoreHandle, WriteOp};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -36,7 +36,7 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(30);
 /// What `Retry-After` says while the outbox is full or the store is failing.
 const RETRY_AFTER_S: &str = "10";
 /// The `port` (source) recorded for devices that post here.
-pub const PORT: &str = "http";
+pub const PORT: &str = crate::store::APP_PORT;
 /// The firmware shown for a device first seen here (as a framed scanner's Hello sets it).
 const FIRMWARE: &str = "http";
 
@@ -279,7 +279,7 @@ impl Intake {
                 station: p.station,
                 received_at_ms,
                 refused: rejected.is_some(),
-                gaps_allowed: false,
+                client: crate::store::SeqClient::App,
             },
             device: p.device,
             rejected,
@@ -401,8 +401,10 @@ fn answer(scans: &[Kept], outcomes: Vec<Result<FramedOutcome, StoreError>>) -> R
         };
         r.status = match outcome {
             Ok(FramedOutcome::Stored { .. }) => "stored",
-            Ok(FramedOutcome::Duplicate { .. }) => "duplicate",
-            Ok(FramedOutcome::Refused { .. }) if s.rejected.is_some() => {
+            // A resend of a scan whose code was refused is refused again, not "duplicate".
+            Ok(FramedOutcome::Duplicate { .. } | FramedOutcome::Refused { .. })
+                if s.rejected.is_some() =>
+            {
                 r.reason = s.rejected.as_deref().map(Cow::Borrowed);
                 "rejected"
             }
@@ -414,6 +416,16 @@ fn answer(scans: &[Kept], outcomes: Vec<Result<FramedOutcome, StoreError>>) -> R
                 r.reason = Some(why.into());
                 "conflict"
             }
+            Ok(FramedOutcome::Conflict { acked, why }) => {
+                let why = match why {
+                    Conflict::Unheld => format!("device {device}: seq {seq} is at or below its last ({acked}) and no stored scan is left to compare it with (was the app reinstalled?); not stored — number new scans after {acked}"),
+                    Conflict::OtherSource => format!("device {device} is a scanner on another source of this gateway; not stored — give the app a device name of its own"),
+                };
+                first_409.get_or_insert_with(|| (why.clone(), None));
+                r.reason = Some(why.into());
+                "conflict"
+            }
+            Ok(FramedOutcome::Duplicate { .. }) => "duplicate",
             Ok(FramedOutcome::OutOfOrder { acked }) => {
                 let expected = acked + 1;
                 let why = format!("device {device}: seq {seq} is not the next; expected {expected} (resend from {expected})");

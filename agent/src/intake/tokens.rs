@@ -1,7 +1,8 @@
 //! Bearer tokens for the intake: one per line of `tokens_file`, `#` comments and blank lines
 //! ignored; read at start and again on SIGHUP (a failed re-read keeps the tokens in force).
-//! Tokens are never logged, only how many there are; a presented token is compared with
-//! every configured one in constant time, so timing says nothing about how much matched.
+//! Tokens are never logged, only how many there are. Only SHA-256 digests are kept, and a
+//! presented token's digest is compared with every configured one in constant time: timing
+//! says nothing about how much of a token matched, nor how long the tokens are.
 
 use axum::http::HeaderValue;
 use std::path::{Path, PathBuf};
@@ -11,24 +12,31 @@ use subtle::ConstantTimeEq;
 pub struct Tokens {
     /// `None`: no authentication (loopback only, checked by the config).
     path: Option<PathBuf>,
-    list: RwLock<Arc<Vec<Vec<u8>>>>,
-    /// Registered at load, so a SIGHUP right after start re-reads rather than kills.
-    hup: std::sync::Mutex<Option<tokio::signal::unix::Signal>>,
+    list: RwLock<Arc<Vec<Digest>>>,
 }
 
-/// The tokens in `path`; at least one.
-fn read(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+type Digest = [u8; 32];
+
+fn digest(token: &[u8]) -> Digest {
+    let d = ring::digest::digest(&ring::digest::SHA256, token);
+    let mut out = [0; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The tokens in `path` (their digests); at least one.
+fn read(path: &Path) -> Result<Vec<Digest>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
             "intake.tokens_file {}: {e} (hint: one bearer token per line; the agent's user must be able to read it)",
             path.display()
         )
     })?;
-    let tokens: Vec<Vec<u8>> = text
+    let tokens: Vec<Digest> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| l.as_bytes().to_vec())
+        .map(|l| digest(l.as_bytes()))
         .collect();
     if tokens.is_empty() {
         return Err(format!(
@@ -48,23 +56,9 @@ impl Tokens {
         if let Some(p) = &path {
             tracing::info!(tokens = list.len(), file = %p.display(), "intake tokens read");
         }
-        use tokio::signal::unix::{signal, SignalKind};
-        let hup = match (&path, tokio::runtime::Handle::try_current()) {
-            (Some(_), Ok(_)) => {
-                match signal(SignalKind::hangup()) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        tracing::error!("intake: cannot watch SIGHUP ({e}): tokens are re-read only at a restart");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
         Ok(Tokens {
             path,
             list: RwLock::new(Arc::new(list)),
-            hup: std::sync::Mutex::new(hup),
         })
     }
 
@@ -85,31 +79,27 @@ impl Tokens {
         if self.path.is_none() {
             return true;
         }
-        let Some(given) = authorization
-            .map(HeaderValue::as_bytes)
-            .and_then(|h| h.strip_prefix(b"Bearer "))
-        else {
+        let Some(given) = authorization.and_then(|h| bearer(h.as_bytes())) else {
             return false;
         };
+        let given = digest(given);
         let list = self.list.read().unwrap_or_else(|e| e.into_inner()).clone();
         // No early exit: every token is compared, whichever matched.
         list.iter()
-            .fold(subtle::Choice::from(0), |ok, t| {
-                ok | t.as_slice().ct_eq(given)
-            })
+            .fold(subtle::Choice::from(0), |ok, t| ok | t.ct_eq(&given))
             .into()
     }
+}
 
-    /// Re-reads the file on each SIGHUP, for as long as the agent runs.
-    pub async fn reload_on_sighup(self: Arc<Self>) {
-        let hup = self.hup.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(mut hup) = hup {
-            while hup.recv().await.is_some() {
-                self.reload();
-            }
-        }
-        std::future::pending().await
+/// The token of an `Authorization: Bearer TOKEN` header; the scheme is case-insensitive
+/// (RFC 9110 11.1), spaces around the token are not part of it.
+fn bearer(header: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = header.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return None;
     }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
 }
 
 #[cfg(test)]
@@ -130,6 +120,14 @@ mod tests {
         assert!(!t.allows(Some(&h("Bearer # handhelds"))));
         assert!(!t.allows(Some(&h("alpha-1"))));
         assert!(!t.allows(None));
+        // The scheme is case-insensitive; the token is not.
+        assert!(t.allows(Some(&h("bearer alpha-1"))));
+        assert!(t.allows(Some(&h("BEARER  alpha-1"))));
+        assert!(!t.allows(Some(&h("Bearer ALPHA-1"))));
+        assert!(!t.allows(Some(&h("Bearer"))));
+        assert!(!t.allows(Some(&h("Bearer "))));
+        assert!(!t.allows(Some(&h("Beareralpha-1"))));
+        assert!(!t.allows(Some(&h("Basic alpha-1"))));
         std::fs::write(&f, "# none left\n").unwrap();
         t.reload();
         assert!(

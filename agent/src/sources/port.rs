@@ -318,7 +318,7 @@ fn framed_loop<P: Read + Write + serialport::SerialPort>(
                         station: ctx.scanner.station_name.clone(),
                         received_at_ms,
                         refused: false,
-                        gaps_allowed: true,
+                        client: crate::store::SeqClient::Firmware,
                     };
                     if let Err(e) = check_code(ev.code) {
                         tracing::warn!(port = %ctx.path, device = %dev, seq = ev.seq, "scan refused: {e}");
@@ -384,7 +384,10 @@ fn answer(
             Ok(Ok(outcome)) => {
                 acked = Some(outcome.acked());
                 let reason = match outcome {
-                    FramedOutcome::OutOfOrder { .. } => Some(NackReason::OutOfOrder),
+                    // (Conflict is an app's answer, never a scanner's; kept, not retired.)
+                    FramedOutcome::OutOfOrder { .. } | FramedOutcome::Conflict { .. } => {
+                        Some(NackReason::OutOfOrder)
+                    }
                     FramedOutcome::Refused { .. } => Some(NackReason::Rejected),
                     _ => None,
                 };

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 pub(super) struct Device {
     /// Framed: the highest durable sequence. Ascii: the last one the gateway assigned.
     pub last_seq: u64,
+    /// Whether an app on the HTTP intake is this device (`None`: never seen).
+    pub app: Option<bool>,
 }
 
 /// One op's effect on a device, recorded only once the op's savepoint committed.
@@ -54,6 +56,11 @@ pub(super) struct Devices {
     /// Per device: (acked, offered seq, times) — the same out-of-order seq offered again and
     /// again after go-back means the scanner no longer holds the ones before it.
     gaps: HashMap<String, (u64, u64, u32)>,
+}
+
+/// A device that posts to the HTTP intake (by the port recorded for it).
+fn is_app(kind: &str, port: &str) -> bool {
+    kind == "framed" && port == super::writer::APP_PORT
 }
 
 /// Bits of a gateway-numbered device's seq that count scans within one store (268M).
@@ -108,12 +115,28 @@ impl Devices {
         if let Some(d) = self.known.get(device) {
             return Ok(d.clone());
         }
-        let last_seq = conn
-            .prepare_cached("SELECT last_seq FROM devices WHERE device = ?1")?
-            .query_row([device], |r| r.get::<_, i64>(0))
-            .optional()?
-            .map_or(0, |v| v as u64);
-        let d = Device { last_seq };
+        let row = conn
+            .prepare_cached("SELECT last_seq, kind, port FROM devices WHERE device = ?1")?
+            .query_row([device], |r| {
+                // Salvaged rows may lack kind and port (NULL).
+                let kind: Option<String> = r.get(1)?;
+                let port: Option<String> = r.get(2)?;
+                Ok((r.get::<_, i64>(0)?, kind, port))
+            })
+            .optional()?;
+        let d = match row {
+            Some((last, kind, port)) => Device {
+                last_seq: last as u64,
+                app: match (kind, port) {
+                    (Some(kind), Some(port)) => Some(is_app(&kind, &port)),
+                    _ => None,
+                },
+            },
+            None => Device {
+                last_seq: 0,
+                app: None,
+            },
+        };
         self.known.insert(device.to_string(), d.clone());
         Ok(d)
     }
@@ -125,6 +148,7 @@ impl Devices {
             device.to_string(),
             Device {
                 last_seq: u.last_seq,
+                app: Some(is_app(kind, port)),
             },
         );
         let d = self

@@ -24,7 +24,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 pub use webhooks::{WebhookMark, WebhookStatus};
-pub use writer::{AsciiScan, FramedOutcome, FramedScan, PortReport, WriteOp};
+pub use writer::{
+    AsciiScan, Conflict, FramedOutcome, FramedScan, PortReport, SeqClient, WriteOp, APP_PORT,
+};
 
 /// A store failure with what was being done; cheap to clone into many replies.
 #[derive(Debug, Clone)]

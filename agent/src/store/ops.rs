@@ -4,7 +4,7 @@
 
 use super::derived::Routes;
 use super::devices::{Devices, Update};
-use super::writer::{AsciiScan, FramedOutcome, FramedScan, PortReport};
+use super::writer::{AsciiScan, Conflict, FramedOutcome, FramedScan, PortReport, SeqClient};
 use crate::routing::ScanFacts;
 use darkleg_protocol::relay::Relayed;
 use darkleg_protocol::{EventId, Step};
@@ -37,6 +37,7 @@ pub(super) fn framed(
     s: &FramedScan,
 ) -> rusqlite::Result<(FramedOutcome, Update)> {
     let last = devices.get(sp, device)?.last_seq;
+    let app = s.client == SeqClient::App;
     if s.seq <= last {
         // A retransmit carries the same code. A different one means the scanner reused a
         // sequence number (lost its state): its scan is not the stored event, so acking it
@@ -59,6 +60,20 @@ pub(super) fn framed(
             };
             return Ok((FramedOutcome::Refused { acked: last }, update));
         }
+        // Nothing left to compare (delivered and pruned, or a seq whose code was refused):
+        // firmware only resends what it holds unacked, so it is a retransmit. An app may
+        // have been reinstalled and numbered afresh: "duplicate" would drop its new scan.
+        if stored.is_none() && app && !s.refused {
+            tracing::warn!(device, seq = s.seq, acked = last,
+                "an app sent a seq at or below its device's last with no stored scan left to compare (reinstalled?); refused — it must number new scans after {last}");
+            let update = Update {
+                last_seq: last,
+                conflicts: 1,
+                ..Update::default()
+            };
+            let why = Conflict::Unheld;
+            return Ok((FramedOutcome::Conflict { acked: last, why }, update));
+        }
         let update = Update {
             last_seq: last,
             duplicates: 1,
@@ -70,7 +85,7 @@ pub(super) fn framed(
         // Go-back-N has one way in: the next seq. A scanner whose flash lost a record
         // offers the one after it on every pass, for ever; after enough passes the hole is
         // taken as lost there — loudly, on record — rather than wedging every later scan.
-        if !s.gaps_allowed || !devices.hole_is_permanent(device, last, s.seq) {
+        if app || !devices.hole_is_permanent(device, last, s.seq) {
             let update = Update {
                 last_seq: last,
                 ..Update::default()
@@ -128,6 +143,23 @@ pub(super) fn framed(
         ..Update::default()
     };
     Ok((FramedOutcome::Stored { acked: s.seq }, update))
+}
+
+/// For an app's op on `device`: `Some(last_seq)` when the name is another source's (a
+/// serial or network scanner's). Checked before the op, which then is not applied at all:
+/// applying it would record the device as the app's.
+pub(super) fn taken_from_app(
+    sp: &Connection,
+    devices: &mut Devices,
+    device: &str,
+) -> rusqlite::Result<Option<u64>> {
+    let d = devices.get(sp, device)?;
+    if d.app == Some(false) {
+        tracing::error!(device,
+            "CONFLICT: an app posted as a device another source (a serial or network scanner) already uses; refused, not stored — give the app a device name of its own");
+        return Ok(Some(d.last_seq));
+    }
+    Ok(None)
 }
 
 pub(super) fn ascii(

@@ -105,7 +105,7 @@ fn scan(device: &str, seq: u64) -> FramedScan {
         station: None,
         received_at_ms: seq.wrapping_add(2000),
         refused: false,
-        gaps_allowed: true,
+        client: crate::store::SeqClient::Firmware,
     }
 }
 
@@ -238,31 +238,111 @@ fn a_resend_with_a_different_code_is_a_counted_conflict_never_a_duplicate() {
     assert_eq!((d.events, d.duplicates, d.conflicts), (1, 1, 1));
 }
 
+/// Offers `scan(device, seq)` (with `code`, if given) from `port` as `client` would.
+fn offer(
+    s: &StoreHandle,
+    device: &str,
+    port: &str,
+    client: SeqClient,
+    seq: u64,
+    code: Option<&str>,
+) -> FramedOutcome {
+    let mut sc = FramedScan {
+        client,
+        ..scan(device, seq)
+    };
+    if let Some(c) = code {
+        sc.code = c.into();
+    }
+    s.framed_blocking(device.into(), port.into(), sc)
+        .blocking_recv()
+        .unwrap()
+        .unwrap()
+}
+
 #[test]
 fn a_hole_is_never_accepted_for_a_source_that_resends_on_refusal() {
     let f = Fixture::new("strict-gap");
     let (s, j) = f.open();
-    let offer = |seq: u64, gaps_allowed: bool| {
-        s.framed_blocking(
-            "app".into(),
-            "http".into(),
-            FramedScan {
-                gaps_allowed,
-                ..scan("app", seq)
-            },
-        )
-        .blocking_recv()
-        .unwrap()
-        .unwrap()
-    };
-    assert_eq!(offer(1, false), FramedOutcome::Stored { acked: 1 });
+    let app = |seq| offer(&s, "app", APP_PORT, SeqClient::App, seq, None);
+    assert_eq!(app(1), FramedOutcome::Stored { acked: 1 });
     // seq 2 never comes; 3 is resent far past the framed scanners' pass limit.
     for _ in 0..3 * super::devices::GAP_PASSES {
-        assert_eq!(offer(3, false), FramedOutcome::OutOfOrder { acked: 1 });
+        assert_eq!(app(3), FramedOutcome::OutOfOrder { acked: 1 });
     }
     // The hole is still there for 2, which is then stored, not answered "duplicate".
-    assert_eq!(offer(2, false), FramedOutcome::Stored { acked: 2 });
-    assert_eq!(offer(3, false), FramedOutcome::Stored { acked: 3 });
+    assert_eq!(app(2), FramedOutcome::Stored { acked: 2 });
+    assert_eq!(app(3), FramedOutcome::Stored { acked: 3 });
+    close(s, j);
+}
+
+#[test]
+fn an_app_numbering_afresh_is_refused_where_nothing_is_left_to_compare() {
+    let f = Fixture::new("unheld");
+    let (s, j) = f.open();
+    let app = |seq, code| offer(&s, "app", APP_PORT, SeqClient::App, seq, code);
+    for seq in 1..=3 {
+        assert_eq!(app(seq, None), FramedOutcome::Stored { acked: seq });
+    }
+    // A resend of a held scan is a duplicate; a different code under it a refusal.
+    assert_eq!(app(2, None), FramedOutcome::Duplicate { acked: 3 });
+    assert_eq!(app(2, Some("other")), FramedOutcome::Refused { acked: 3 });
+    // The stored scans go (delivered and pruned, as retention does): the app, reinstalled,
+    // starts again at 1 with a new scan. "duplicate" would drop it; it is refused instead.
+    let conn = rusqlite::Connection::open(f.config.db_path()).unwrap();
+    conn.execute("DELETE FROM outbox", []).unwrap();
+    conn.execute("DELETE FROM events", []).unwrap();
+    let unheld = FramedOutcome::Conflict {
+        acked: 3,
+        why: Conflict::Unheld,
+    };
+    assert_eq!(app(1, Some("new-after-reinstall")), unheld);
+    // Firmware resends only what it holds unacked: there the same case is a retransmit.
+    let fw = |seq| offer(&s, "fw", "/dev/ttyUSB0", SeqClient::Firmware, seq, None);
+    assert_eq!(fw(1), FramedOutcome::Stored { acked: 1 });
+    conn.execute("DELETE FROM outbox", []).unwrap();
+    conn.execute("DELETE FROM events", []).unwrap();
+    assert_eq!(fw(1), FramedOutcome::Duplicate { acked: 1 });
+    close(s, j);
+}
+
+#[test]
+fn an_app_cannot_post_as_a_scanner_of_another_source() {
+    let f = Fixture::new("other-source");
+    let (s, j) = f.open();
+    let fw = |seq| offer(&s, "tc-1", "/dev/ttyUSB0", SeqClient::Firmware, seq, None);
+    assert_eq!(fw(1), FramedOutcome::Stored { acked: 1 });
+    let other = FramedOutcome::Conflict {
+        acked: 1,
+        why: Conflict::OtherSource,
+    };
+    // Not stored, nothing consumed: the scanner's next seq is still its own.
+    assert_eq!(offer(&s, "tc-1", APP_PORT, SeqClient::App, 2, None), other);
+    let hello = s
+        .request_blocking(|reply| WriteOp::Hello {
+            device: "tc-1".into(),
+            firmware: "http".into(),
+            port: APP_PORT.into(),
+            last_acked: 0,
+            reply,
+        })
+        .blocking_recv()
+        .unwrap();
+    assert!(hello.is_err(), "an app's hello may not take the name over");
+    assert_eq!(fw(2), FramedOutcome::Stored { acked: 2 });
+    // An ASCII scanner's name (a DataWedge handheld's) is not an app's either.
+    ascii(&s, "code-a", 100);
+    let taken = offer(&s, "g:tty0", APP_PORT, SeqClient::App, 1, None);
+    assert!(
+        matches!(
+            taken,
+            FramedOutcome::Conflict {
+                why: Conflict::OtherSource,
+                ..
+            }
+        ),
+        "{taken:?}"
+    );
     close(s, j);
 }
 

@@ -28,12 +28,27 @@ pub struct FramedScan {
     pub received_at_ms: u64,
     /// The source found the code unacceptable: consume the sequence number, store nothing.
     pub refused: bool,
-    /// A hole offered past for [`GAP_PASSES`](super::devices::GAP_PASSES) go-back passes is
-    /// taken as lost at the scanner (firmware whose flash lost a record). Off for the HTTP
-    /// intake: a client that resends on 409 must never have its hole accepted, or the seqs
-    /// it sends next would be answered "duplicate" and never stored.
-    pub gaps_allowed: bool,
+    /// Who numbers this device's scans, which decides the two cases where a scan cannot be
+    /// checked against what is stored.
+    pub client: SeqClient,
 }
+
+/// The kind of sender behind a sequenced scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqClient {
+    /// darkleg firmware (go-back-N over a serial link). A hole offered past for
+    /// [`GAP_PASSES`](super::devices::GAP_PASSES) passes is taken as lost in its flash; a
+    /// resend of a seq no longer held (pruned) is a retransmit, acked as a duplicate.
+    Firmware,
+    /// An app posting to the HTTP intake, which resends on 409. A hole is never accepted
+    /// (its next seqs would be answered "duplicate" and never stored), a seq at or below
+    /// the device's last that is no longer held cannot be told from a reinstalled app's new
+    /// scan and is refused, and a device name another source already uses is refused.
+    App,
+}
+
+/// The port recorded for devices that post to the HTTP intake.
+pub const APP_PORT: &str = "http";
 
 /// A scan from a plain ASCII scanner: the gateway assigns the sequence.
 #[derive(Debug, Clone)]
@@ -63,6 +78,21 @@ pub enum FramedOutcome {
     Refused {
         acked: u64,
     },
+    /// Not stored and nothing consumed: the scan cannot be checked against the device's
+    /// record ([`SeqClient::App`] only).
+    Conflict {
+        acked: u64,
+        why: Conflict,
+    },
+}
+
+/// Why an app's scan was answered [`FramedOutcome::Conflict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// The seq is at or below the device's last, and no stored scan is left to compare.
+    Unheld,
+    /// The device name is a serial or network scanner's.
+    OtherSource,
 }
 
 impl FramedOutcome {
@@ -71,7 +101,8 @@ impl FramedOutcome {
             FramedOutcome::Stored { acked }
             | FramedOutcome::Duplicate { acked }
             | FramedOutcome::OutOfOrder { acked }
-            | FramedOutcome::Refused { acked } => acked,
+            | FramedOutcome::Refused { acked }
+            | FramedOutcome::Conflict { acked, .. } => acked,
         }
     }
 }
@@ -552,6 +583,21 @@ fn apply_savepointed(
             last_acked,
             reply,
         } => {
+            // An app may not take over a name another source uses (its hello would record
+            // the device as an app's, and the app's scans would be sequenced as its).
+            if port == APP_PORT {
+                match ops::taken_from_app(&sp, devices, &device) {
+                    Ok(None) => {}
+                    Ok(Some(_)) => {
+                        let e = StoreError::new(
+                            "hello",
+                            format!("device {device} is a scanner on another source"),
+                        );
+                        return Some(Answer::U64(reply, Err(e)));
+                    }
+                    Err(e) => return Some(Answer::U64(reply, Err(StoreError::sqlite("hello", e)))),
+                }
+            }
             let r = ops::hello(&sp, devices, &device, &firmware, last_acked);
             let r = settle(sp, r, "hello", devices, &device, "framed", &port);
             Some(Answer::U64(reply, r))
@@ -562,6 +608,24 @@ fn apply_savepointed(
             scan,
             reply,
         } => {
+            if scan.client == SeqClient::App {
+                match ops::taken_from_app(&sp, devices, &device) {
+                    Ok(None) => {}
+                    Ok(Some(acked)) => {
+                        let why = Conflict::OtherSource;
+                        return Some(Answer::Framed(
+                            reply,
+                            Ok(FramedOutcome::Conflict { acked, why }),
+                        ));
+                    }
+                    Err(e) => {
+                        return Some(Answer::Framed(
+                            reply,
+                            Err(StoreError::sqlite("framed scan", e)),
+                        ))
+                    }
+                }
+            }
             let r = ops::framed(&sp, devices, routes, &device, &scan);
             let r = settle(sp, r, "framed scan", devices, &device, "framed", &port);
             Some(Answer::Framed(reply, r))

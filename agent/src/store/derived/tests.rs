@@ -24,7 +24,7 @@ fn store_scan(s: &StoreHandle, seq: u64) {
         station: None,
         received_at_ms: 1_000 + seq,
         refused: false,
-        gaps_allowed: true,
+        client: crate::store::SeqClient::Firmware,
     };
     s.framed_blocking("d".into(), "p".into(), scan)
         .blocking_recv()
