@@ -163,7 +163,10 @@ async fn settle(ctx: &Ctx, pending: &mut Vec<Pending>) -> Result<(), ()> {
         match rx.await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                tracing::error!(port = %ctx.port, device = %device, code = %code, "scan NOT stored, rescan it: {e}")
+                tracing::error!(port = %ctx.port, device = %device, code = %code, "scan NOT stored, rescan it: {e}");
+                ctx.reject(format!(
+                    "scan {code} from {device} NOT stored, rescan it: {e}"
+                ));
             }
             Err(_) => return Err(()),
         }

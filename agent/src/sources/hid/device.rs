@@ -68,6 +68,7 @@ pub fn run(ctx: &DeviceContext) -> Result<(), String> {
         }
         intake.flush(true, false);
     };
+    intake.close();
     let _ = intake.settle();
     intake.flush(false, true);
     tracing::info!(device = %ctx.path, "keyboard-wedge scanner closed: {why}");

@@ -71,18 +71,30 @@ impl Intake {
     }
 
     /// Waits until every scan handed over is durable; `Err` once the writer is gone. A
-    /// keyboard scanner cannot retransmit: a scan the store refused is logged with its code.
+    /// keyboard scanner cannot retransmit: a scan the store refused is logged with its code
+    /// and counted on the port (its status row names it), for someone to rescan.
     pub fn settle(&mut self) -> Result<(), String> {
-        for (code, rx) in self.pending.drain(..) {
+        let pending = std::mem::take(&mut self.pending);
+        for (code, rx) in pending {
             match rx.blocking_recv() {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
-                    tracing::error!(port = %self.port, code = %code, "scan NOT stored, rescan it: {e}")
+                    tracing::error!(port = %self.port, code = %code, "scan NOT stored, rescan it: {e}");
+                    self.reject(format!("scan {code} NOT stored, rescan it: {e}"));
                 }
                 Err(_) => return Err("store writer stopped".into()),
             }
         }
         Ok(())
+    }
+
+    /// The device is going away: a scan typed half-way (unplugged mid-scan) is counted and
+    /// logged, not silently dropped.
+    pub fn close(&mut self) {
+        if let Some(partial) = self.decoder.abandon() {
+            tracing::warn!(port = %self.port, typed = %partial, "a scan was cut off before its Enter (unplugged mid-scan?); not stored, rescan it");
+            self.reject(format!("scan cut off before its Enter: {partial:?}"));
+        }
     }
 
     /// Reports counters about once a second (always when `force`), with the device's state.
@@ -172,9 +184,17 @@ mod tests {
             (EV_KEY, 28, 0),
         ]);
         typed("00340434161094042564", &mut events);
+        // Then unplugged half-way through a third: "00" typed, no Enter.
+        events.extend([
+            (EV_KEY, 11, 1),
+            (EV_KEY, 11, 0),
+            (EV_KEY, 11, 1),
+            (EV_KEY, 11, 0),
+        ]);
         for (t, c, v) in events {
             intake.event(t, c, v);
         }
+        intake.close();
         intake.settle().unwrap();
         intake.flush(true, true);
         drop(intake);
@@ -202,7 +222,14 @@ mod tests {
         );
         let status = reader.status().unwrap();
         let p = status.ports.iter().find(|p| p.port == port).unwrap();
-        assert_eq!((p.frames, p.rejected, p.protocol.as_str()), (2, 2, "hid"));
+        assert_eq!((p.frames, p.rejected, p.protocol.as_str()), (2, 3, "hid"));
+        assert!(
+            p.last_reject
+                .as_deref()
+                .is_some_and(|r| r.contains("cut off")),
+            "{:?}",
+            p.last_reject
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -253,6 +253,13 @@ impl Decoder {
         (std::mem::take(&mut self.line), self.bad.take())
     }
 
+    /// The device went away (or the agent stops) in the middle of a scan: what was typed of
+    /// it, if anything, for the caller to count — it is not a scan, and never stored.
+    pub fn abandon(&mut self) -> Option<String> {
+        let (line, bad) = self.reset();
+        (!line.is_empty() || bad.is_some()).then_some(line)
+    }
+
     /// One input event (`type`, `code`, `value` as evdev gives them); a scan or garbage when
     /// one ends.
     pub fn push(&mut self, ty: u16, code: u16, value: i32) -> Option<Output> {

@@ -26,10 +26,24 @@ pub async fn supervise(config: Arc<Config>, store: StoreHandle, stop: Arc<Atomic
     let active: Arc<Mutex<HashSet<String>>> = Arc::default();
     let errors: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // Per configured device: whether its path or glob matched anything last time, so that
+    // "nothing there" is said once when it starts (and again after every unplug), not never.
+    let mut present: Vec<Option<bool>> = vec![None; config.hid_scanners.len()];
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
-        for scanner in &config.hid_scanners {
-            for path in super::glob::expand(&scanner.device) {
+        for (i, scanner) in config.hid_scanners.iter().enumerate() {
+            let paths = super::glob::expand(&scanner.device);
+            let now = !paths.is_empty();
+            if present[i] != Some(now) {
+                if now {
+                    tracing::info!(device = %scanner.device, found = paths.len(), "keyboard-wedge scanner present");
+                } else {
+                    tracing::warn!(device = %scanner.device,
+                        "keyboard-wedge scanner: nothing matches this path (not plugged in, or the by-id name is different: see ls /dev/input/by-id/); waiting for it");
+                }
+                present[i] = Some(now);
+            }
+            for path in paths {
                 if !active
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -51,9 +65,21 @@ pub async fn supervise(config: Arc<Config>, store: StoreHandle, stop: Arc<Atomic
                         let outcome = device::run(&ctx);
                         let mut errs = errs.lock().unwrap_or_else(|e| e.into_inner());
                         match outcome {
-                            // Once per distinct error, not every 500 ms.
+                            // Once per distinct error, not every 500 ms; and on the status
+                            // page: a scanner that cannot be read takes no scans.
                             Err(e) if errs.get(&ctx.path) != Some(&e) => {
-                                tracing::warn!(device = %ctx.path, "{e}");
+                                tracing::error!(device = %ctx.path, "keyboard-wedge scanner NOT read: {e}");
+                                let report = crate::store::PortReport {
+                                    connected: false,
+                                    frames: 0,
+                                    rejected: 0,
+                                    last_reject: Some(e.clone()),
+                                };
+                                let _ = ctx.store.send_blocking(crate::store::WriteOp::Port {
+                                    port: ctx.path.clone(),
+                                    protocol: "hid",
+                                    report,
+                                });
                                 errs.insert(ctx.path.clone(), e);
                             }
                             Err(_) => {}
