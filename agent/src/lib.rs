@@ -65,6 +65,40 @@ async fn heartbeat(db: std::path::PathBuf) {
     }
 }
 
+/// Runs the start-up integrity check of a large database beside serving (see
+/// [`store::integrity`]): damage stops the agent, and the next start moves the file aside.
+fn check_beside(
+    snapshot: rusqlite::Connection,
+    store: store::StoreHandle,
+    health: supervise::Health,
+) {
+    const NAME: &str = "start-up integrity check";
+    let spawned = std::thread::Builder::new()
+        .name("integrity-check".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            match store::integrity::finish(snapshot, &store.path) {
+                store::integrity::Found::Intact => tracing::info!(
+                    secs = started.elapsed().as_secs_f32(),
+                    "{NAME}: the database is intact"
+                ),
+                store::integrity::Found::Unfinished(e) => tracing::error!(
+                    "{NAME} could not finish: {e}; the file's integrity is unknown until the next start checks it"
+                ),
+                store::integrity::Found::Damaged(why) => {
+                    store.hold_checkpoints();
+                    health.fail(
+                        NAME,
+                        format!("found the database damaged ({why}); the next start moves it aside and salvages its undelivered scans"),
+                    )
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("{NAME} could not start: {e}; the file's integrity is unknown until the next start checks it");
+    }
+}
+
 /// Re-reads the intake's tokens on each SIGHUP; the rest of the config is read at start.
 async fn on_sighup(
     mut hup: tokio::signal::unix::Signal,
@@ -126,6 +160,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<
     }
     let (store, writer) = store::StoreHandle::open(&config).map_err(|e| e.to_string())?;
     let writer = health.watch_thread("store writer", writer);
+    if let Some(snapshot) = store.take_startup_check() {
+        check_beside(snapshot, store.clone(), health.clone());
+    }
     tracing::info!(
         site = %config.gateway.site,
         gateway = %config.gateway.id,

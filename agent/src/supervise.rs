@@ -161,6 +161,17 @@ impl Health {
             }
             None => "stopped while the agent was running".to_string(),
         };
+        self.dead(name, why);
+    }
+
+    /// `name` found the agent cannot go on (the start-up check found the database damaged):
+    /// the agent stops as when a part died.
+    pub fn fail(&self, name: &str, why: String) {
+        self.register(name);
+        self.dead(name, why);
+    }
+
+    fn dead(&self, name: &str, why: String) {
         tracing::error!(
             component = name,
             "{name} {why}: the agent stops and exits with code {EXIT_DIED} for its supervisor (systemd) to restart it; scans not acked stay on their scanners"

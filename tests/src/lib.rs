@@ -318,6 +318,13 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The exit code once the agent has exited by itself (`None` while it runs).
+    pub fn exit_code(&mut self) -> Option<i32> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

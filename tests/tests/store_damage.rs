@@ -337,3 +337,70 @@ fn recover_puts_a_damaged_copys_undelivered_scans_back_once() {
     );
     eprintln!("recover: {said}");
 }
+
+/// `[store] startup_check = "beside"` (what a file over 32 MiB gets by default): the agent
+/// serves at once while the check reads; damage found stops it with exit code 70, and the
+/// next start moves the file aside on that verdict and delivers every scan. (Scans acked
+/// while the check runs are salvaged too: a store unit test holds a check open for that.)
+#[test]
+fn damage_found_beside_serving_stops_the_agent_and_the_next_start_salvages_everything() {
+    let mut rig = Rig::with_store(
+        "damaged-beside",
+        &[PortKind::Framed],
+        "[store]\nstartup_check = \"beside\"\n",
+    );
+    rig.broker.stop();
+    let mut agent = rig.start_agent();
+    rig.wait_ports_open();
+    let n = 300;
+    let (plans, _scanners) = scan_offline(&mut rig, "BSD", n, 200);
+    agent.stop();
+    let db = db_path(&rig);
+    // Damage where start-up does not read: a table at the end of the file.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE ballast(x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) INSERT INTO ballast SELECT randomblob(400) FROM n;",
+    )
+    .unwrap();
+    drop(c);
+    garble(&db, 0.85, 0.95);
+
+    let mut agent = rig.start_agent();
+    let exit = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(code) = agent.exit_code() {
+                break code;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent kept running on a damaged file"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let log = std::fs::read_to_string(&rig.log).unwrap_or_default();
+    assert_eq!(exit, 70, "{log}");
+    assert!(log.contains("found the database damaged"), "{log}");
+    assert!(moved_aside(&db).is_empty(), "moved only at the next start");
+
+    rig.broker.restart().unwrap();
+    let _agent = rig.start_agent();
+    let total = n;
+    assert!(
+        wait_until(
+            Duration::from_secs(60),
+            || arrived_from_plan(&rig, &plans).len() as u64 >= total
+        ),
+        "{} of {total} arrived; log:\n{}",
+        arrived_from_plan(&rig, &plans).len(),
+        tail(&rig.log, 40)
+    );
+    assert_eq!(moved_aside(&db).len(), 1, "the damaged file kept");
+    let st = status(&rig.config);
+    let detail = st["incidents"][0]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(detail.contains("the last run's start-up check"), "{st}");
+}

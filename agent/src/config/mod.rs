@@ -84,6 +84,20 @@ pub struct StoreConfig {
     /// Ceiling on the database file; when reached, new scans are refused (framed scanners
     /// keep them and retry) instead of filling the gateway's disk.
     pub max_db_mb: Option<u64>,
+    /// When the start-up integrity check runs.
+    pub startup_check: StartupCheck,
+}
+
+/// When the start-up `quick_check` of the database runs (it reads the whole file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartupCheck {
+    /// Before serving below [`crate::store::INLINE_CHECK_BYTES`], beside serving above.
+    Auto,
+    /// Always before anything is served (a large file makes start-up that much longer).
+    Before,
+    /// Always beside serving, on a snapshot of the file as it was at start.
+    Beside,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -243,6 +257,7 @@ struct RawStore {
     max_batch: Option<Spanned<i64>>,
     retention_days: Option<Spanned<i64>>,
     max_db_mb: Option<Spanned<i64>>,
+    startup_check: Option<StartupCheck>,
 }
 
 #[derive(Deserialize)]
@@ -383,6 +398,7 @@ impl Validator<'_> {
                 max_batch: 1024,
                 retention: Duration::from_secs(14 * 86_400),
                 max_db_mb: None,
+                startup_check: StartupCheck::Auto,
             },
             Some(s) => StoreConfig {
                 synchronous: s.synchronous.unwrap_or(Synchronous::Full),
@@ -401,6 +417,7 @@ impl Validator<'_> {
                     Some(v) => Some(self.range(v, "store.max_db_mb", 1, 16_000_000)? as u64),
                     None => None,
                 },
+                startup_check: s.startup_check.unwrap_or(StartupCheck::Auto),
             },
         };
         let mut scanners = Vec::new();

@@ -19,7 +19,8 @@
 use crate::config::Synchronous;
 use rusqlite::Connection;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// How often, at most, this thread checkpoints while the writer commits.
@@ -53,7 +54,7 @@ impl Nudge {
 
 /// Opens the checkpointer's connection and starts its thread; it stops with
 /// [`Nudge::stop`] (or once the writer, holding the [`Nudge`], is gone).
-pub fn start(path: &Path, sync: Synchronous) -> Result<Nudge, String> {
+pub fn start(path: &Path, sync: Synchronous, hold: Arc<AtomicBool>) -> Result<Nudge, String> {
     let conn = Connection::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     super::configure(&conn, sync, None).map_err(|e| format!("configuring: {e}"))?;
     // This connection only checkpoints; its close must not try one the writer is doing.
@@ -65,7 +66,7 @@ pub fn start(path: &Path, sync: Synchronous) -> Result<Nudge, String> {
     let (tx, rx) = mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("store-checkpoint".into())
-        .spawn(move || run(&conn, &rx))
+        .spawn(move || run(&conn, &rx, &hold))
         .map_err(|e| format!("starting the checkpoint thread: {e}"))?;
     Ok(Nudge {
         tx: Some(tx),
@@ -73,7 +74,7 @@ pub fn start(path: &Path, sync: Synchronous) -> Result<Nudge, String> {
     })
 }
 
-fn run(conn: &Connection, rx: &mpsc::Receiver<()>) {
+fn run(conn: &Connection, rx: &mpsc::Receiver<()>, hold: &AtomicBool) {
     let mut last = Instant::now();
     while rx.recv().is_ok() {
         let wait = EVERY.saturating_sub(last.elapsed());
@@ -82,6 +83,10 @@ fn run(conn: &Connection, rx: &mpsc::Receiver<()>) {
         }
         while rx.try_recv().is_ok() {}
         last = Instant::now();
+        // The file was found damaged: it is kept as checked (see the writer).
+        if hold.load(Ordering::Relaxed) {
+            continue;
+        }
         // PASSIVE: copies what no reader still needs, without waiting for anyone. A busy
         // result (the writer's own checkpoint holds the lock) just means next time.
         let r = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {

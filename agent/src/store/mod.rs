@@ -22,6 +22,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 pub use webhooks::{WebhookMark, WebhookStatus};
 pub use writer::{
@@ -71,7 +72,15 @@ pub struct StoreHandle {
     /// Highest committed event row; sinks wake on changes.
     pub committed: watch::Receiver<i64>,
     pub path: PathBuf,
+    /// The start-up check's snapshot when it runs beside serving, for the agent to run.
+    startup_check: Arc<std::sync::Mutex<Option<rusqlite::Connection>>>,
+    /// Set when that check found damage: no more checkpoints into the file.
+    hold_checkpoints: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Files up to this size (with the WAL) are checked before serving under `startup_check =
+/// "auto"`: about a second of `quick_check` here. Larger ones are checked beside serving.
+pub const INLINE_CHECK_BYTES: u64 = 32 << 20;
 
 fn configure(conn: &Connection, sync: Synchronous, max_db_mb: Option<u64>) -> rusqlite::Result<()> {
     if let Some(mb) = max_db_mb {
@@ -98,8 +107,24 @@ fn configure(conn: &Connection, sync: Synchronous, max_db_mb: Option<u64>) -> ru
 impl StoreHandle {
     /// Opens (creating and migrating) the database and starts the writer thread.
     pub fn open(config: &Config) -> Result<(StoreHandle, std::thread::JoinHandle<()>), StoreError> {
+        if !check_beside(config) {
+            return StoreHandle::open_checked(config, false);
+        }
+        StoreHandle::open_checked(config, true).or_else(|e| {
+            // A file to be checked beside serving that fails while opening (damage where
+            // start-up reads) is checked at once instead: damage then moves it aside, any
+            // other failure is reported as it would have been.
+            tracing::warn!("{e}: checking the database before serving instead");
+            StoreHandle::open_checked(config, false)
+        })
+    }
+
+    fn open_checked(
+        config: &Config,
+        beside: bool,
+    ) -> Result<(StoreHandle, std::thread::JoinHandle<()>), StoreError> {
         let path = config.db_path();
-        let (mut conn, lock) = prepare(config)?;
+        let (mut conn, lock, startup_check) = prepare(config, beside)?;
         let router = crate::routing::Router::new(config);
         register_upstreams(&mut conn, &router)
             .map_err(|e| StoreError::new("registering upstreams", e))?;
@@ -120,8 +145,10 @@ impl StoreHandle {
         // only copies what that thread has not yet and bounds the WAL (see `checkpoint`).
         conn.pragma_update(None, "wal_autocheckpoint", checkpoint::WRITER_PAGES)
             .map_err(|e| StoreError::new("configuring SQLite", e))?;
-        let checkpoint = checkpoint::start(&path, config.store.synchronous)
-            .map_err(|e| StoreError::new("starting the checkpointer", e))?;
+        let hold_checkpoints = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checkpoint =
+            checkpoint::start(&path, config.store.synchronous, hold_checkpoints.clone())
+                .map_err(|e| StoreError::new("starting the checkpointer", e))?;
         let (committed_tx, committed) = watch::channel(max_row);
         let (tx, rx) = mpsc::channel(16_384);
         let w = writer::Writer {
@@ -135,6 +162,8 @@ impl StoreHandle {
             held: held::Held::default(),
             checkpoint,
             expected: Vec::new(),
+            hold_checkpoints: hold_checkpoints.clone(),
+            checkpoints_held: false,
         };
         let join = std::thread::Builder::new()
             .name("store-writer".into())
@@ -145,9 +174,27 @@ impl StoreHandle {
                 tx,
                 committed,
                 path,
+                startup_check: Arc::new(std::sync::Mutex::new(startup_check)),
+                hold_checkpoints,
             },
             join,
         ))
+    }
+
+    /// The start-up check's snapshot, once, when the check runs beside serving: the caller
+    /// runs [`integrity::finish`] on it and stops the agent on damage.
+    pub fn take_startup_check(&self) -> Option<rusqlite::Connection> {
+        self.startup_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// The start-up check found the file damaged: from the writer's next batch on, nothing
+    /// is checkpointed into it (commits stay in the WAL, which moves aside with it).
+    pub fn hold_checkpoints(&self) {
+        self.hold_checkpoints
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sends an op from a blocking thread (serial sources).
@@ -231,8 +278,24 @@ impl StoreHandle {
 
 /// Locks data_dir, checks the file (a damaged one is moved aside and its undelivered scans
 /// salvaged into the fresh one; any other failure refuses to start), opens, configures and
-/// migrates it. The lock is held as long as the returned file lives.
-fn prepare(config: &Config) -> Result<(Connection, std::fs::File), StoreError> {
+/// migrates it. The lock is held as long as the returned file lives. A large file's check
+/// is only prepared (its snapshot taken), to run beside serving.
+/// Whether the start-up check of `config`'s database runs beside serving.
+fn check_beside(config: &Config) -> bool {
+    let path = config.db_path();
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let bytes = size(&path) + size(&PathBuf::from(format!("{}-wal", path.display())));
+    match config.store.startup_check {
+        crate::config::StartupCheck::Before => false,
+        crate::config::StartupCheck::Beside => true,
+        crate::config::StartupCheck::Auto => bytes > INLINE_CHECK_BYTES,
+    }
+}
+
+fn prepare(
+    config: &Config,
+    beside: bool,
+) -> Result<(Connection, std::fs::File, Option<Connection>), StoreError> {
     let dir = &config.gateway.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| {
         StoreError::new(
@@ -243,7 +306,19 @@ fn prepare(config: &Config) -> Result<(Connection, std::fs::File), StoreError> {
     let path = config.db_path();
     let lock = lock_data_dir(dir)?;
     // Checked before anything writes to it; only this process can (it holds the lock).
-    let moved = integrity::check(&path).map_err(|e| StoreError::new("integrity check", e))?;
+    let snapshot = if beside {
+        integrity::snapshot(&path)
+    } else {
+        None
+    };
+    let moved = match &snapshot {
+        Some(_) => {
+            tracing::info!(db = %path.display(),
+                "the integrity check runs beside serving, on the file as it is now (store.startup_check)");
+            None
+        }
+        None => integrity::check(&path).map_err(|e| StoreError::new("integrity check", e))?,
+    };
     if let Some(m) = &moved {
         tracing::error!(
             damaged = %m.to.display(), reason = %m.why,
@@ -270,7 +345,7 @@ fn prepare(config: &Config) -> Result<(Connection, std::fs::File), StoreError> {
         integrity::record(&conn, m, &outcome)
             .map_err(|e| StoreError::new("recording the incident", e))?;
     }
-    Ok((conn, lock))
+    Ok((conn, lock, snapshot))
 }
 
 /// Takes `data_dir/darkleg.lock` for this process: two agents on one outbox would fight

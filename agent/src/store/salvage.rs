@@ -366,7 +366,8 @@ pub fn recover(config: &crate::config::Config, from: &Path) -> Result<Salvaged, 
             "that is the live database of this config (hint: give the damaged copy, darkleg.db.damaged-*)",
         ));
     }
-    let (mut conn, _lock) = super::prepare(config)?;
+    // Checked before anything is salvaged into it, however large.
+    let (mut conn, _lock, _) = super::prepare(config, false)?;
     let router = crate::routing::Router::new(config);
     let s = salvage(from, &mut conn)
         .map_err(|e| StoreError::new(format!("recovering from {}", from.display()), e))?;

@@ -217,3 +217,130 @@ fn recover_salvages_a_damaged_copy_into_the_store_once() {
         .to_string()
         .contains("live database"));
 }
+
+/// A fixture whose start-up check runs beside serving, however small the file.
+fn beside(name: &str) -> Fixture {
+    let mut f = Fixture::with_upstreams(name, &["a"]);
+    f.config = Fixture::config(&f.dir, &["a"], "[store]\nstartup_check = \"beside\"\n");
+    f
+}
+
+#[test]
+fn a_check_beside_serving_passes_an_intact_file_and_leaves_no_verdict() {
+    let f = beside("beside-intact");
+    let (s, j) = f.open();
+    assert!(
+        s.take_startup_check().is_none(),
+        "no file yet: nothing to check"
+    );
+    fill(&s, "d", 500);
+    close(s, j);
+    let (s, j) = f.open();
+    let snapshot = s
+        .take_startup_check()
+        .expect("an existing file is checked beside");
+    // Serving goes on while the check holds its snapshot.
+    assert_eq!(hello(&s, "d", 0), 500);
+    assert_eq!(framed(&s, "d", 501), FramedOutcome::Stored { acked: 501 });
+    let path = f.config.db_path();
+    assert_eq!(integrity::finish(snapshot, &path), integrity::Found::Intact);
+    assert!(!integrity::marker(&path).exists());
+    close(s, j);
+    assert!(aside(&f.dir).is_empty());
+}
+
+#[test]
+fn damage_found_beside_serving_is_acted_on_at_the_next_start_with_what_was_acked_meanwhile() {
+    let f = beside("beside-damaged");
+    let (s, j) = f.open();
+    fill(&s, "d", 3000);
+    close(s, j);
+    let path = f.config.db_path();
+    // Damage where start-up does not read (a table at the end of the file): only the check
+    // can find it.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "CREATE TABLE ballast(x); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) INSERT INTO ballast SELECT randomblob(400) FROM n;",
+    )
+    .unwrap();
+    drop(c);
+    let bytes = garble(&path, 0.8, 0.95);
+
+    // The damaged file is served while it is checked: scans acked meanwhile go to the WAL.
+    let (s, j) = f.open();
+    assert!(
+        aside(&f.dir).is_empty(),
+        "not moved before the check has spoken"
+    );
+    let snapshot = s.take_startup_check().expect("checked beside");
+    let acked: Vec<u64> = (1..=20)
+        .filter(|&seq| {
+            let r = s.framed_blocking("e".into(), "p".into(), scan("e", seq));
+            matches!(r.blocking_recv(), Ok(Ok(FramedOutcome::Stored { .. })))
+        })
+        .collect();
+    let found = integrity::finish(snapshot, &path);
+    assert!(matches!(found, integrity::Found::Damaged(_)), "{found:?}");
+    // As the agent does on that verdict, before it stops.
+    s.hold_checkpoints();
+    assert_eq!(framed(&s, "e", 21), FramedOutcome::Stored { acked: 21 });
+    let acked: Vec<u64> = acked.into_iter().chain([21]).collect();
+    assert!(
+        integrity::marker(&path).exists(),
+        "the verdict is left for the next start"
+    );
+    close(s, j);
+
+    // The next start acts on the verdict: moved aside, salvaged, the verdict consumed.
+    let (s, j) = f.open();
+    assert!(
+        s.take_startup_check().is_none(),
+        "the fresh file needs no check"
+    );
+    close(s, j);
+    let moved = aside(&f.dir);
+    assert!(!moved.is_empty());
+    assert_eq!(
+        std::fs::read(&moved[0]).unwrap(),
+        bytes,
+        "the main file was not written while it was checked"
+    );
+    assert!(!integrity::marker(&path).exists());
+    let r = Reader::open(&path).unwrap();
+    let st = r.status().unwrap();
+    assert_eq!(st.incidents.len(), 1);
+    let detail = &st.incidents[0].detail;
+    assert!(detail.contains("the last run's start-up check"), "{detail}");
+    let salvaged: Vec<u64> = r
+        .pending("a", 0, 1_000_000)
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.event().filter(|e| e.device == "e").map(|e| e.seq))
+        .collect();
+    assert_eq!(
+        salvaged, acked,
+        "every scan acked during the check was salvaged"
+    );
+    assert_eq!(salvaged.len(), 21, "all were acked: {salvaged:?}");
+    assert_eq!(
+        pending_seqs(&r, "a").len(),
+        3021,
+        "and the 3000 from before"
+    );
+}
+
+#[test]
+fn damage_where_start_up_reads_is_checked_before_serving_even_beside() {
+    let f = beside("beside-fallback");
+    let (s, j) = f.open();
+    fill(&s, "d", 3000);
+    close(s, j);
+    let path = f.config.db_path();
+    garble(&path, 0.4, 0.5);
+    // Opening reads the damaged outbox: the check runs at once and the file moves aside.
+    let (s, j) = f.open();
+    assert!(s.take_startup_check().is_none());
+    assert_eq!(hello(&s, "d", 0), 3000);
+    close(s, j);
+    assert!(!aside(&f.dir).is_empty(), "moved aside at once");
+}

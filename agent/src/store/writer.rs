@@ -9,8 +9,11 @@ use super::ops;
 use super::StoreError;
 use crate::faults;
 use darkleg_protocol::Step;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, Transaction};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -198,6 +201,10 @@ pub(super) struct Writer {
     /// Ports of the framed scans in the last batch: on a slow disk, the next batch waits a
     /// moment for them to send again (see `gather`).
     pub expected: Vec<String>,
+    /// Set once the start-up check found the file damaged: nothing more is checkpointed
+    /// into it, so the copy moved aside at the next start is the file as it was checked.
+    pub hold_checkpoints: Arc<AtomicBool>,
+    pub checkpoints_held: bool,
 }
 
 /// How long the writer waits for new work before trying held-back bookkeeping alone.
@@ -256,12 +263,34 @@ impl Writer {
                     }
                 }
             }
+            self.hold_if_damaged();
             let started = std::time::Instant::now();
             self.apply_batch(&mut batch);
             commit_took = started.elapsed();
         }
         tracing::debug!("store writer: all senders gone, stopping");
         self.checkpoint.stop();
+        self.hold_if_damaged();
+    }
+
+    /// After the check's verdict of damage: no autocheckpoint, none on close; new commits
+    /// stay in the WAL, which moves aside with the file.
+    fn hold_if_damaged(&mut self) {
+        if self.checkpoints_held || !self.hold_checkpoints.load(Relaxed) {
+            return;
+        }
+        self.checkpoints_held = true;
+        let held = self
+            .conn
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .and_then(|()| {
+                self.conn
+                    .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+                    .map(|_| ())
+            });
+        if let Err(e) = held {
+            tracing::error!("store: could not stop checkpoints into the damaged file: {e}");
+        }
     }
 
     fn take_queued(&self, rx: &mut mpsc::Receiver<WriteOp>, batch: &mut Vec<WriteOp>) {
