@@ -12,5 +12,10 @@ pub static EVICTED_FOR_ROOM: AtomicU64 = AtomicU64::new(0);
 pub static STORE_FULL: AtomicBool = AtomicBool::new(false);
 /// Connections the `[http]` listener closed at accept: `max_connections` were open.
 pub static HTTP_REFUSED: AtomicU64 = AtomicU64::new(0);
+/// TLS handshakes the `[http]` listener failed (an expired certificate, a plain-HTTP
+/// client, a client that does not trust ours).
+pub static TLS_FAILED: AtomicU64 = AtomicU64::new(0);
+/// When a failed handshake was last logged at warn (ms since the epoch): at most one a minute.
+pub static TLS_FAILED_LOGGED_MS: AtomicU64 = AtomicU64::new(0);
 /// Steps of the gateway's wall clock against its monotonic clock (NTP step, bad RTC).
 pub static CLOCK_JUMPS: AtomicU64 = AtomicU64::new(0);

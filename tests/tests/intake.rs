@@ -328,6 +328,16 @@ fn the_intake_over_tls_with_a_rustls_client() {
     );
     // Plain HTTP on the TLS listener gets no answer.
     assert!(post(http, Some(TOKEN), &scan.to_string()).is_none_or(|r| r.0 != 200));
+    // ... and is said in the log (and counted on /metrics), not only at debug level.
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            &rig.log
+        )
+        .unwrap_or_default()
+        .contains("a TLS handshake failed")),
+        "{}",
+        tail(&rig.log, 20)
+    );
     assert!(wait_until(Duration::from_secs(20), || rig.collector.len() == 1));
 }
 

@@ -38,13 +38,15 @@ impl Suffix {
         }
     }
 
-    /// `line` without a trailing suffix. `lf` also drops a CR before the LF: a device sending
-    /// CRLF to an `lf` listener is common and costs nothing to forgive.
+    /// `line` without a trailing suffix. `lf` also drops a CR before the LF, and `cr` an LF
+    /// after the CR (it leads the next line): a device sending CRLF to an `lf` or `cr`
+    /// listener is common and costs nothing to forgive.
     pub fn strip(self, line: &[u8]) -> &[u8] {
         let line = line.strip_suffix(&[self.end_byte()]).unwrap_or(line);
         match self {
             Suffix::Lf | Suffix::Crlf => line.strip_suffix(b"\r").unwrap_or(line),
-            Suffix::Cr | Suffix::Tab => line,
+            Suffix::Cr => line.strip_prefix(b"\n").unwrap_or(line),
+            Suffix::Tab => line,
         }
     }
 }
@@ -68,7 +70,9 @@ pub struct NetworkScanner {
     /// Longest scan in bytes; longer is counted as garbage.
     pub max_line: usize,
     /// TCP: a connection silent this long is closed.
-    pub idle: Duration,
+    /// Silence after which a connection is closed (`None`: never; TCP keepalive clears out
+    /// handhelds that vanished).
+    pub idle: Option<Duration>,
 }
 
 impl NetworkScanner {
@@ -173,7 +177,12 @@ impl Validator<'_> {
                     MAX_CONNECTIONS as i64,
                 )? as usize,
                 max_line: int(&r.max_line, "max_line", 16, 65_536, 4096)? as usize,
-                idle: Duration::from_secs(int(&r.idle_secs, "idle_secs", 1, 86_400, 600)? as u64),
+                // 0 (the default): never. DataWedge keeps a connection for its next scan,
+                // and one sent into a connection the gateway closed is lost unseen.
+                idle: match int(&r.idle_secs, "idle_secs", 0, 86_400, 0)? {
+                    0 => None,
+                    s => Some(Duration::from_secs(s as u64)),
+                },
             });
         }
         Ok(out)
@@ -226,7 +235,7 @@ mod tests {
         assert!(e.contains("`network_scanner[0].max_line`"), "{e}");
         for (key, bad) in [
             ("max_connections", "0"),
-            ("idle_secs", "0"),
+            ("idle_secs", "-1"),
             ("idle_secs", "86401"),
         ] {
             let e = parse(&format!(
@@ -240,7 +249,7 @@ mod tests {
                 "{e}"
             );
         }
-        assert_eq!(n.idle, std::time::Duration::from_secs(600));
+        assert_eq!(n.idle, None, "never closed for silence unless asked");
         let e = parse(
             "[[network_scanner]]\nlisten = \"0.0.0.0:1\"\nstation = \"pack\"\nsuffix = \"nl\"\n",
         )
@@ -255,6 +264,8 @@ mod tests {
         assert_eq!(Lf.strip(b"abc"), b"abc");
         assert_eq!(Crlf.strip(b"abc\r\n"), b"abc");
         assert_eq!(Cr.strip(b"abc\r"), b"abc");
+        // CRLF into a `cr` listener: the LF leads the next line, and is forgiven there.
+        assert_eq!(Cr.strip(b"\nabc\r"), b"abc");
         assert_eq!(Tab.strip(b"abc\t"), b"abc");
         assert_eq!(Tab.strip(b"abc\n"), b"abc\n");
     }

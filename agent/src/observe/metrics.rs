@@ -332,6 +332,12 @@ impl Collector for Scrape {
             "http_connections_refused",
             "Connections the HTTP listener closed at accept because [http] max_connections were open.",
             load(&faults::HTTP_REFUSED),
+        )?;
+        counter(
+            &mut e,
+            "http_tls_failed",
+            "TLS handshakes the HTTP listener failed (plain-http clients, untrusted or expired certificates).",
+            load(&faults::TLS_FAILED),
         )
     }
 }
@@ -494,7 +500,7 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
         fams
     }
 
-    const FAMILIES: [(&str, &str, &[&str]); 24] = [
+    const FAMILIES: [(&str, &str, &[&str]); 25] = [
         ("events_captured_total", "counter", &[]),
         ("events_rejected_total", "counter", &[]),
         ("events_synced_total", "counter", &["upstream"]),
@@ -513,6 +519,7 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
         ("evicted_for_room_total", "counter", &[]),
         ("clock_jumps_total", "counter", &[]),
         ("http_connections_refused_total", "counter", &[]),
+        ("http_tls_failed_total", "counter", &[]),
         ("intake_requests_total", "counter", &["status"]),
         ("intake_scans_total", "counter", &["result"]),
         ("webhook_dead_letters", "gauge", &["webhook"]),

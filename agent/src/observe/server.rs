@@ -74,9 +74,27 @@ async fn connection(sock: TcpStream, app: Router, tls: Option<TlsAcceptor>) {
         None => serve_io(TokioIo::new(sock), app).await,
         Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(sock)).await {
             Ok(Ok(s)) => serve_io(TokioIo::new(s), app).await,
-            Ok(Err(e)) => tracing::debug!("http: TLS handshake failed: {e}"),
-            Err(_) => tracing::debug!("http: TLS handshake timed out"),
+            Ok(Err(e)) => tls_failed(&format!("{e}")),
+            Err(_) => tls_failed("timed out"),
         },
+    }
+}
+
+/// A failed handshake is counted (`darkleg_http_tls_failed_total`) and said at warn once a
+/// minute: an intake whose clients all fail TLS takes no scans, and must not look idle.
+fn tls_failed(why: &str) {
+    use crate::faults::{TLS_FAILED, TLS_FAILED_LOGGED_MS};
+    let n = TLS_FAILED.fetch_add(1, Relaxed) + 1;
+    let now = crate::clock::now_ms();
+    let last = TLS_FAILED_LOGGED_MS.load(Relaxed);
+    if now.saturating_sub(last) >= 60_000
+        && TLS_FAILED_LOGGED_MS
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(failed_so_far = n, "http: a TLS handshake failed: {why} (a plain-http client, or a certificate the client does not trust or that expired?)");
+    } else {
+        tracing::debug!("http: TLS handshake failed: {why}");
     }
 }
 

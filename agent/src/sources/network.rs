@@ -249,6 +249,12 @@ async fn serve_tcp(ctx: &Arc<Ctx>, listener: TcpListener, mut stop: watch::Recei
     }
 }
 
+/// Keepalive on a handheld's connection: first probe after this much silence, then one
+/// every [`KEEPALIVE_EVERY`]; [`KEEPALIVE_PROBES`] unanswered end it (about 2.5 minutes).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
+const KEEPALIVE_PROBES: u32 = 6;
+
 async fn connection(
     ctx: &Ctx,
     mut stream: TcpStream,
@@ -257,21 +263,50 @@ async fn connection(
 ) {
     let device = ctx.device(peer.ip());
     tracing::debug!(port = %ctx.port, %peer, device, "handheld connected");
+    // Connections stay open through silence (the next scan is sent into them); a handheld
+    // that vanished without a FIN is found by keepalive probes instead.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_EVERY)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(port = %ctx.port, %peer, "no TCP keepalive: {e}");
+    }
     let end = ctx.cfg.suffix.end_byte();
     let mut buf = vec![0u8; READ_BUF];
     let mut line: Vec<u8> = Vec::new();
     // Past max_line: the rest of this line is dropped up to its suffix.
     let mut skipping = false;
     let mut pending: Vec<Pending> = Vec::new();
+    // Once stopping: what already sits in the socket is read (without waiting for more)
+    // and committed before the close — the handheld counted it sent.
+    let mut stopping = false;
     let why = loop {
-        let n = tokio::select! {
-            r = tokio::time::timeout(ctx.cfg.idle, stream.read(&mut buf)) => match r {
-                Err(_) => break format!("idle for {:?}", ctx.cfg.idle),
-                Ok(Ok(0)) => break "closed by the handheld".to_string(),
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => break format!("read failed: {e}"),
-            },
-            _ = stop.changed() => break "agent stopping".to_string(),
+        let n = if stopping {
+            match stream.try_read(&mut buf) {
+                Ok(0) => break "agent stopping (closed by the handheld)".to_string(),
+                Ok(n) => n,
+                Err(_) => break "agent stopping".to_string(),
+            }
+        } else {
+            let read = async {
+                match ctx.cfg.idle {
+                    Some(idle) => tokio::time::timeout(idle, stream.read(&mut buf)).await,
+                    None => Ok(stream.read(&mut buf).await),
+                }
+            };
+            tokio::select! {
+                r = read => match r {
+                    Err(_) => break format!("idle for {:?}", ctx.cfg.idle.unwrap_or_default()),
+                    Ok(Ok(0)) => break "closed by the handheld".to_string(),
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => break format!("read failed: {e}"),
+                },
+                _ = stop.changed() => {
+                    stopping = true;
+                    continue;
+                }
+            }
         };
         for &b in &buf[..n] {
             if b == end {

@@ -271,6 +271,7 @@ fn framed_loop<P: Read + Write + serialport::SerialPort>(
                         Ok(Ok(acked)) => acked,
                         Ok(Err(e)) => {
                             tracing::error!(port = %ctx.path, "hello not stored: {e}");
+                            counters.reject(format!("hello from {dev} not stored: {e}"));
                             continue;
                         }
                         Err(_) => return Err("store writer stopped".into()),

@@ -43,11 +43,26 @@ pub(super) fn framed(
         // sequence number (lost its state): its scan is not the stored event, so acking it
         // as a duplicate would lose it. Refused (the operator hears the error tone), counted
         // and logged loudly.
-        let stored: Option<String> = sp
-            .prepare_cached("SELECT code FROM events WHERE event_id = ?1")?
-            .query_row([&EventId::new(device, s.seq).0[..]], |r| r.get(0))
+        let stored: Option<(String, String, Option<String>, Option<String>)> = sp
+            .prepare_cached("SELECT code, step, station, operator FROM events WHERE event_id = ?1")?
+            .query_row([&EventId::new(device, s.seq).0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .optional()?;
-        if stored.as_ref().is_some_and(|code| *code != s.code) {
+        // An app's resend carries the whole scan again: a different step, station or
+        // operator under the same seq and code is another scan (two apps sharing a device
+        // name), not the stored one. Firmware resends its frame as it was; its code decides.
+        let differs =
+            |(code, step, station, operator): &(String, String, Option<String>, Option<String>)| {
+                *code != s.code
+                    || (app
+                        && (step != s.step.as_str()
+                            || *station != s.station
+                            || *operator != s.operator))
+            };
+        let stored_code = stored.as_ref().map(|st| st.0.clone());
+        if stored.as_ref().is_some_and(differs) {
+            let stored = stored_code;
             tracing::error!(
                 device, seq = s.seq, acked = last, stored = ?stored, sent = %s.code,
                 "CONFLICT: the scanner sent a different scan under a sequence number that already names a stored one (it lost its state?); refused, not stored — it must continue after {last}"
@@ -145,18 +160,25 @@ pub(super) fn framed(
     Ok((FramedOutcome::Stored { acked: s.seq }, update))
 }
 
-/// For an app's op on `device`: `Some(last_seq)` when the name is another source's (a
-/// serial or network scanner's). Checked before the op, which then is not applied at all:
-/// applying it would record the device as the app's.
-pub(super) fn taken_from_app(
+/// For a sequenced op on `device` from an app (`app`) or a scanner: `Some(last_seq)` when
+/// the name belongs to the other kind. Checked before the op, which then is not applied
+/// at all: an app's op would record a scanner's device as the app's, and a scanner told the
+/// app's last seq in its Hello would retire its own unsent scans as acked.
+pub(super) fn name_taken(
     sp: &Connection,
     devices: &mut Devices,
     device: &str,
+    app: bool,
 ) -> rusqlite::Result<Option<u64>> {
     let d = devices.get(sp, device)?;
-    if d.app == Some(false) {
-        tracing::error!(device,
-            "CONFLICT: an app posted as a device another source (a serial or network scanner) already uses; refused, not stored — give the app a device name of its own");
+    if d.app == Some(!app) {
+        if app {
+            tracing::error!(device,
+                "CONFLICT: an app posted as a device another source (a serial or network scanner) already uses; refused, not stored — give the app a device name of its own");
+        } else {
+            tracing::error!(device,
+                "CONFLICT: a scanner uses the device name of an app on the HTTP intake; its scans are NOT taken (the scanner keeps them) — give one of them another name");
+        }
         return Ok(Some(d.last_seq));
     }
     Ok(None)

@@ -287,6 +287,18 @@ fn an_app_numbering_afresh_is_refused_where_nothing_is_left_to_compare() {
     // A resend of a held scan is a duplicate; a different code under it a refusal.
     assert_eq!(app(2, None), FramedOutcome::Duplicate { acked: 3 });
     assert_eq!(app(2, Some("other")), FramedOutcome::Refused { acked: 3 });
+    // The same code at another step under that seq is another scan (a second app under the
+    // same device name): refused, not answered "duplicate" and dropped.
+    let other_step = FramedScan {
+        client: SeqClient::App,
+        step: Step::Handover,
+        ..scan("app", 2)
+    };
+    let r = s.framed_blocking("app".into(), APP_PORT.into(), other_step);
+    assert_eq!(
+        r.blocking_recv().unwrap().unwrap(),
+        FramedOutcome::Refused { acked: 3 }
+    );
     // The stored scans go (delivered and pruned, as retention does): the app, reinstalled,
     // starts again at 1 with a new scan. "duplicate" would drop it; it is refused instead.
     let conn = rusqlite::Connection::open(f.config.db_path()).unwrap();
@@ -343,6 +355,28 @@ fn an_app_cannot_post_as_a_scanner_of_another_source() {
         ),
         "{taken:?}"
     );
+    // And the other way: a scanner under an app's name is not told the app's last seq
+    // (it would retire its own unsent scans as acked), nor are its scans taken.
+    for seq in 1..=9 {
+        offer(&s, "pack-3", APP_PORT, SeqClient::App, seq, None);
+    }
+    let hello = s
+        .request_blocking(|reply| WriteOp::Hello {
+            device: "pack-3".into(),
+            firmware: "fw".into(),
+            port: "/dev/ttyUSB1".into(),
+            last_acked: 0,
+            reply,
+        })
+        .blocking_recv()
+        .unwrap();
+    assert!(hello.is_err(), "{hello:?}");
+    let kept = offer(&s, "pack-3", "/dev/ttyUSB1", SeqClient::Firmware, 1, None);
+    let other = FramedOutcome::Conflict {
+        acked: 9,
+        why: Conflict::OtherSource,
+    };
+    assert_eq!(kept, other);
     close(s, j);
 }
 

@@ -82,19 +82,20 @@ pub enum FramedOutcome {
         acked: u64,
     },
     /// Not stored and nothing consumed: the scan cannot be checked against the device's
-    /// record ([`SeqClient::App`] only).
+    /// record, or the device name is the other kind of source's (an app's, a scanner's).
     Conflict {
         acked: u64,
         why: Conflict,
     },
 }
 
-/// Why an app's scan was answered [`FramedOutcome::Conflict`].
+/// Why a scan was answered [`FramedOutcome::Conflict`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conflict {
     /// The seq is at or below the device's last, and no stored scan is left to compare.
     Unheld,
-    /// The device name is a serial or network scanner's.
+    /// The device name is the other kind of source's: a scanner's for an app, an app's for
+    /// a scanner (whose record is then kept on the scanner, not retired).
     OtherSource,
 }
 
@@ -612,20 +613,15 @@ fn apply_savepointed(
             last_acked,
             reply,
         } => {
-            // An app may not take over a name another source uses (its hello would record
-            // the device as an app's, and the app's scans would be sequenced as its).
-            if port == APP_PORT {
-                match ops::taken_from_app(&sp, devices, &device) {
-                    Ok(None) => {}
-                    Ok(Some(_)) => {
-                        let e = StoreError::new(
-                            "hello",
-                            format!("device {device} is a scanner on another source"),
-                        );
-                        return Some(Answer::U64(reply, Err(e)));
-                    }
-                    Err(e) => return Some(Answer::U64(reply, Err(StoreError::sqlite("hello", e)))),
+            // Apps and scanners keep to their own names (see `ops::name_taken`).
+            match ops::name_taken(&sp, devices, &device, port == APP_PORT) {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    let why = format!("device name {device} is taken by another kind of source (an app on the HTTP intake, or a scanner): give one of them another name");
+                    let e = StoreError::new("hello", why);
+                    return Some(Answer::U64(reply, Err(e)));
                 }
+                Err(e) => return Some(Answer::U64(reply, Err(StoreError::sqlite("hello", e)))),
             }
             let r = ops::hello(&sp, devices, &device, &firmware, last_acked);
             let r = settle(sp, r, "hello", devices, &device, "framed", &port);
@@ -637,22 +633,16 @@ fn apply_savepointed(
             scan,
             reply,
         } => {
-            if scan.client == SeqClient::App {
-                match ops::taken_from_app(&sp, devices, &device) {
-                    Ok(None) => {}
-                    Ok(Some(acked)) => {
-                        let why = Conflict::OtherSource;
-                        return Some(Answer::Framed(
-                            reply,
-                            Ok(FramedOutcome::Conflict { acked, why }),
-                        ));
-                    }
-                    Err(e) => {
-                        return Some(Answer::Framed(
-                            reply,
-                            Err(StoreError::sqlite("framed scan", e)),
-                        ))
-                    }
+            match ops::name_taken(&sp, devices, &device, scan.client == SeqClient::App) {
+                Ok(None) => {}
+                Ok(Some(acked)) => {
+                    let why = Conflict::OtherSource;
+                    let outcome = FramedOutcome::Conflict { acked, why };
+                    return Some(Answer::Framed(reply, Ok(outcome)));
+                }
+                Err(e) => {
+                    let e = StoreError::sqlite("framed scan", e);
+                    return Some(Answer::Framed(reply, Err(e)));
                 }
             }
             let r = ops::framed(&sp, devices, routes, &device, &scan);

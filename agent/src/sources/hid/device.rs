@@ -23,7 +23,10 @@ const POLL_MS: i32 = 200;
 
 /// Serves the device until it goes away or the agent stops; `Err` if it cannot be opened.
 pub fn run(ctx: &DeviceContext) -> Result<(), String> {
-    let mut dev = evdev::Device::open(&ctx.path).map_err(|e| {
+    // Raw, not evdev's synced stream: that one hides the kernel's SYN_DROPPED (it resyncs
+    // key state instead), and the characters before and after a drop would join into one
+    // plausible code. Raw, the decoder sees the drop and spoils that scan (counted).
+    let mut dev = evdev::raw_stream::RawDevice::open(&ctx.path).map_err(|e| {
         format!("cannot open: {e} (hint: the agent's user needs read access to input devices, e.g. group input or a udev rule)")
     })?;
     // Exclusive: the scan goes to darkleg only, not also typed into a focused window.
@@ -63,7 +66,9 @@ pub fn run(ctx: &DeviceContext) -> Result<(), String> {
             }
             Err(e) => break format!("poll failed: {e}"),
         }
-        if let Err(e) = intake.settle() {
+        // Never wait for a commit here: while this thread waits, the kernel's buffer for
+        // the device (64 events, ~10 characters) overflows on a slow disk.
+        if let Err(e) = intake.reap() {
             break e;
         }
         intake.flush(true, false);

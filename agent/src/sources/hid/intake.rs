@@ -88,6 +88,28 @@ impl Intake {
         Ok(())
     }
 
+    /// Takes in the writer's answers that have come, without waiting for the others; `Err`
+    /// once the writer is gone.
+    pub fn reap(&mut self) -> Result<(), String> {
+        let mut i = 0;
+        while i < self.pending.len() {
+            match self.pending[i].1.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => i += 1,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err("store writer stopped".into())
+                }
+                Ok(answer) => {
+                    let (code, _) = self.pending.swap_remove(i);
+                    if let Err(e) = answer {
+                        tracing::error!(port = %self.port, code = %code, "scan NOT stored, rescan it: {e}");
+                        self.reject(format!("scan {code} NOT stored, rescan it: {e}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The device is going away: a scan typed half-way (unplugged mid-scan) is counted and
     /// logged, not silently dropped.
     pub fn close(&mut self) {
