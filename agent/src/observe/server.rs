@@ -21,8 +21,9 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// After this, a connection answers the request in hand and closes: a keep-alive client
 /// cannot hold a slot for ever.
 const LIFETIME: Duration = Duration::from_secs(60);
-/// How long that last answer may take before the connection is dropped.
-const DRAIN: Duration = Duration::from_secs(10);
+/// How long that last answer may take before the connection is dropped: past the intake's
+/// 30 s wait for the store, so a request in hand gets its answer (a 503 at worst), not a cut.
+const DRAIN: Duration = Duration::from_secs(40);
 
 /// Serves `app` on `listener` until `shutdown`. Errors on one connection are its own.
 pub async fn run(
