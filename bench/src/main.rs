@@ -91,7 +91,7 @@ fn only(args: &Args, phase: &str) -> bool {
         "slowfsync" => json!(storage::slow_fsync_ingest(per, 10)),
         "growth" => growth::growth(&growth::sizes(args.quick)),
         "intake" => json!([
-            intake::intake_load(8, 100, 100, 1000, 50, 10),
+            intake::intake_load(8, 100, 100, 1000, 1000, 10),
             intake::datawedge_load(500, 10)
         ]),
         "relay" => relay::relay_throughput(n / 10, 100),
@@ -157,7 +157,7 @@ fn main() {
     let ascii = ingest::ascii_ingest(per_scanner);
     eprintln!("  [2/8] the HTTP intake: batched posts, then 1,000 devices at 1 scan/s");
     let secs = if args.quick { 5 } else { 10 };
-    let http_intake = intake::intake_load(8, 100, 100, 1000, 50, secs);
+    let http_intake = intake::intake_load(8, 100, 100, 1000, 1000, secs);
     let datawedge = intake::datawedge_load(500, secs);
     eprintln!(
         "  [3/8] steady 1,000 scans/s, alone and while {} drain to another upstream",
