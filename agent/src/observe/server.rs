@@ -49,8 +49,9 @@ pub async fn run(
             _ = shutdown.changed() => return,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            drop(sock);
+            // Counted before the close, so whoever sees the close sees the count.
             crate::faults::HTTP_REFUSED.fetch_add(1, Relaxed);
+            drop(sock);
             // Counted each time on /metrics; logged at most every 10 s (a flood is one line).
             if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                 last_refusal_log = Some(Instant::now());

@@ -387,7 +387,7 @@ fn register_upstreams(
     conn: &mut Connection,
     router: &crate::routing::Router,
 ) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut messages: Option<Vec<(i64, String, Option<String>)>> = None;
     for u in router.upstreams() {
         if tx.execute("INSERT OR IGNORE INTO upstreams(name) VALUES (?1)", [u])? == 0 {

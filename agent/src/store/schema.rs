@@ -196,7 +196,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     }
     // All pending steps in one transaction: a reader (`darkleg status`) sees the old schema
     // or the newest, never one half-way.
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         tx.execute_batch(sql)
             .and_then(|_| tx.pragma_update(None, "user_version", i as i64 + 1))

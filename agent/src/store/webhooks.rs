@@ -139,7 +139,7 @@ pub fn replay(db: &Path, name: &str) -> Result<Replayed, StoreError> {
         let mut conn =
             Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let Some(disabled) = tx
             .query_row(
                 "SELECT disabled_at IS NOT NULL FROM webhooks WHERE name = ?1",

@@ -391,7 +391,10 @@ impl Writer {
     /// One transaction for the ops that answer (and the held marks when `marks_here`), then
     /// the answers. Returns whether the disk was full and how many ops were refused.
     fn commit_ops(&mut self, ops: Vec<WriteOp>, marks_here: bool) -> (bool, usize) {
-        let mut tx = match self.conn.transaction() {
+        let mut tx = match self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        {
             Ok(tx) => tx,
             Err(e) => {
                 let n = ops.len();
@@ -412,7 +415,10 @@ impl Writer {
                     if tx.is_autocommit() {
                         // SQLite rolled the transaction back: start the batch afresh.
                         drop(tx);
-                        tx = match self.conn.transaction() {
+                        tx = match self
+                            .conn
+                            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        {
                             Ok(tx) => tx,
                             Err(e) => {
                                 let n = ops.len();
@@ -536,7 +542,8 @@ impl Writer {
             Ok(0)
         } else {
             let evict = |conn: &mut Connection| -> rusqlite::Result<usize> {
-                let mut tx = conn.transaction()?;
+                let mut tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let n = ops::evict_delivered(&mut tx, 5_000)?;
                 tx.commit()?;
                 Ok(n)
