@@ -336,8 +336,19 @@ fn damage_where_start_up_reads_is_checked_before_serving_even_beside() {
     fill(&s, "d", 3000);
     close(s, j);
     let path = f.config.db_path();
-    garble(&path, 0.4, 0.5);
-    // Opening reads the damaged outbox: the check runs at once and the file moves aside.
+    // The ports table: start-up resets every port's state, so opening reads that page.
+    let root: usize = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'ports'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4096 * (root - 1)..4096 * root].fill(0xA5);
+    std::fs::write(&path, &bytes).unwrap();
+    // Opening reads the damaged page: the check runs at once and the file moves aside.
     let (s, j) = f.open();
     assert!(s.take_startup_check().is_none());
     assert_eq!(hello(&s, "d", 0), 3000);
