@@ -1,8 +1,9 @@
 //! DataWedge IP Output: handhelds sending raw scans over TCP (suffix-ended lines) and UDP
 //! (one datagram each) to the real agent, through to a private Mosquitto. Each scan arrives
 //! once with its listener's step and the device name mapped from its source address;
-//! garbage, over-long lines and connections past `max_connections` are counted on the
-//! listener's row of `darkleg status --json`, never stored.
+//! garbage and over-long lines are counted on the listener's row of `darkleg status
+//! --json`, never stored; connections past `max_connections` wait in the backlog, their
+//! scans kept.
 
 use darkleg_agent::sim::broker::free_port;
 use darkleg_tests::*;
@@ -53,13 +54,14 @@ fn arrived(arrivals: &[darkleg_agent::sim::collector::Arrival], device: &str) ->
 
 #[test]
 fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() {
-    let (tcp, udp, idle) = (
+    let (tcp, udp, idle, http) = (
+        free_port().unwrap(),
         free_port().unwrap(),
         free_port().unwrap(),
         free_port().unwrap(),
     );
     let extra = format!(
-        "[[network_scanner]]\nlisten = \"127.0.0.1:{tcp}\"\ntransport = \"tcp\"\nstation = \"pack\"\nname = \"pack-bench-2\"\nsuffix = \"crlf\"\nmax_line = 64\nmax_connections = {MAX_CONNECTIONS}\ndevices = {{ \"127.0.0.1\" = \"tc52-dock-3\" }}\n\n\
+        "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[network_scanner]]\nlisten = \"127.0.0.1:{tcp}\"\ntransport = \"tcp\"\nstation = \"pack\"\nname = \"pack-bench-2\"\nsuffix = \"crlf\"\nmax_line = 64\nmax_connections = {MAX_CONNECTIONS}\ndevices = {{ \"127.0.0.1\" = \"tc52-dock-3\" }}\n\n\
          [[network_scanner]]\nlisten = \"127.0.0.1:{udp}\"\ntransport = \"udp\"\nstation = \"handover\"\n\n\
          [[network_scanner]]\nlisten = \"127.0.0.1:{idle}\"\nstation = \"pick\"\nidle_secs = 1\n"
     );
@@ -211,7 +213,8 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
         .iter()
         .all(|j| j["step"] == "handover" && j["station"] == "handover"));
 
-    // The flood: four connections are open; fill the rest, then four more are refused.
+    // The flood: four connections are open; fill the rest, then four more wait, unaccepted
+    // but unrefused, in the kernel's backlog with a scan each in their buffers.
     for _ in open.len()..MAX_CONNECTIONS {
         open.push(connect(tcp));
     }
@@ -228,37 +231,56 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
             >= tcp_total + MAX_CONNECTIONS),
         "every held connection was served"
     );
-    let mut refused = 0;
-    for _ in 0..4 {
-        let mut s = connect(tcp);
-        let _ = s.write_all(b"REFUSED\r\n");
-        if closed_by_agent(&mut s) {
-            refused += 1;
-        }
-    }
-    assert_eq!(
-        refused, 4,
-        "connections past max_connections are closed at once"
+    let queued_code = |k: usize| format!("QUEUED{k:02}");
+    let arrived_code = |code: &str| {
+        rig.collector
+            .messages()
+            .iter()
+            .any(|a| a.json["code"] == code)
+    };
+    let mut queued: Vec<TcpStream> = (0..4)
+        .map(|k| {
+            let mut s = connect(tcp);
+            s.write_all(format!("{}\r\n", queued_code(k)).as_bytes())
+                .unwrap();
+            s
+        })
+        .collect();
+    queued[0]
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    assert!(
+        !closed_by_agent(&mut queued[0]),
+        "a connection past max_connections is not closed"
     );
-    // A freed slot takes a new connection again.
+    assert!(
+        !(0..4).any(|k| arrived_code(&queued_code(k))),
+        "nor read while every slot is taken"
+    );
+    let metrics = http_get(http, "/metrics").unwrap_or_default();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("darkleg_network_scanner_full_total ") && !l.ends_with(" 0")),
+        "the full listener is counted: {metrics}"
+    );
+    // Slots free: the waiting connections are accepted and their scans, written while they
+    // waited, stored.
+    for _ in 0..4 {
+        drop(open.pop());
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || (0..4)
+            .all(|k| arrived_code(&queued_code(k)))),
+        "every scan written while its connection waited is stored"
+    );
+    // And a freed slot takes a new connection again.
     drop(open.pop());
-    std::thread::sleep(Duration::from_millis(200));
     let mut again = connect(tcp);
     again.write_all(b"AFTERFLOOD\r\n").unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || rig
-            .collector
-            .messages()
-            .iter()
-            .any(|a| a.json["code"] == "AFTERFLOOD")),
+        wait_until(Duration::from_secs(10), || arrived_code("AFTERFLOOD")),
         "a connection after the flood is served"
-    );
-    assert!(
-        !rig.collector
-            .messages()
-            .iter()
-            .any(|a| a.json["code"] == "REFUSED"),
-        "nothing from a refused connection is stored"
     );
 
     // idle_secs = 1: a silent connection is closed by the agent.
@@ -274,9 +296,9 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
         t.elapsed()
     );
 
-    // Counted, never stored: 4 garbage lines + 4 refused connections on TCP; 3 on UDP.
+    // Counted, never stored: 4 garbage lines on TCP; 3 on UDP.
     let counted = wait_until(Duration::from_secs(10), || {
-        port_row(&rig.config, &tcp_name)["rejected"] == 8
+        port_row(&rig.config, &tcp_name)["rejected"] == 4
             && port_row(&rig.config, &udp_name)["rejected"] == 3
     });
     let (t, u) = (
@@ -287,7 +309,7 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
     assert_eq!(t["protocol"], "datawedge");
     assert_eq!(
         t["frames"].as_u64(),
-        Some((tcp_total + MAX_CONNECTIONS + 1) as u64),
+        Some((tcp_total + MAX_CONNECTIONS + 4 + 1) as u64),
         "{t}"
     );
     assert_eq!(u["frames"].as_u64(), Some(udp_codes.len() as u64), "{u}");
@@ -298,6 +320,15 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
             .as_array()
             .is_some_and(|d| d.iter().any(|d| d["device"] == "tc52-dock-3")),
         "the mapped device is on status: {devices}"
+    );
+    // Every slot is taken again (the open ones, the four that waited, AFTERFLOOD): one more
+    // waits in the backlog with a scan when the agent is stopped, and is read before it ends.
+    let mut late = connect(tcp);
+    late.write_all(b"ATSTOP\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !arrived_code("ATSTOP"),
+        "not read while every slot is taken"
     );
     // A clean stop with handhelds still connected: their tasks end, the writer is not held.
     let t = std::time::Instant::now();
@@ -312,5 +343,20 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
         "stopped in {:?}",
         t.elapsed()
     );
-    drop(open);
+    let db = darkleg_agent::config::Config::load(&rig.config)
+        .unwrap()
+        .db_path();
+    let stored: i64 = rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE code = 'ATSTOP'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        stored, 1,
+        "the scan waiting in the backlog at the stop is stored"
+    );
+    drop((open, queued, again, late));
 }

@@ -335,6 +335,12 @@ impl Collector for Scrape {
         )?;
         counter(
             &mut e,
+            "network_scanner_full",
+            "Times a [[network_scanner]] TCP listener took its last max_connections slot; until one frees, new connections wait in the kernel's backlog.",
+            load(&faults::NETWORK_FULL),
+        )?;
+        counter(
+            &mut e,
             "http_tls_failed",
             "TLS handshakes the HTTP listener failed (plain-http clients, untrusted or expired certificates).",
             load(&faults::TLS_FAILED),
@@ -500,7 +506,7 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
         fams
     }
 
-    const FAMILIES: [(&str, &str, &[&str]); 25] = [
+    const FAMILIES: [(&str, &str, &[&str]); 26] = [
         ("events_captured_total", "counter", &[]),
         ("events_rejected_total", "counter", &[]),
         ("events_synced_total", "counter", &["upstream"]),
@@ -519,6 +525,7 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
         ("evicted_for_room_total", "counter", &[]),
         ("clock_jumps_total", "counter", &[]),
         ("http_connections_refused_total", "counter", &[]),
+        ("network_scanner_full_total", "counter", &[]),
         ("http_tls_failed_total", "counter", &[]),
         ("intake_requests_total", "counter", &["status"]),
         ("intake_scans_total", "counter", &["result"]),

@@ -15,11 +15,12 @@ use crate::config::{NetworkScanner, Transport};
 use crate::store::{AsciiScan, PortReport, StoreError, StoreHandle, WriteOp};
 use darkleg_protocol::ascii::parse_line;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 /// Bytes taken off a connection per read: the most a connection has in flight in the agent.
@@ -202,10 +203,17 @@ async fn serve_tcp(ctx: &Arc<Ctx>, listener: TcpListener, mut stop: watch::Recei
     let slots = Arc::new(Semaphore::new(ctx.cfg.max_connections));
     let mut conns = JoinSet::new();
     let mut tick = tokio::time::interval(REPORT_EVERY);
-    let mut last_refusal_log: Option<Instant> = None;
+    let mut last_full_log: Option<Instant> = None;
+    // A slot is taken before the next accept, not after: past max_connections the listener
+    // stops accepting and new connections wait in the kernel's backlog, their scans in their
+    // receive buffers, until a slot frees. Closing them at accept lost what they had written.
+    let mut slot: Option<OwnedSemaphorePermit> = None;
     while !*stop.borrow() {
         tokio::select! {
-            accepted = listener.accept() => {
+            permit = slots.clone().acquire_owned(), if slot.is_none() => {
+                slot = permit.ok();
+            }
+            accepted = listener.accept(), if slot.is_some() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -215,20 +223,18 @@ async fn serve_tcp(ctx: &Arc<Ctx>, listener: TcpListener, mut stop: watch::Recei
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    // Closed at once: a flood must not take the gateway's descriptors.
-                    drop(stream);
-                    ctx.reject(format!("connection from {} refused: max_connections ({}) reached", peer.ip(), ctx.cfg.max_connections));
-                    if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        last_refusal_log = Some(Instant::now());
-                        tracing::warn!(port = %ctx.port, max_connections = ctx.cfg.max_connections, "connections refused: too many open (raise max_connections?)");
+                let Some(held) = slot.take() else { continue };
+                if slots.available_permits() == 0 {
+                    crate::faults::NETWORK_FULL.fetch_add(1, Relaxed);
+                    if last_full_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        last_full_log = Some(Instant::now());
+                        tracing::warn!(port = %ctx.port, max_connections = ctx.cfg.max_connections, "every connection slot is taken: new connections wait in the kernel's backlog until one closes (raise max_connections?)");
                     }
-                    continue;
-                };
+                }
                 let (ctx, stop) = (ctx.clone(), stop.clone());
                 conns.spawn(async move {
                     connection(&ctx, stream, peer, stop).await;
-                    drop(slot);
+                    drop(held);
                 });
             }
             _ = tick.tick() => ctx.flush(true, false).await,
@@ -236,7 +242,9 @@ async fn serve_tcp(ctx: &Arc<Ctx>, listener: TcpListener, mut stop: watch::Recei
             _ = stop.changed() => {}
         }
     }
-    drop(listener);
+    // Connections still waiting in the backlog hold scans their handhelds counted sent:
+    // each is read once, as the open ones are, before the listener closes.
+    drain_backlog(ctx, listener, &stop, &mut conns);
     // Connections see the stop too and end after their commits; a stuck one is cut off so
     // the store writer (which stops once every handle is dropped) is not held.
     let drained = tokio::time::timeout(DRAIN_ON_STOP, async {
@@ -246,6 +254,26 @@ async fn serve_tcp(ctx: &Arc<Ctx>, listener: TcpListener, mut stop: watch::Recei
     if drained.is_err() {
         conns.abort_all();
         while conns.join_next().await.is_some() {}
+    }
+}
+
+fn drain_backlog(
+    ctx: &Arc<Ctx>,
+    listener: TcpListener,
+    stop: &watch::Receiver<bool>,
+    conns: &mut JoinSet<()>,
+) {
+    let Ok(listener) = listener.into_std() else {
+        return;
+    };
+    // Non-blocking (as tokio left it): the loop ends at the first empty accept.
+    while let Ok((stream, peer)) = listener.accept() {
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream));
+        let Ok(stream) = stream else { continue };
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        conns.spawn(async move { connection(&ctx, stream, peer, stop).await });
     }
 }
 
@@ -280,7 +308,7 @@ async fn connection(
     let mut pending: Vec<Pending> = Vec::new();
     // Once stopping: what already sits in the socket is read (without waiting for more)
     // and committed before the close — the handheld counted it sent.
-    let mut stopping = false;
+    let mut stopping = *stop.borrow();
     let why = loop {
         let n = if stopping {
             match stream.try_read(&mut buf) {
