@@ -99,16 +99,14 @@ fn check_beside(
     }
 }
 
-/// Re-reads the intake's tokens on each SIGHUP; the rest of the config is read at start.
-async fn on_sighup(
-    mut hup: tokio::signal::unix::Signal,
-    tokens: Option<Arc<intake::tokens::Tokens>>,
-) {
+/// Re-reads the intake's tokens and TLS certificate on each SIGHUP; the rest of the config
+/// is read at start.
+async fn on_sighup(mut hup: tokio::signal::unix::Signal, reread: Option<intake::Reread>) {
     while hup.recv().await.is_some() {
-        match &tokens {
-            Some(t) => t.reload(),
+        match &reread {
+            Some(r) => r.reload(),
             None => tracing::info!(
-                "SIGHUP: nothing to re-read (only [intake] tokens_file is; other config changes take a restart)"
+                "SIGHUP: nothing to re-read (only [intake] tokens_file and TLS files are; other config changes take a restart)"
             ),
         }
     }

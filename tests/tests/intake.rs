@@ -1,7 +1,7 @@
 //! The HTTP intake end to end: the real binary, a private Mosquitto, real sockets. Answers
-//! (200 stored/duplicate, 401, 400, 409, 413, 507), SIGHUP re-reading the tokens, TLS with a
-//! rustls client, and a SIGKILL of the agent under load from many devices: every scan
-//! answered `stored` or `duplicate` arrives upstream, once by event id.
+//! (200 stored/duplicate, 401, 400, 409, 413, 507), SIGHUP re-reading the tokens (and the TLS
+//! certificate), TLS with a rustls client, and a SIGKILL of the agent under load from many
+//! devices: every scan answered `stored` or `duplicate` arrives upstream, once by event id.
 
 use darkleg_agent::sim::broker::free_port;
 use darkleg_tests::*;
@@ -291,7 +291,7 @@ fn the_intake_over_tls_with_a_rustls_client() {
             certs.0.join("server.key").display()
         ),
     );
-    let _agent = rig.start_agent();
+    let agent = rig.start_agent();
     let mut roots = rustls::RootCertStore::empty();
     use rustls::pki_types::pem::PemObject;
     for c in rustls::pki_types::CertificateDer::pem_file_iter(certs.0.join("ca.pem")).unwrap() {
@@ -339,6 +339,66 @@ fn the_intake_over_tls_with_a_rustls_client() {
         tail(&rig.log, 20)
     );
     assert!(wait_until(Duration::from_secs(20), || rig.collector.len() == 1));
+
+    // A renewed certificate is served after a SIGHUP, without a restart.
+    let served = || -> Option<Vec<u8>> {
+        let mut sock = std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;
+        let mut conn =
+            rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap()).ok()?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).ok()?;
+        }
+        Some(conn.peer_certificates()?.first()?.to_vec())
+    };
+    let der = |name: &str| {
+        rustls::pki_types::CertificateDer::from_pem_file(certs.0.join(name))
+            .unwrap()
+            .to_vec()
+    };
+    assert_eq!(served(), Some(der("server.pem")));
+    darkleg_tests::tls::sign(
+        &certs.0,
+        "renewed",
+        "/CN=localhost",
+        "subjectAltName=DNS:localhost",
+    );
+    for ext in ["pem", "key"] {
+        std::fs::copy(
+            certs.0.join(format!("renewed.{ext}")),
+            certs.0.join(format!("server.{ext}")),
+        )
+        .unwrap();
+    }
+    let hup = || {
+        let pid = agent.pid().unwrap().to_string();
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    hup();
+    assert!(
+        wait_until(Duration::from_secs(10), || served()
+            == Some(der("renewed.pem"))),
+        "the renewed certificate is served: {}",
+        tail(&rig.log, 10)
+    );
+    // A renewal that does not load (a key written half) keeps the pair in use, loudly.
+    std::fs::write(certs.0.join("server.key"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    hup();
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            &rig.log
+        )
+        .unwrap_or_default()
+        .contains("the certificate read before is still served")),
+        "{}",
+        tail(&rig.log, 10)
+    );
+    assert_eq!(served(), Some(der("renewed.pem")));
+    let (code, _, _) = tls_post(scan.clone()).unwrap();
+    assert_eq!(code, 200, "the intake still answers over TLS");
 }
 
 #[test]

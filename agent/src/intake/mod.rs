@@ -49,8 +49,27 @@ pub struct Intake {
     registered: Mutex<HashSet<String>>,
 }
 
-/// The intake's routes, the TLS acceptor for the whole listener and the tokens (for SIGHUP).
-pub type Served = (Router, Option<TlsAcceptor>, Arc<tokens::Tokens>);
+/// The intake's routes, the TLS acceptor for the whole listener and what SIGHUP re-reads.
+pub type Served = (Router, Option<TlsAcceptor>, Reread);
+
+/// What a SIGHUP re-reads: the tokens file and, with TLS, the certificate and key.
+pub struct Reread {
+    pub tokens: Arc<tokens::Tokens>,
+    pub certificate: Option<Arc<tls::Certificate>>,
+}
+
+impl Reread {
+    /// Each part on its own: a certificate that does not load leaves the new tokens in force.
+    pub fn reload(&self) {
+        self.tokens.reload();
+        if let Some(c) = &self.certificate {
+            match c.reload() {
+                Ok(()) => tracing::info!("intake TLS certificate re-read"),
+                Err(e) => tracing::error!("{e}; the certificate read before is still served"),
+            }
+        }
+    }
+}
 
 /// The intake's routes and the TLS acceptor for the whole listener, from `config`;
 /// `None` without `[intake]`. Reads the tokens file (and TLS files) now: a missing one is a
@@ -60,9 +79,12 @@ pub fn build(config: &Config, store: StoreHandle) -> Result<Option<Served>, Stri
         return Ok(None);
     };
     let tokens = Arc::new(tokens::Tokens::load(c.tokens_file.clone())?);
-    let tls = match &c.tls {
-        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
-        None => None,
+    let (tls, certificate) = match &c.tls {
+        Some((cert, key)) => {
+            let (acceptor, certificate) = tls::acceptor(cert, key)?;
+            (Some(acceptor), Some(certificate))
+        }
+        None => (None, None),
     };
     let intake = Arc::new(Intake {
         store,
@@ -73,7 +95,14 @@ pub fn build(config: &Config, store: StoreHandle) -> Result<Option<Served>, Stri
     let router = Router::new()
         .route("/v1/scans", post(scans))
         .with_state(intake);
-    Ok(Some((router, tls, tokens)))
+    Ok(Some((
+        router,
+        tls,
+        Reread {
+            tokens,
+            certificate,
+        },
+    )))
 }
 
 /// A JSON answer, counted by its status.
