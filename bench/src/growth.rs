@@ -68,6 +68,8 @@ pub fn backlog(n: u64) -> Value {
     let db_mib = dir_mib(&dir.join("data"));
     broker.restart().unwrap();
     let counter = Counter::start(broker.port, "darkleg/v1/+/+/events", "bench-growth");
+    // Built (if need be) before the clock starts: start-up is the agent's, not cargo's.
+    let _ = darkleg_tests::darkleg_bin();
     let t0 = Instant::now();
     let mut agent = release_agent(&path, &dir.join("agent.log"));
     let up = wait_until(Duration::from_secs(300), || {
@@ -86,7 +88,12 @@ pub fn backlog(n: u64) -> Value {
     let (_, hwm) = proc_usage(agent.id());
     terminate(&mut agent, Duration::from_secs(20));
     broker.stop();
-    let _ = std::fs::remove_dir_all(&dir);
+    // DARKLEG_BENCH_KEEP keeps the store for a closer look (start-up under perf, say).
+    if std::env::var_os("DARKLEG_BENCH_KEEP").is_some() {
+        eprintln!("    kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     json!({
         "backlog": n, "sampled": sample, "all_arrived": done,
         "backlog_build_per_s": build_rate, "db_mib": db_mib,

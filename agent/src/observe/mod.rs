@@ -154,9 +154,11 @@ async fn healthz(State(p): State<Pages>) -> Response {
             format!("{}\n", problems.join("\n")),
         );
     }
-    match read(&p).await {
-        Ok(_) => plain(StatusCode::OK, "ok\n".into()),
-        Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, "store unreadable\n".into()),
+    let db = p.db.clone();
+    let probe = tokio::task::spawn_blocking(move || Reader::open(&db)?.probe());
+    match tokio::time::timeout(ANSWER_TIMEOUT, probe).await {
+        Ok(Ok(Ok(_))) => plain(StatusCode::OK, "ok\n".into()),
+        _ => plain(StatusCode::SERVICE_UNAVAILABLE, "store unreadable\n".into()),
     }
 }
 
