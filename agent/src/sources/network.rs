@@ -277,6 +277,9 @@ fn drain_backlog(
     }
 }
 
+/// How long a stopping connection waits for bytes already sent to be read.
+const STOP_READ: Duration = Duration::from_millis(200);
+
 /// Keepalive on a handheld's connection: first probe after this much silence, then one
 /// every [`KEEPALIVE_EVERY`]; [`KEEPALIVE_PROBES`] unanswered end it (about 2.5 minutes).
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
@@ -311,10 +314,12 @@ async fn connection(
     let mut stopping = *stop.borrow();
     let why = loop {
         let n = if stopping {
-            match stream.try_read(&mut buf) {
-                Ok(0) => break "agent stopping (closed by the handheld)".to_string(),
-                Ok(n) => n,
-                Err(_) => break "agent stopping".to_string(),
+            // A short wait, not try_read: a socket just taken from the backlog has no
+            // readiness yet until the reactor has polled it, however full its buffer.
+            match tokio::time::timeout(STOP_READ, stream.read(&mut buf)).await {
+                Ok(Ok(0)) => break "agent stopping (closed by the handheld)".to_string(),
+                Ok(Ok(n)) => n,
+                _ => break "agent stopping".to_string(),
             }
         } else {
             let read = async {
