@@ -326,10 +326,20 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
     let mut late = connect(tcp);
     late.write_all(b"ATSTOP\r\n").unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        !arrived_code("ATSTOP"),
-        "not read while every slot is taken"
-    );
+    let db = darkleg_agent::config::Config::load(&rig.config)
+        .unwrap()
+        .db_path();
+    let stored_atstop = || -> i64 {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE code = 'ATSTOP'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(stored_atstop(), 0, "not read while every slot is taken");
     // A clean stop with handhelds still connected: their tasks end, the writer is not held.
     let t = std::time::Instant::now();
     let exit = agent.stop();
@@ -343,19 +353,9 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
         "stopped in {:?}",
         t.elapsed()
     );
-    let db = darkleg_agent::config::Config::load(&rig.config)
-        .unwrap()
-        .db_path();
-    let stored: i64 = rusqlite::Connection::open(db)
-        .unwrap()
-        .query_row(
-            "SELECT COUNT(*) FROM events WHERE code = 'ATSTOP'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
     assert_eq!(
-        stored, 1,
+        stored_atstop(),
+        1,
         "the scan waiting in the backlog at the stop is stored"
     );
     drop((open, queued, again, late));

@@ -65,7 +65,7 @@ pub struct NetworkScanner {
     pub suffix: Suffix,
     /// Source address → device id; others are `{gateway}:{ip}`.
     pub devices: HashMap<IpAddr, String>,
-    /// TCP: connections beyond this are closed at once.
+    /// TCP: connections beyond this wait, unread, in the listen backlog until one closes.
     pub max_connections: usize,
     /// Longest scan in bytes; longer is counted as garbage.
     pub max_line: usize,

@@ -266,8 +266,24 @@ fn drain_backlog(
     let Ok(listener) = listener.into_std() else {
         return;
     };
-    // Non-blocking (as tokio left it): the loop ends at the first empty accept.
-    while let Ok((stream, peer)) = listener.accept() {
+    // Non-blocking (as tokio left it): the loop ends at the first empty accept. Any other
+    // error (an aborted handshake, EINTR, out of descriptors) is skipped, a few times over,
+    // rather than ending the drain and resetting everything still queued.
+    let mut errors = 0;
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                errors += 1;
+                tracing::warn!(port = %ctx.port, "accepting a waiting connection at stop: {e}");
+                if errors > 16 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
         let stream = stream
             .set_nonblocking(true)
             .and_then(|()| TcpStream::from_std(stream));

@@ -418,20 +418,20 @@ fn register_upstreams(
             tracing::info!(upstream = %u, rows = n, "new upstream: queued the stored scans and messages its routes give it");
         }
     }
-    // Only upstreams no longer configured are counted: counting every upstream's outbox
-    // walked the whole backlog at each start (two seconds at ten million rows).
+    // Only upstreams no longer configured are looked at, and only for a first row: counting
+    // every upstream's outbox walked the whole backlog at each start (seconds at 10M rows).
     let names: Vec<String> = tx
         .prepare("SELECT name FROM upstreams")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     for name in names.iter().filter(|n| !router.upstreams().contains(n)) {
-        let backlog: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM outbox WHERE upstream = ?1",
+        let waiting: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE upstream = ?1)",
             [name],
             |r| r.get(0),
         )?;
-        if backlog > 0 {
-            tracing::warn!(upstream = %name, backlog, "upstream is no longer configured; its undelivered events are kept");
+        if waiting {
+            tracing::warn!(upstream = %name, "upstream is no longer configured; its undelivered events are kept (`darkleg status` counts them)");
         }
     }
     tx.commit()
