@@ -17,6 +17,7 @@ pub mod faults;
 pub mod intake;
 pub mod mqtt;
 pub mod observe;
+pub mod pem;
 pub mod report;
 pub mod routing;
 pub mod sim;

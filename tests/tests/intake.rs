@@ -329,15 +329,14 @@ fn the_intake_over_tls_with_a_rustls_client() {
     // Plain HTTP on the TLS listener gets no answer.
     assert!(post(http, Some(TOKEN), &scan.to_string()).is_none_or(|r| r.0 != 200));
     // ... and is said in the log (and counted on /metrics), not only at debug level.
-    assert!(
-        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
-            &rig.log
-        )
-        .unwrap_or_default()
-        .contains("a TLS handshake failed")),
-        "{}",
-        tail(&rig.log, 20)
-    );
+    let logged = |needle: &str| {
+        wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&rig.log)
+                .unwrap_or_default()
+                .contains(needle)
+        })
+    };
+    assert!(logged("a TLS handshake failed"), "{}", tail(&rig.log, 20));
     assert!(wait_until(Duration::from_secs(20), || rig.collector.len() == 1));
 
     // A renewed certificate is served after a SIGHUP, without a restart.
@@ -388,11 +387,7 @@ fn the_intake_over_tls_with_a_rustls_client() {
     std::fs::write(certs.0.join("server.key"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
     hup();
     assert!(
-        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
-            &rig.log
-        )
-        .unwrap_or_default()
-        .contains("the certificate read before is still served")),
+        logged("the certificate read before is still served"),
         "{}",
         tail(&rig.log, 10)
     );

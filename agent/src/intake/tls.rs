@@ -4,7 +4,6 @@
 //! restart; a renewal that does not load keeps the pair in use and says why.
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
@@ -22,18 +21,7 @@ pub struct Certificate {
 
 impl Certificate {
     fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
-        let chain = CertificateDer::pem_file_iter(cert)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("intake.tls_cert {}: {e}", cert.display()))?;
-        if chain.is_empty() {
-            return Err(format!(
-                "intake.tls_cert {}: no PEM certificate in it",
-                cert.display()
-            ));
-        }
-        // Only the key's path goes into an error, never its content.
-        let key_der = PrivateKeyDer::from_pem_file(key)
-            .map_err(|e| format!("intake.tls_key {}: {e}", key.display()))?;
+        let (chain, key_der) = crate::pem::pair(cert, key, "intake.tls_cert", "intake.tls_key")?;
         CertifiedKey::from_der(chain, key_der, provider)
             .map_err(|e| format!("intake.tls_cert/tls_key do not form a usable pair: {e}"))
     }

@@ -10,7 +10,7 @@ pub mod wire;
 
 use crate::config::BrokerLink;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use std::sync::Arc;
 
 /// Largest packet either way (rumqttc refuses more than 10 KiB by default).
@@ -161,18 +161,12 @@ pub fn client_tls_config(
     .with_root_certificates(roots);
     match client {
         Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("{what}: client_cert {}: {e}", cert.display()))?;
-            if chain.is_empty() {
-                return Err(format!(
-                    "{what}: client_cert {}: no certificate in it",
-                    cert.display()
-                ));
-            }
-            // The key's content never goes into an error message, only its path.
-            let key_der = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("{what}: client_key {}: {e}", key.display()))?;
+            let (chain, key_der) = crate::pem::pair(
+                cert,
+                key,
+                &format!("{what}: client_cert"),
+                &format!("{what}: client_key"),
+            )?;
             builder.with_client_auth_cert(chain, key_der).map_err(|e| {
                 format!("{what}: client_cert/client_key do not form a usable pair: {e}")
             })
