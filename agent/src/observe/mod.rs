@@ -138,8 +138,14 @@ fn plain(code: StatusCode, body: String) -> Response {
 /// The snapshot, read off the async threads within [`ANSWER_TIMEOUT`].
 async fn read(p: &Pages) -> Result<Snapshot, String> {
     let (db, peaks) = (p.db.clone(), p.peaks.clone());
-    let job = tokio::task::spawn_blocking(move || snapshot(&db, &peaks));
-    match tokio::time::timeout(ANSWER_TIMEOUT, job).await {
+    off_thread(move || snapshot(&db, &peaks)).await
+}
+
+/// `job` (a store read) on the blocking pool, given up after [`ANSWER_TIMEOUT`].
+async fn off_thread<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::time::timeout(ANSWER_TIMEOUT, tokio::task::spawn_blocking(job)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {ANSWER_TIMEOUT:?}")),
@@ -155,10 +161,14 @@ async fn healthz(State(p): State<Pages>) -> Response {
         );
     }
     let db = p.db.clone();
-    let probe = tokio::task::spawn_blocking(move || Reader::open(&db)?.probe());
-    match tokio::time::timeout(ANSWER_TIMEOUT, probe).await {
-        Ok(Ok(Ok(_))) => plain(StatusCode::OK, "ok\n".into()),
-        _ => plain(StatusCode::SERVICE_UNAVAILABLE, "store unreadable\n".into()),
+    let probe = off_thread(move || {
+        Reader::open(&db)
+            .and_then(|r| r.probe())
+            .map_err(|e| e.to_string())
+    });
+    match probe.await {
+        Ok(_) => plain(StatusCode::OK, "ok\n".into()),
+        Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, "store unreadable\n".into()),
     }
 }
 

@@ -267,7 +267,7 @@ fn drain_backlog(
         return;
     };
     // Non-blocking (as tokio left it): the loop ends at the first empty accept. Any other
-    // error (an aborted handshake, EINTR, out of descriptors) is skipped, a few times over,
+    // error (an aborted handshake, EINTR, out of descriptors) is skipped, up to 16 of them,
     // rather than ending the drain and resetting everything still queued.
     let mut errors = 0;
     loop {
@@ -280,7 +280,6 @@ fn drain_backlog(
                 if errors > 16 {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
@@ -325,8 +324,8 @@ async fn connection(
     // Past max_line: the rest of this line is dropped up to its suffix.
     let mut skipping = false;
     let mut pending: Vec<Pending> = Vec::new();
-    // Once stopping: what already sits in the socket is read (without waiting for more)
-    // and committed before the close — the handheld counted it sent.
+    // Once stopping: what already sits in the socket is read (each read waiting at most
+    // STOP_READ) and committed before the close — the handheld counted it sent.
     let mut stopping = *stop.borrow();
     let why = loop {
         let n = if stopping {
