@@ -12,9 +12,12 @@ pub static EVICTED_FOR_ROOM: AtomicU64 = AtomicU64::new(0);
 pub static STORE_FULL: AtomicBool = AtomicBool::new(false);
 /// Connections the `[http]` listener closed at accept: `max_connections` were open.
 pub static HTTP_REFUSED: AtomicU64 = AtomicU64::new(0);
-/// Times a `[[network_scanner]]` TCP listener took its last slot: from then until one
-/// frees, new connections wait in the kernel's backlog (with what they send).
+/// Connections a `[[network_scanner]]` TCP listener accepted with every slot taken: each
+/// waits, unread, until a slot frees (others behind it wait in the kernel's backlog).
 pub static NETWORK_FULL: AtomicU64 = AtomicU64::new(0);
+/// Silent connections a `[[network_scanner]]` TCP listener closed to make room for a
+/// waiting one (`evict_idle_secs`).
+pub static NETWORK_EVICTED: AtomicU64 = AtomicU64::new(0);
 /// TLS handshakes the `[http]` listener failed (an expired certificate, a plain-HTTP
 /// client, a client that does not trust ours).
 pub static TLS_FAILED: AtomicU64 = AtomicU64::new(0);

@@ -54,16 +54,18 @@ fn arrived(arrivals: &[darkleg_agent::sim::collector::Arrival], device: &str) ->
 
 #[test]
 fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() {
-    let (tcp, udp, idle, http) = (
+    let (tcp, udp, idle, evp, http) = (
+        free_port().unwrap(),
         free_port().unwrap(),
         free_port().unwrap(),
         free_port().unwrap(),
         free_port().unwrap(),
     );
     let extra = format!(
-        "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[network_scanner]]\nlisten = \"127.0.0.1:{tcp}\"\ntransport = \"tcp\"\nstation = \"pack\"\nname = \"pack-bench-2\"\nsuffix = \"crlf\"\nmax_line = 64\nmax_connections = {MAX_CONNECTIONS}\ndevices = {{ \"127.0.0.1\" = \"tc52-dock-3\" }}\n\n\
+        "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[network_scanner]]\nlisten = \"127.0.0.1:{tcp}\"\ntransport = \"tcp\"\nstation = \"pack\"\nname = \"pack-bench-2\"\nsuffix = \"crlf\"\nmax_line = 64\nmax_connections = {MAX_CONNECTIONS}\nevict_idle_secs = 0\ndevices = {{ \"127.0.0.1\" = \"tc52-dock-3\" }}\n\n\
          [[network_scanner]]\nlisten = \"127.0.0.1:{udp}\"\ntransport = \"udp\"\nstation = \"handover\"\n\n\
-         [[network_scanner]]\nlisten = \"127.0.0.1:{idle}\"\nstation = \"pick\"\nidle_secs = 1\n"
+         [[network_scanner]]\nlisten = \"127.0.0.1:{idle}\"\nstation = \"pick\"\nidle_secs = 1\n\n\
+         [[network_scanner]]\nlisten = \"127.0.0.1:{evp}\"\nstation = \"pack\"\nmax_connections = 2\nevict_idle_secs = 1\n"
     );
     let rig = Rig::with_store("datawedge", &[], &extra);
     let mut agent = rig.start_agent();
@@ -321,10 +323,64 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
             .is_some_and(|d| d.iter().any(|d| d["device"] == "tc52-dock-3")),
         "the mapped device is on status: {devices}"
     );
+    // evict_idle_secs = 1 on a listener of two slots: a third handheld gets the slot of the
+    // silent one, not of the one scanning, and the evicted one's scan sent after the FIN
+    // (within the linger) is still stored.
+    let mut silent = connect(evp);
+    silent.write_all(b"EVSILENT1\r\n").unwrap();
+    let mut busy = connect(evp);
+    busy.write_all(b"EVBUSY00\r\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || arrived_code("EVSILENT1")
+            && arrived_code("EVBUSY00")),
+        "both slots served"
+    );
+    let mut third = connect(evp);
+    third.write_all(b"EVTHIRD\r\n").unwrap();
+    let mut busy_codes = vec!["EVBUSY00".to_string()];
+    // The eviction's FIN reaches the silent one while the busy one scans; it answers with
+    // one more scan at once, inside the linger.
+    silent.set_nonblocking(true).unwrap();
+    let mut fin_seen = false;
+    let t = std::time::Instant::now();
+    while !arrived_code("EVTHIRD") && t.elapsed() < Duration::from_secs(15) {
+        let code = format!("EVBUSY{:02}", busy_codes.len());
+        busy.write_all(format!("{code}\r\n").as_bytes()).unwrap();
+        busy_codes.push(code);
+        if !fin_seen && matches!(silent.read(&mut [0u8; 1]), Ok(0)) {
+            fin_seen = true;
+            silent.write_all(b"EVSILENT2\r\n").unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(arrived_code("EVTHIRD"), "the waiting handheld was served");
+    assert!(fin_seen, "the silent one was evicted");
+    busy.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(!closed_by_agent(&mut busy), "the scanning one was kept");
+    assert!(
+        wait_until(Duration::from_secs(10), || arrived_code("EVSILENT2")
+            && busy_codes.iter().all(|c| arrived_code(c))),
+        "the evicted one's scan sent after its FIN, and every scan of the busy one, stored"
+    );
+    let metrics = http_get(http, "/metrics").unwrap_or_default();
+    for line in [
+        "darkleg_network_scanner_evicted_total 1".to_string(),
+        format!("darkleg_network_scanner_connections{{listener=\"tcp://127.0.0.1:{evp}\"}} 2.0"),
+        format!(
+            "darkleg_network_scanner_waiting_seconds{{listener=\"tcp://127.0.0.1:{evp}\"}} 0.0"
+        ),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
+
     // Every slot is taken again (the open ones, the four that waited, AFTERFLOOD): one more
-    // waits in the backlog with a scan when the agent is stopped, and is read before it ends.
+    // waits for a slot and another behind it in the backlog, each with a scan, when the
+    // agent is stopped; both are read before it ends.
     let mut late = connect(tcp);
     late.write_all(b"ATSTOP\r\n").unwrap();
+    let mut later = connect(tcp);
+    later.write_all(b"ATSTOP\r\n").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let db = darkleg_agent::config::Config::load(&rig.config)
         .unwrap()
@@ -355,8 +411,8 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
     );
     assert_eq!(
         stored_atstop(),
-        1,
-        "the scan waiting in the backlog at the stop is stored"
+        2,
+        "the scans waiting for a slot and in the backlog at the stop are stored"
     );
-    drop((open, queued, again, late));
+    drop((open, queued, again, late, later, silent, busy, third));
 }

@@ -55,6 +55,10 @@ impl Suffix {
 /// gateway, within the shipped unit's LimitNOFILE (8192) beside the HTTP listener's.
 pub const MAX_CONNECTIONS: usize = 1024;
 
+/// `evict_idle_secs` by default: five minutes of silence is a handheld parked or gone
+/// (keepalive finds vanished ones in about 2.5 minutes), rarely one about to scan.
+pub const EVICT_IDLE_SECS: u64 = 300;
+
 #[derive(Debug, Clone)]
 pub struct NetworkScanner {
     pub listen: SocketAddr,
@@ -65,12 +69,14 @@ pub struct NetworkScanner {
     pub suffix: Suffix,
     /// Source address → device id; others are `{gateway}:{ip}`.
     pub devices: HashMap<IpAddr, String>,
-    /// TCP: connections beyond this wait, unread, in the listen backlog until one closes.
+    /// TCP: connections beyond this wait, unread, in the listen backlog until a slot frees.
     pub max_connections: usize,
+    /// TCP, while a connection waits for a slot: the longest-idle open one silent at least
+    /// this long is closed to make room (`None`: never; the waiting one waits).
+    pub evict_idle: Option<Duration>,
     /// Longest scan in bytes; longer is counted as garbage.
     pub max_line: usize,
-    /// TCP: a connection silent this long is closed.
-    /// Silence after which a connection is closed (`None`: never; TCP keepalive clears out
+    /// TCP: silence after which a connection is closed (`None`: never; TCP keepalive clears out
     /// handhelds that vanished).
     pub idle: Option<Duration>,
 }
@@ -96,6 +102,7 @@ pub(super) struct RawNetworkScanner {
     suffix: Option<Suffix>,
     devices: Option<BTreeMap<String, Spanned<String>>>,
     max_connections: Option<Spanned<i64>>,
+    evict_idle_secs: Option<Spanned<i64>>,
     max_line: Option<Spanned<i64>>,
     idle_secs: Option<Spanned<i64>>,
 }
@@ -176,6 +183,18 @@ impl Validator<'_> {
                     65_536,
                     MAX_CONNECTIONS as i64,
                 )? as usize,
+                // Only when every slot is taken and a handheld waits: a long silence first,
+                // because a handheld that writes into the closed connection loses that scan.
+                evict_idle: match int(
+                    &r.evict_idle_secs,
+                    "evict_idle_secs",
+                    0,
+                    86_400,
+                    EVICT_IDLE_SECS as i64,
+                )? {
+                    0 => None,
+                    s => Some(Duration::from_secs(s as u64)),
+                },
                 max_line: int(&r.max_line, "max_line", 16, 65_536, 4096)? as usize,
                 // 0 (the default): never. DataWedge keeps a connection for its next scan,
                 // and one sent into a connection the gateway closed is lost unseen.
@@ -209,6 +228,7 @@ mod tests {
         assert_eq!(n.transport, super::Transport::Tcp);
         assert_eq!(n.suffix, super::Suffix::Lf);
         assert_eq!((n.max_connections, n.max_line), (1024, 4096));
+        assert_eq!(n.evict_idle, Some(std::time::Duration::from_secs(300)));
         assert_eq!(n.port_name(), "tcp://0.0.0.0:58627");
         assert_eq!(
             n.devices[&"10.0.0.7".parse::<std::net::IpAddr>().unwrap()],
@@ -237,6 +257,7 @@ mod tests {
             ("max_connections", "0"),
             ("idle_secs", "-1"),
             ("idle_secs", "86401"),
+            ("evict_idle_secs", "-5"),
         ] {
             let e = parse(&format!(
                 "[[network_scanner]]\nlisten = \"0.0.0.0:1\"\nstation = \"pack\"\n{key} = {bad}\n"

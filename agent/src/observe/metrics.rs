@@ -336,8 +336,38 @@ impl Collector for Scrape {
         counter(
             &mut e,
             "network_scanner_full",
-            "Times a [[network_scanner]] TCP listener took its last max_connections slot; until one frees, new connections wait in the kernel's backlog.",
+            "Connections a [[network_scanner]] TCP listener accepted with all max_connections slots taken: each waits, unread, for one to free.",
             load(&faults::NETWORK_FULL),
+        )?;
+        counter(
+            &mut e,
+            "network_scanner_evicted",
+            "Silent [[network_scanner]] connections closed to make room for a waiting one (evict_idle_secs).",
+            load(&faults::NETWORK_EVICTED),
+        )?;
+        let listeners = crate::sources::network::load::listeners();
+        let per_listener = |e: &mut DescriptorEncoder,
+                            name: &str,
+                            help: &str,
+                            v: fn(&crate::sources::network::load::Load) -> f64|
+         -> fmt::Result {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            let rows = listeners
+                .iter()
+                .map(|(p, l)| (p.clone(), ConstGauge::new(v(l))));
+            labelled(&mut m, "listener", rows)
+        };
+        per_listener(
+            &mut e,
+            "network_scanner_connections",
+            "Open connections on each [[network_scanner]] TCP listener (at most its max_connections).",
+            |l| l.open as f64,
+        )?;
+        per_listener(
+            &mut e,
+            "network_scanner_waiting_seconds",
+            "How long a connection has waited for a slot on each [[network_scanner]] TCP listener (0: none waits).",
+            |l| l.waiting_since.map_or(0.0, |t| t.elapsed().as_secs_f64()),
         )?;
         counter(
             &mut e,
@@ -506,7 +536,7 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
         fams
     }
 
-    const FAMILIES: [(&str, &str, &[&str]); 26] = [
+    const FAMILIES: [(&str, &str, &[&str]); 29] = [
         ("events_captured_total", "counter", &[]),
         ("events_rejected_total", "counter", &[]),
         ("events_synced_total", "counter", &["upstream"]),
@@ -526,6 +556,9 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
         ("clock_jumps_total", "counter", &[]),
         ("http_connections_refused_total", "counter", &[]),
         ("network_scanner_full_total", "counter", &[]),
+        ("network_scanner_evicted_total", "counter", &[]),
+        ("network_scanner_connections", "gauge", &["listener"]),
+        ("network_scanner_waiting_seconds", "gauge", &["listener"]),
         ("http_tls_failed_total", "counter", &[]),
         ("intake_requests_total", "counter", &["status"]),
         ("intake_scans_total", "counter", &["result"]),
@@ -559,6 +592,13 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
     #[test]
     fn both_formats_parse_to_the_same_families() {
         latency::ACK_LATENCY.observe(std::time::Duration::from_millis(3));
+        crate::sources::network::load::set(
+            "tcp://127.0.0.1:1",
+            crate::sources::network::load::Load {
+                open: 3,
+                waiting_since: Some(std::time::Instant::now()),
+            },
+        );
         let (_, text) = render(snapshot(), Some("*/*"));
         let (ctype, om) = render(
             snapshot(),

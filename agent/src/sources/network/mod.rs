@@ -7,18 +7,25 @@
 //! one read (at most [`READ_BUF`] bytes) per connection; the rest waits in the kernel's
 //! receive buffer (fixed at [`RECV_BUF`] for TCP, so it does not grow by autotuning), where
 //! TCP flow control stops the handheld when it is full. A gateway that dies loses what was in
-//! those buffers and on the wire. Garbage (control bytes, invalid UTF-8, empty or over-long
+//! those buffers and on the wire. Past `max_connections`, connections wait for a slot; an
+//! open one silent for `evict_idle_secs` is evicted for a waiting one (see [`connection`]).
+//! Garbage (control bytes, invalid UTF-8, empty or over-long
 //! lines) is counted on the listener's row in the ports table and never stored.
+
+mod connection;
+pub mod load;
 
 use super::ascii_device;
 use crate::config::{NetworkScanner, Transport};
 use crate::store::{AsciiScan, PortReport, StoreError, StoreHandle, WriteOp};
+use connection::{connection, Seen};
 use darkleg_protocol::ascii::parse_line;
+use load::Load;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -199,52 +206,123 @@ pub async fn run(
     ctx.flush(false, true).await;
 }
 
+/// An accepted connection that found every slot taken.
+struct Waiting {
+    stream: TcpStream,
+    peer: SocketAddr,
+    since: Instant,
+}
+
+/// The open connections of one listener, for eviction and the load gauge.
+type Open = HashMap<tokio::task::Id, Arc<Seen>>;
+
+fn spawn_connection(
+    ctx: &Arc<Ctx>,
+    conns: &mut JoinSet<()>,
+    open: &mut Open,
+    (stream, peer): (TcpStream, SocketAddr),
+    stop: &watch::Receiver<bool>,
+    slot: Option<OwnedSemaphorePermit>,
+) {
+    let seen = Arc::new(Seen::new());
+    let (ctx, stop, mine) = (ctx.clone(), stop.clone(), seen.clone());
+    let task = conns.spawn(async move {
+        connection(&ctx, stream, peer, stop, &mine).await;
+        drop(slot);
+    });
+    open.insert(task.id(), seen);
+}
+
+/// Rings the longest-silent open connection that has been silent at least `evict_idle`,
+/// unless one is already closing for the waiting handheld.
+fn evict_one(ctx: &Ctx, open: &Open) {
+    let Some(after) = ctx.cfg.evict_idle else {
+        return;
+    };
+    if open.values().any(|s| s.evicting()) {
+        return;
+    }
+    let quietest = open
+        .values()
+        .map(|s| (s.silent_for(), s))
+        .max_by_key(|(silent, _)| *silent);
+    if let Some((silent, seen)) = quietest {
+        if silent >= after {
+            crate::faults::NETWORK_EVICTED.fetch_add(1, Relaxed);
+            seen.evict();
+        }
+    }
+}
+
 async fn serve_tcp(ctx: &Arc<Ctx>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(ctx.cfg.max_connections));
     let mut conns = JoinSet::new();
+    let mut open = Open::new();
     let mut tick = tokio::time::interval(REPORT_EVERY);
     let mut last_full_log: Option<Instant> = None;
-    // A slot is taken before the next accept, not after: past max_connections the listener
-    // stops accepting and new connections wait in the kernel's backlog, their scans in their
-    // receive buffers, until a slot frees. Closing them at accept lost what they had written.
+    // Past max_connections one more connection is accepted and waits here, unread, while
+    // the longest-silent open one is evicted for it (see `evict_idle`); the rest wait in
+    // the kernel's backlog, their scans in their receive buffers. Closing them at accept
+    // lost what they had written.
     let mut slot: Option<OwnedSemaphorePermit> = None;
+    let mut waiting: Option<Waiting> = None;
     while !*stop.borrow() {
         tokio::select! {
             permit = slots.clone().acquire_owned(), if slot.is_none() => {
                 slot = permit.ok();
             }
-            accepted = listener.accept(), if slot.is_some() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors, typically: wait instead of spinning.
-                        tracing::warn!(port = %ctx.port, "accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
+            accepted = listener.accept(), if waiting.is_none() => match accepted {
+                Ok((stream, peer)) => {
+                    if slot.is_none() && slots.available_permits() == 0 {
+                        crate::faults::NETWORK_FULL.fetch_add(1, Relaxed);
+                        if last_full_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                            last_full_log = Some(Instant::now());
+                            let until = match ctx.cfg.evict_idle {
+                                Some(d) => format!("one closes or one silent for {}s is evicted", d.as_secs()),
+                                None => "one closes (evict_idle_secs = 0)".to_string(),
+                            };
+                            tracing::warn!(port = %ctx.port, %peer, max_connections = ctx.cfg.max_connections, "every connection slot is taken: a new connection waits, unread, until {until} (raise max_connections?)");
+                        }
                     }
-                };
-                let Some(held) = slot.take() else { continue };
-                if slots.available_permits() == 0 {
-                    crate::faults::NETWORK_FULL.fetch_add(1, Relaxed);
-                    if last_full_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        last_full_log = Some(Instant::now());
-                        tracing::warn!(port = %ctx.port, max_connections = ctx.cfg.max_connections, "every connection slot is taken: new connections wait in the kernel's backlog until one closes (raise max_connections?)");
-                    }
+                    waiting = Some(Waiting { stream, peer, since: Instant::now() });
                 }
-                let (ctx, stop) = (ctx.clone(), stop.clone());
-                conns.spawn(async move {
-                    connection(&ctx, stream, peer, stop).await;
-                    drop(held);
-                });
+                Err(e) => {
+                    // Out of file descriptors, typically: wait instead of spinning.
+                    tracing::warn!(port = %ctx.port, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = tick.tick() => {
+                ctx.flush(true, false).await;
+                if waiting.is_some() && slot.is_none() {
+                    evict_one(ctx, &open);
+                }
             }
-            _ = tick.tick() => ctx.flush(true, false).await,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(done) = conns.join_next_with_id(), if !conns.is_empty() => {
+                open.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+            }
             _ = stop.changed() => {}
         }
+        if slot.is_some() {
+            if let Some(w) = waiting.take() {
+                let held = slot.take();
+                spawn_connection(ctx, &mut conns, &mut open, (w.stream, w.peer), &stop, held);
+            }
+        }
+        load::set(
+            &ctx.port,
+            Load {
+                open: open.len(),
+                waiting_since: waiting.as_ref().map(|w| w.since),
+            },
+        );
     }
-    // Connections still waiting in the backlog hold scans their handhelds counted sent:
-    // each is read once, as the open ones are, before the listener closes.
-    drain_backlog(ctx, listener, &stop, &mut conns);
+    // The connection waiting for a slot and those still in the backlog hold scans their
+    // handhelds counted sent: each is read once, as the open ones are, before the close.
+    if let Some(w) = waiting.take() {
+        spawn_connection(ctx, &mut conns, &mut open, (w.stream, w.peer), &stop, None);
+    }
+    drain_backlog(ctx, listener, &stop, &mut conns, &mut open);
     // Connections see the stop too and end after their commits; a stuck one is cut off so
     // the store writer (which stops once every handle is dropped) is not held.
     let drained = tokio::time::timeout(DRAIN_ON_STOP, async {
@@ -255,6 +333,7 @@ async fn serve_tcp(ctx: &Arc<Ctx>, listener: TcpListener, mut stop: watch::Recei
         conns.abort_all();
         while conns.join_next().await.is_some() {}
     }
+    load::remove(&ctx.port);
 }
 
 fn drain_backlog(
@@ -262,6 +341,7 @@ fn drain_backlog(
     listener: TcpListener,
     stop: &watch::Receiver<bool>,
     conns: &mut JoinSet<()>,
+    open: &mut Open,
 ) {
     let Ok(listener) = listener.into_std() else {
         return;
@@ -287,109 +367,8 @@ fn drain_backlog(
             .set_nonblocking(true)
             .and_then(|()| TcpStream::from_std(stream));
         let Ok(stream) = stream else { continue };
-        let (ctx, stop) = (ctx.clone(), stop.clone());
-        conns.spawn(async move { connection(&ctx, stream, peer, stop).await });
+        spawn_connection(ctx, conns, open, (stream, peer), stop, None);
     }
-}
-
-/// How long a stopping connection waits for bytes already sent to be read.
-const STOP_READ: Duration = Duration::from_millis(200);
-
-/// Keepalive on a handheld's connection: first probe after this much silence, then one
-/// every [`KEEPALIVE_EVERY`]; [`KEEPALIVE_PROBES`] unanswered end it (about 2.5 minutes).
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-const KEEPALIVE_EVERY: Duration = Duration::from_secs(15);
-const KEEPALIVE_PROBES: u32 = 6;
-
-async fn connection(
-    ctx: &Ctx,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
-) {
-    let device = ctx.device(peer.ip());
-    tracing::debug!(port = %ctx.port, %peer, device, "handheld connected");
-    // Connections stay open through silence (the next scan is sent into them); a handheld
-    // that vanished without a FIN is found by keepalive probes instead.
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_EVERY)
-        .with_retries(KEEPALIVE_PROBES);
-    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
-        tracing::debug!(port = %ctx.port, %peer, "no TCP keepalive: {e}");
-    }
-    let end = ctx.cfg.suffix.end_byte();
-    let mut buf = vec![0u8; READ_BUF];
-    let mut line: Vec<u8> = Vec::new();
-    // Past max_line: the rest of this line is dropped up to its suffix.
-    let mut skipping = false;
-    let mut pending: Vec<Pending> = Vec::new();
-    // Once stopping: what already sits in the socket is read (each read waiting at most
-    // STOP_READ) and committed before the close — the handheld counted it sent.
-    let mut stopping = *stop.borrow();
-    let why = loop {
-        let n = if stopping {
-            // A short wait, not try_read: a socket just taken from the backlog has no
-            // readiness yet until the reactor has polled it, however full its buffer.
-            match tokio::time::timeout(STOP_READ, stream.read(&mut buf)).await {
-                Ok(Ok(0)) => break "agent stopping (closed by the handheld)".to_string(),
-                Ok(Ok(n)) => n,
-                _ => break "agent stopping".to_string(),
-            }
-        } else {
-            let read = async {
-                match ctx.cfg.idle {
-                    Some(idle) => tokio::time::timeout(idle, stream.read(&mut buf)).await,
-                    None => Ok(stream.read(&mut buf).await),
-                }
-            };
-            tokio::select! {
-                r = read => match r {
-                    Err(_) => break format!("idle for {:?}", ctx.cfg.idle.unwrap_or_default()),
-                    Ok(Ok(0)) => break "closed by the handheld".to_string(),
-                    Ok(Ok(n)) => n,
-                    Ok(Err(e)) => break format!("read failed: {e}"),
-                },
-                _ = stop.changed() => {
-                    stopping = true;
-                    continue;
-                }
-            }
-        };
-        for &b in &buf[..n] {
-            if b == end {
-                line.push(b);
-                if !std::mem::take(&mut skipping) {
-                    let scan = ctx.cfg.suffix.strip(&line);
-                    if let Some(p) = ctx.submit(scan, &device).await {
-                        pending.push(p);
-                    }
-                }
-                line.clear();
-            } else if !skipping {
-                line.push(b);
-                // +1: the CR of a CRLF is still in the line until the LF comes.
-                if line.len() > ctx.cfg.max_line + 1 {
-                    ctx.reject(format!(
-                        "line longer than max_line ({}) from {device}: skipped to its end",
-                        ctx.cfg.max_line
-                    ));
-                    line.clear();
-                    skipping = true;
-                }
-            }
-        }
-        if settle(ctx, &mut pending).await.is_err() {
-            break "store writer stopped".to_string();
-        }
-    };
-    if !line.is_empty() {
-        ctx.reject(format!(
-            "connection from {device} closed in the middle of a line (is the suffix {:?}?)",
-            ctx.cfg.suffix
-        ));
-    }
-    tracing::debug!(port = %ctx.port, %peer, device, "handheld disconnected: {why}");
 }
 
 async fn serve_udp(ctx: &Arc<Ctx>, sock: UdpSocket, mut stop: watch::Receiver<bool>) {
