@@ -25,3 +25,127 @@ pub static TLS_FAILED: AtomicU64 = AtomicU64::new(0);
 pub static TLS_FAILED_LOGGED_MS: AtomicU64 = AtomicU64::new(0);
 /// Steps of the gateway's wall clock against its monotonic clock (NTP step, bad RTC).
 pub static CLOCK_JUMPS: AtomicU64 = AtomicU64::new(0);
+
+/// Troubles of the store that only show while they last — a writer stuck in one commit, an
+/// outbox a sink cannot read — for `/healthz`, which otherwise proves only that one row
+/// of the file reads.
+pub mod trouble {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    /// A commit this long is a stalled disk, not a slow one (an SD card's worst fsync is
+    /// tens of milliseconds; the writer's BEGIN waits at most its 5 s busy timeout).
+    pub const WRITER_STALL: Duration = Duration::from_secs(30);
+    /// A sink retries a failed read; one failing this long is no hiccup.
+    pub const READ_FAILING: Duration = Duration::from_secs(5);
+
+    fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    /// When the writer began its current batch (ms since [`epoch`], plus one); 0: idle.
+    static WRITER_BUSY: AtomicU64 = AtomicU64::new(0);
+
+    /// The writer starts applying a batch.
+    pub fn writer_busy() {
+        WRITER_BUSY.store(epoch().elapsed().as_millis() as u64 + 1, Relaxed);
+    }
+
+    /// The writer answered its batch and waits for more.
+    pub fn writer_idle() {
+        WRITER_BUSY.store(0, Relaxed);
+    }
+
+    /// Outbox readers whose last read failed: since when, and the error.
+    static READS: Mutex<BTreeMap<String, (Instant, String)>> = Mutex::new(BTreeMap::new());
+
+    fn reads() -> std::sync::MutexGuard<'static, BTreeMap<String, (Instant, String)>> {
+        READS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A read of `upstream`'s outbox ended: `Err` keeps the time of the first failure in a row.
+    pub fn outbox_read(upstream: &str, result: Result<(), &str>) {
+        match result {
+            Ok(()) => {
+                let mut r = reads();
+                if !r.is_empty() {
+                    r.remove(upstream);
+                }
+            }
+            Err(e) => {
+                let mut r = reads();
+                let entry = r
+                    .entry(upstream.to_string())
+                    .or_insert_with(|| (Instant::now(), String::new()));
+                entry.1 = e.to_string();
+            }
+        }
+    }
+
+    /// One line per trouble lasting past its limit; empty when there is none.
+    pub fn problems() -> Vec<String> {
+        problems_past(WRITER_STALL, READ_FAILING)
+    }
+
+    pub(crate) fn problems_past(stall: Duration, failing: Duration) -> Vec<String> {
+        let mut out = Vec::new();
+        let busy = WRITER_BUSY.load(Relaxed);
+        if busy > 0 {
+            let took = epoch()
+                .elapsed()
+                .saturating_sub(Duration::from_millis(busy - 1));
+            if took >= stall {
+                out.push(format!(
+                    "store writer: stalled (one commit running for {}s: a stuck disk? scans wait for their acks)",
+                    took.as_secs()
+                ));
+            }
+        }
+        for (upstream, (since, why)) in reads().iter() {
+            if since.elapsed() >= failing {
+                out.push(format!(
+                    "outbox of {upstream}: unreadable for {}s, nothing is delivered to it ({why})",
+                    since.elapsed().as_secs()
+                ));
+            }
+        }
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn troubles_show_once_they_last_and_clear_when_they_end() {
+            // Names no other test uses: the statics are shared across the test binary.
+            outbox_read("trouble-a", Err("malformed row"));
+            outbox_read("trouble-b", Ok(()));
+            let lines = problems_past(Duration::from_secs(3600), Duration::ZERO);
+            let mine: Vec<_> = lines.iter().filter(|l| l.contains("trouble-")).collect();
+            assert_eq!(mine.len(), 1, "{lines:?}");
+            assert!(mine[0].contains("trouble-a") && mine[0].contains("malformed row"));
+            assert!(
+                !problems_past(Duration::from_secs(3600), Duration::from_secs(3600))
+                    .iter()
+                    .any(|l| l.contains("trouble-"))
+            );
+            outbox_read("trouble-a", Ok(()));
+            assert!(!problems_past(Duration::from_secs(3600), Duration::ZERO)
+                .iter()
+                .any(|l| l.contains("trouble-")));
+
+            writer_busy();
+            assert!(problems_past(Duration::ZERO, Duration::from_secs(3600))
+                .iter()
+                .any(|l| l.starts_with("store writer: stalled")));
+            writer_idle();
+            assert!(!problems_past(Duration::ZERO, Duration::from_secs(3600))
+                .iter()
+                .any(|l| l.starts_with("store writer")));
+        }
+    }
+}

@@ -153,7 +153,8 @@ async fn off_thread<T: Send + 'static>(
 }
 
 async fn healthz(State(p): State<Pages>) -> Response {
-    let problems = p.health.problems();
+    let mut problems = p.health.problems();
+    problems.extend(crate::faults::trouble::problems());
     if !problems.is_empty() {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -578,7 +578,12 @@ impl Reader {
             })?;
             rows.collect()
         };
-        run().map_err(|e| StoreError::new(format!("reading outbox for {upstream}"), e))
+        let read = run().map_err(|e| StoreError::new(format!("reading outbox for {upstream}"), e));
+        match &read {
+            Ok(_) => crate::faults::trouble::outbox_read(upstream, Ok(())),
+            Err(e) => crate::faults::trouble::outbox_read(upstream, Err(&e.to_string())),
+        }
+        read
     }
 
     /// A webhook's replay generation and, while a 410 disabled it, why.

@@ -999,3 +999,33 @@ fn bookkeeping_that_does_not_fit_never_refuses_scans_nor_holds_back_delivery_mar
     );
     assert_eq!(st.upstreams[0].backlog, 1, "only the new scan is owed");
 }
+
+/// A row a sink cannot read stops its delivery (never a wrong event sent): `/healthz` must
+/// hear of it while it lasts, and no more once the outbox reads again.
+#[test]
+fn an_unreadable_outbox_is_a_trouble_until_it_reads_again() {
+    use crate::faults::trouble::problems_past;
+    use std::time::Duration;
+    let f = Fixture::with_upstreams("unreadable", &["unreadable-up"]);
+    let (s, j) = f.open();
+    ascii(&s, "JJD000111", 1000);
+    close(s, j);
+    let named = || {
+        problems_past(Duration::from_secs(3600), Duration::ZERO)
+            .into_iter()
+            .filter(|l| l.contains("unreadable-up"))
+            .collect::<Vec<_>>()
+    };
+    let raw = rusqlite::Connection::open(f.config.db_path()).unwrap();
+    raw.execute("UPDATE events SET step = 'nonsense'", [])
+        .unwrap();
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    assert!(r.pending("unreadable-up", 0, 10).is_err());
+    let lines = named();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("unknown step"), "{lines:?}");
+    raw.execute("UPDATE events SET step = 'handover'", [])
+        .unwrap();
+    assert_eq!(r.pending("unreadable-up", 0, 10).unwrap().len(), 1);
+    assert!(named().is_empty());
+}

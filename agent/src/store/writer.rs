@@ -266,7 +266,9 @@ impl Writer {
             }
             self.hold_if_damaged();
             let started = std::time::Instant::now();
+            faults::trouble::writer_busy();
             self.apply_batch(&mut batch);
+            faults::trouble::writer_idle();
             commit_took = started.elapsed();
         }
         tracing::debug!("store writer: all senders gone, stopping");
