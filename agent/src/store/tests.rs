@@ -1029,3 +1029,48 @@ fn an_unreadable_outbox_is_a_trouble_until_it_reads_again() {
     assert_eq!(r.pending("unreadable-up", 0, 10).unwrap().len(), 1);
     assert!(named().is_empty());
 }
+
+/// A replay moves dead letters back chunk by chunk (none lost or doubled, none left), and
+/// the generation moves once, with the last chunk.
+#[test]
+fn a_replay_moves_every_dead_letter_back_in_short_transactions() {
+    let f = Fixture::with_upstreams("replay-chunks", &["a"]);
+    let (s, j) = f.open();
+    close(s, j);
+    let db = f.config.db_path();
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    raw.execute_batch(
+        "INSERT INTO webhooks(name, disabled_at, disabled_reason) VALUES ('merchant', 1, '410 Gone');
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
+         INSERT INTO messages(row, kind, topic, payload, created_at)
+           SELECT 1000000 + i, 'milestone', 't', '{}', 0 FROM n;
+         INSERT INTO webhook_dead_letters(webhook, row, status, reason, at)
+           SELECT 'merchant', row, 422, 'refused', 0 FROM messages;
+         -- one already back in the outbox, one whose message was pruned meanwhile
+         INSERT INTO outbox(upstream, row) VALUES ('merchant', 1000007);
+         INSERT INTO webhook_dead_letters(webhook, row, status, reason, at)
+           VALUES ('merchant', 5000000, 422, 'refused', 0);",
+    )
+    .unwrap();
+    let r = webhooks::replay_in_chunks(&db, "merchant", 1000).unwrap();
+    assert_eq!(
+        r.requeued, 2499,
+        "every letter with a message, the one already back once"
+    );
+    assert!(r.was_disabled);
+    let one = |sql: &str| raw.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!(one("SELECT COUNT(*) FROM webhook_dead_letters"), 0);
+    assert_eq!(
+        one("SELECT COUNT(*) FROM outbox WHERE upstream = 'merchant'"),
+        2500
+    );
+    assert_eq!(
+        one("SELECT replays FROM webhooks WHERE name = 'merchant'"),
+        1
+    );
+    assert_eq!(
+        one("SELECT disabled_at IS NULL FROM webhooks WHERE name = 'merchant'"),
+        1
+    );
+    assert!(webhooks::replay(&db, "nobody").is_err());
+}

@@ -131,44 +131,78 @@ pub struct Replayed {
     pub was_disabled: bool,
 }
 
-/// `darkleg webhooks replay NAME`: dead letters back into `name`'s outbox and a 410 lifted,
-/// in one transaction. Works beside a running agent (SQLite serialises the two writers; the
-/// sink notices the new generation within seconds) or with it stopped.
+/// Dead letters moved back per transaction: each holds the write lock for tens of
+/// milliseconds, never long enough for the agent's writer (5 s busy timeout) to give up on
+/// a batch of scans, however many letters wait.
+const REPLAY_CHUNK: i64 = 5_000;
+
+/// `darkleg webhooks replay NAME`: dead letters back into `name`'s outbox and a 410 lifted.
+/// Works beside a running agent (SQLite serialises the two writers; the sink notices the
+/// new generation within seconds) or with it stopped. Letters move in chunks of
+/// [`REPLAY_CHUNK`], each chunk one transaction (a letter is in the outbox or still dead,
+/// never neither); the generation and the lifted 410 are written with the last chunk, so
+/// the sink rereads once everything is back. A replay cut short leaves the rest dead, and
+/// the moved ones are sent at the next generation or restart: running it again finishes it.
 pub fn replay(db: &Path, name: &str) -> Result<Replayed, StoreError> {
+    replay_in_chunks(db, name, REPLAY_CHUNK)
+}
+
+pub(super) fn replay_in_chunks(db: &Path, name: &str, chunk: i64) -> Result<Replayed, StoreError> {
     let run = || -> rusqlite::Result<Option<Replayed>> {
         let mut conn =
             Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let Some(disabled) = tx
-            .query_row(
-                "SELECT disabled_at IS NOT NULL FROM webhooks WHERE name = ?1",
+        let mut requeued = 0;
+        loop {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let Some(disabled) = tx
+                .query_row(
+                    "SELECT disabled_at IS NOT NULL FROM webhooks WHERE name = ?1",
+                    [name],
+                    |r| r.get::<_, bool>(0),
+                )
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            // The chunk: the oldest letters, by row (the outbox's order).
+            let last: Option<i64> = tx.query_row(
+                "SELECT MAX(row) FROM (SELECT row FROM webhook_dead_letters
+                  WHERE webhook = ?1 ORDER BY row LIMIT ?2)",
+                rusqlite::params![name, chunk],
+                |r| r.get(0),
+            )?;
+            if let Some(last) = last {
+                requeued += tx.execute(
+                    "INSERT OR IGNORE INTO outbox(upstream, row)
+                     SELECT d.webhook, d.row FROM webhook_dead_letters d
+                     WHERE d.webhook = ?1 AND d.row <= ?2
+                       AND EXISTS (SELECT 1 FROM messages m WHERE m.row = d.row)",
+                    rusqlite::params![name, last],
+                )?;
+                tx.execute(
+                    "DELETE FROM webhook_dead_letters WHERE webhook = ?1 AND row <= ?2",
+                    rusqlite::params![name, last],
+                )?;
+            }
+            let more: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM webhook_dead_letters WHERE webhook = ?1)",
                 [name],
-                |r| r.get::<_, bool>(0),
-            )
-            .optional()?
-        else {
-            return Ok(None);
-        };
-        let requeued = tx.execute(
-            "INSERT OR IGNORE INTO outbox(upstream, row)
-             SELECT d.webhook, d.row FROM webhook_dead_letters d
-             WHERE d.webhook = ?1 AND EXISTS (SELECT 1 FROM messages m WHERE m.row = d.row)",
-            [name],
-        )?;
-        tx.execute(
-            "DELETE FROM webhook_dead_letters WHERE webhook = ?1",
-            [name],
-        )?;
-        tx.execute(
-            "UPDATE webhooks SET disabled_at = NULL, disabled_reason = NULL, replays = replays + 1 WHERE name = ?1",
-            [name],
-        )?;
-        tx.commit()?;
-        Ok(Some(Replayed {
-            requeued,
-            was_disabled: disabled,
-        }))
+                |r| r.get(0),
+            )?;
+            if !more {
+                tx.execute(
+                    "UPDATE webhooks SET disabled_at = NULL, disabled_reason = NULL, replays = replays + 1 WHERE name = ?1",
+                    [name],
+                )?;
+                tx.commit()?;
+                return Ok(Some(Replayed {
+                    requeued,
+                    was_disabled: disabled,
+                }));
+            }
+            tx.commit()?;
+        }
     };
     match run() {
         Ok(Some(r)) => Ok(r),
