@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering::Relaxed;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The body of `/metrics` and its content type, in the format `accept` prefers.
-pub fn render(s: Snapshot, accept: Option<&str>) -> (&'static str, String) {
+pub fn render(s: std::sync::Arc<Snapshot>, accept: Option<&str>) -> (&'static str, String) {
     let mut registry = Registry::with_prefix("darkleg");
     registry.register_collector(Box::new(Scrape(s)));
     let mut out = String::new();
@@ -40,7 +40,7 @@ pub fn render(s: Snapshot, accept: Option<&str>) -> (&'static str, String) {
 }
 
 #[derive(Debug)]
-struct Scrape(Snapshot);
+struct Scrape(std::sync::Arc<Snapshot>);
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> fmt::Result {
     let m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -384,7 +384,7 @@ mod tests {
     use crate::store::{PortStatus, Status, UpstreamStatus};
     use std::collections::BTreeMap;
 
-    fn snapshot() -> Snapshot {
+    fn snapshot() -> std::sync::Arc<Snapshot> {
         let up = |name: &str, backlog, delivered, oldest| UpstreamStatus {
             name: name.into(),
             backlog,
@@ -405,7 +405,7 @@ mod tests {
             last_seen_ms: None,
             conflicts,
         };
-        Snapshot {
+        std::sync::Arc::new(Snapshot {
             status: Status {
                 webhooks: vec![crate::store::WebhookStatus {
                     name: "shop".into(),
@@ -432,7 +432,7 @@ mod tests {
             alerts: vec![],
             peak_backlog: Default::default(),
             now_ms: 10_500,
-        }
+        })
     }
 
     /// The text the hand-written renderer produced before `prometheus-client`, byte for

@@ -22,7 +22,7 @@ use axum::Router;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -70,6 +70,7 @@ struct Pages {
     config: Arc<Config>,
     db: PathBuf,
     peaks: Arc<Mutex<HashMap<String, i64>>>,
+    recent: Arc<tokio::sync::Mutex<Recent>>,
     health: Health,
 }
 
@@ -100,6 +101,7 @@ pub async fn serve_with(
         config,
         db,
         peaks: Arc::default(),
+        recent: Arc::default(),
         health,
     };
     let only_get = || async { plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into()) };
@@ -136,9 +138,30 @@ fn plain(code: StatusCode, body: String) -> Response {
 }
 
 /// The snapshot, read off the async threads within [`ANSWER_TIMEOUT`].
-async fn read(p: &Pages) -> Result<Snapshot, String> {
+/// A snapshot is reused for ten times as long as it took to read, at most [`REUSE_MAX`]:
+/// counting a ten-million-row backlog takes about a second, and a page that refreshes
+/// itself, `status --watch` and a scraper together must not keep the disk busy with it.
+/// Small stores read in milliseconds, so their answers stay current.
+const REUSE_FACTOR: u32 = 10;
+const REUSE_MAX: Duration = Duration::from_secs(15);
+
+/// The last snapshot read, when, and how long the read took.
+type Recent = Option<(Instant, Duration, Arc<Snapshot>)>;
+
+/// The snapshot, read off the async threads within [`ANSWER_TIMEOUT`] or reused (see
+/// [`REUSE_FACTOR`]). Requests that come while one reads wait for its answer.
+async fn read(p: &Pages) -> Result<Arc<Snapshot>, String> {
+    let mut recent = p.recent.lock().await;
+    if let Some((at, took, snap)) = recent.as_ref() {
+        if at.elapsed() < (*took * REUSE_FACTOR).min(REUSE_MAX) {
+            return Ok(snap.clone());
+        }
+    }
     let (db, peaks) = (p.db.clone(), p.peaks.clone());
-    off_thread(move || snapshot(&db, &peaks)).await
+    let started = Instant::now();
+    let snap = Arc::new(off_thread(move || snapshot(&db, &peaks)).await?);
+    *recent = Some((Instant::now(), started.elapsed(), snap.clone()));
+    Ok(snap)
 }
 
 /// `job` (a store read) on the blocking pool, given up after [`ANSWER_TIMEOUT`].
