@@ -52,9 +52,15 @@ pub enum Incoming {
         refusal: Option<String>,
     },
     PingResp,
-    /// A publish from the broker (a subscription a persistent session kept): a QoS 1 one is
-    /// acknowledged and dropped — an upstream link only sends.
+    /// A publish from the broker (a subscription a persistent session kept): acknowledged
+    /// as its QoS asks (PUBACK for 1, PUBREC for 2; `pkid` 0 for QoS 0) and dropped — an
+    /// upstream link only sends.
     Publish {
+        pkid: u16,
+        exactly_once: bool,
+    },
+    /// The broker's release of a QoS 2 publish we received: owed a PUBCOMP.
+    PubRel {
         pkid: u16,
     },
     /// MQTT 5: the broker is closing the connection, for this reason.
@@ -197,11 +203,35 @@ pub fn disconnect(out: &mut BytesMut) {
     out.extend_from_slice(&[0xE0, 0x00]);
 }
 
-/// The PUBACK we owe for a broker's QoS 1 publish.
-pub fn puback(version: Version, pkid: u16, out: &mut BytesMut) {
-    let _ = match version {
-        Version::V311 => v4::PubAck::new(pkid).write(out).map_err(|_| ()),
-        Version::V5 => v5::PubAck::new(pkid, None).write(out).map_err(|_| ()),
+/// What we owe the broker for one of its packets: PUBACK (a QoS 1 publish), PUBREC (a QoS 2
+/// one) or PUBCOMP (its PUBREL); nothing for anything else. A broker given the wrong answer
+/// keeps resending, or closes the connection.
+pub fn answer(version: Version, packet: &Incoming, out: &mut BytesMut) {
+    // Writing a fixed-size ack into a growable buffer cannot fail.
+    let _ = match (packet, version) {
+        (Incoming::Publish { pkid: 0, .. }, _) => return,
+        (&Incoming::Publish { pkid, exactly_once }, Version::V311) => match exactly_once {
+            false => v4::PubAck::new(pkid).write(out).map(drop).map_err(drop),
+            true => v4::PubRec::new(pkid).write(out).map(drop).map_err(drop),
+        },
+        (&Incoming::Publish { pkid, exactly_once }, Version::V5) => match exactly_once {
+            false => v5::PubAck::new(pkid, None)
+                .write(out)
+                .map(drop)
+                .map_err(drop),
+            true => v5::PubRec::new(pkid, None)
+                .write(out)
+                .map(drop)
+                .map_err(drop),
+        },
+        (&Incoming::PubRel { pkid }, Version::V311) => {
+            v4::PubComp::new(pkid).write(out).map(drop).map_err(drop)
+        }
+        (&Incoming::PubRel { pkid }, Version::V5) => v5::PubComp::new(pkid, None)
+            .write(out)
+            .map(drop)
+            .map_err(drop),
+        _ => return,
     };
 }
 
@@ -248,7 +278,11 @@ fn incoming_v311(p: v4::Packet) -> Incoming {
             refusal: None,
         },
         v4::Packet::PingResp => Incoming::PingResp,
-        v4::Packet::Publish(p) => Incoming::Publish { pkid: p.pkid },
+        v4::Packet::Publish(p) => Incoming::Publish {
+            pkid: p.pkid,
+            exactly_once: p.qos == m4::QoS::ExactlyOnce,
+        },
+        v4::Packet::PubRel(r) => Incoming::PubRel { pkid: r.pkid },
         _ => Incoming::Other,
     }
 }
@@ -280,7 +314,11 @@ fn incoming_v5(p: v5::Packet) -> Incoming {
             }),
         },
         v5::Packet::PingResp(_) => Incoming::PingResp,
-        v5::Packet::Publish(p) => Incoming::Publish { pkid: p.pkid },
+        v5::Packet::Publish(p) => Incoming::Publish {
+            pkid: p.pkid,
+            exactly_once: p.qos == m5::QoS::ExactlyOnce,
+        },
+        v5::Packet::PubRel(r) => Incoming::PubRel { pkid: r.pkid },
         v5::Packet::Disconnect(d) => {
             let detail = d.properties.and_then(|p| p.reason_string);
             Incoming::Disconnect(match detail {
@@ -362,6 +400,66 @@ mod tests {
         assert_eq!(p.take(), None);
         p.release(700);
         assert_eq!(p.take(), Some(700));
+    }
+
+    /// A broker's publish (a session someone subscribed under our client id) gets the ack
+    /// its QoS asks for, in both versions; a QoS 2 one's PUBREL gets its PUBCOMP.
+    #[test]
+    fn a_brokers_publishes_are_answered_as_their_qos_asks() {
+        let publish4 = |qos, pkid| {
+            let mut p = v4::Publish::new("x", qos, "y");
+            p.pkid = pkid;
+            let mut b = BytesMut::new();
+            p.write(&mut b).unwrap();
+            b
+        };
+        let publish5 = |qos, pkid| {
+            let mut p = v5::Publish::new("x", qos, "y", None);
+            p.pkid = pkid;
+            let mut b = BytesMut::new();
+            v5::Packet::Publish(p).write(&mut b, None).unwrap();
+            b
+        };
+        let mut rel4 = BytesMut::new();
+        v4::PubRel::new(5).write(&mut rel4).unwrap();
+        let mut rel5 = BytesMut::new();
+        v5::Packet::PubRel(v5::PubRel::new(5, None))
+            .write(&mut rel5, None)
+            .unwrap();
+        let cases = [
+            (Version::V311, publish4(m4::QoS::AtMostOnce, 0), None),
+            (
+                Version::V311,
+                publish4(m4::QoS::AtLeastOnce, 3),
+                Some((0x40, 3)),
+            ),
+            (
+                Version::V311,
+                publish4(m4::QoS::ExactlyOnce, 4),
+                Some((0x50, 4)),
+            ),
+            (Version::V311, rel4, Some((0x70, 5))),
+            (Version::V5, publish5(m5::QoS::AtMostOnce, 0), None),
+            (
+                Version::V5,
+                publish5(m5::QoS::AtLeastOnce, 3),
+                Some((0x40, 3)),
+            ),
+            (
+                Version::V5,
+                publish5(m5::QoS::ExactlyOnce, 4),
+                Some((0x50, 4)),
+            ),
+            (Version::V5, rel5, Some((0x70, 5))),
+        ];
+        for (version, mut wire, want) in cases {
+            let packet = decode(version, &mut wire, 1 << 20).unwrap().unwrap();
+            let mut out = BytesMut::new();
+            answer(version, &packet, &mut out);
+            // The type byte, then the packet id echoed after the remaining length.
+            let got = (!out.is_empty()).then(|| (out[0], u16::from_be_bytes([out[2], out[3]])));
+            assert_eq!(got, want, "{version:?}");
+        }
     }
 
     #[test]

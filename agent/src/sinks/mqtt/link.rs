@@ -332,8 +332,8 @@ async fn read_loop(
                     refusal: Some(reason),
                 } => batch.push(LinkEvent::Refused { pkid, reason }),
                 Incoming::PingResp => out.ping_owed.store(false, Ordering::SeqCst),
-                Incoming::Publish { pkid } if pkid != 0 => out.push(|buf| {
-                    wire::puback(version, pkid, buf);
+                owed @ (Incoming::Publish { .. } | Incoming::PubRel { .. }) => out.push(|buf| {
+                    wire::answer(version, &owed, buf);
                     Ok(())
                 })?,
                 Incoming::Disconnect(why) => {
@@ -343,7 +343,7 @@ async fn read_loop(
                 Incoming::ConnAck { .. } | Incoming::ConnRefused(_) => {
                     return Err("the broker sent a second CONNACK".into())
                 }
-                Incoming::Publish { .. } | Incoming::Other => {}
+                Incoming::Other => {}
             }
         }
         if !batch.is_empty() && tx.send((read_at, Ok(batch))).is_err() {

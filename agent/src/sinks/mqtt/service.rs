@@ -441,12 +441,21 @@ impl Session<'_> {
     }
 
     /// Before a close of our own (shutdown): 3.1.1 acks younger than the grace would not be
-    /// trusted and their rows would be sent again after the restart. Keep the connection up
-    /// until they are old enough (at most twice the grace); a close by the broker meanwhile
-    /// ends the wait, and those acks stay untrusted, as on any close.
+    /// trusted, and publishes not yet acked would not be known delivered; both rows would be
+    /// sent again after the restart. Keep the connection up until the acks are in and old
+    /// enough (at most twice the grace); a close by the broker meanwhile ends the wait, and
+    /// those acks stay untrusted, as on any close.
     async fn let_acks_mature(link: &mut Link, d: &mut Dispatcher, c: &mut Conn) {
         let deadline = tokio::time::Instant::now() + 2 * ACK_GRACE_311;
-        while let Some(wait) = c.next_release(ACK_GRACE_311) {
+        // Publishes still unacked are waited for too: a broker that persists before it
+        // acks (JetStream, RabbitMQ) may close on our DISCONNECT without the PUBACKs it
+        // owed, and each of those rows would be sent again at the next start.
+        loop {
+            let held = c.next_release(ACK_GRACE_311);
+            if held.is_none() && d.in_flight() == 0 {
+                return;
+            }
+            let wait = held.unwrap_or(ACK_GRACE_311);
             tokio::select! {
                 ev = link.recv() => match ev {
                     Some(Ok(LinkEvent::Acked(pkid))) => {
@@ -457,7 +466,7 @@ impl Session<'_> {
                     Some(Ok(_)) => {}
                     None | Some(Err(_)) => return,
                 },
-                _ = tokio::time::sleep(wait), if link.is_idle() => {
+                _ = tokio::time::sleep(wait), if held.is_some() && link.is_idle() => {
                     c.release(ACK_GRACE_311, Instant::now());
                 }
                 _ = tokio::time::sleep_until(deadline) => return,
