@@ -121,10 +121,11 @@ pub fn proc_usage(pid: u32) -> (f64, f64) {
 /// p-quantile of ack latency in ms from the agent's histogram (bucket upper bounds).
 pub fn histogram_quantile(metrics: &str, q: f64) -> Option<f64> {
     let mut buckets: Vec<(f64, f64)> = Vec::new();
-    for l in metrics
-        .lines()
-        .filter(|l| l.starts_with("darkleg_ack_latency_seconds_bucket"))
-    {
+    // Framed scanners' acks only: the family also holds the HTTP intake's series, whose
+    // empty buckets, mixed in, made every quantile the first bucket.
+    for l in metrics.lines().filter(|l| {
+        l.starts_with("darkleg_ack_latency_seconds_bucket") && l.contains("source=\"framed\"")
+    }) {
         let le = l.split("le=\"").nth(1)?.split('"').next()?;
         let n: f64 = l.rsplit(' ').next()?.parse().ok()?;
         buckets.push((
@@ -137,6 +138,9 @@ pub fn histogram_quantile(metrics: &str, q: f64) -> Option<f64> {
         ));
     }
     let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
     buckets
         .iter()
         .find(|(_, n)| *n >= q * total)
@@ -148,4 +152,23 @@ pub fn config_text(dir: &Path, scanners: &str, upstream: &str, http: u16) -> Str
         "[gateway]\nsite = \"bench\"\nid = \"gw-01\"\ndata_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{scanners}\n{upstream}\n",
         dir.join("data").display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    /// The framed series alone decides, whatever the HTTP series beside it holds.
+    #[test]
+    fn quantiles_come_from_the_framed_series() {
+        let text = "\
+darkleg_ack_latency_seconds_bucket{source=\"framed\",le=\"0.0005\"} 10
+darkleg_ack_latency_seconds_bucket{source=\"framed\",le=\"0.005\"} 90
+darkleg_ack_latency_seconds_bucket{source=\"framed\",le=\"0.02\"} 100
+darkleg_ack_latency_seconds_bucket{source=\"framed\",le=\"+Inf\"} 100
+darkleg_ack_latency_seconds_bucket{source=\"http\",le=\"0.0005\"} 0
+darkleg_ack_latency_seconds_bucket{source=\"http\",le=\"+Inf\"} 0
+";
+        assert_eq!(super::histogram_quantile(text, 0.5), Some(5.0));
+        assert_eq!(super::histogram_quantile(text, 0.99), Some(20.0));
+        assert_eq!(super::histogram_quantile("", 0.99), None);
+    }
 }
