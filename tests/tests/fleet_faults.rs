@@ -59,6 +59,11 @@ fn eight_scanners_with_power_cuts_and_link_drops_lose_nothing() {
 
     // What each scanner stored, by the id the gateway must publish it under.
     let mut want: HashMap<String, (String, u64, String)> = HashMap::new();
+    // A cut that lands after a record's last meaningful byte leaves it whole in flash while
+    // the write reports failure: the operator gets no good beep and scans again under the
+    // next seq, and the reboot finds the first copy and sends it too. Such a seq is missing
+    // from what the scanner reported stored; it must arrive, with the code of the rescan.
+    let mut unconfirmed: HashMap<String, String> = HashMap::new();
     let mut devices = HashSet::new();
     for r in &report {
         let device = r["device"].as_str().unwrap().to_string();
@@ -68,14 +73,18 @@ fn eight_scanners_with_power_cuts_and_link_drops_lose_nothing() {
             "every planned scan was stored: {r}"
         );
         assert_eq!(r["holding"], 0, "nothing left on the scanner: {r}");
-        for (i, s) in r["scans"].as_array().unwrap().iter().enumerate() {
+        let mut last = 0;
+        for s in r["scans"].as_array().unwrap() {
             let seq = s[0].as_u64().unwrap();
-            assert_eq!(
-                seq,
-                i as u64 + 1,
-                "{device}: sequence without gaps or reuse"
-            );
             let code = s[1].as_str().unwrap().to_string();
+            assert!(
+                seq > last,
+                "{device}: sequence without reuse ({seq} after {last})"
+            );
+            for gap in last + 1..seq {
+                unconfirmed.insert(EventId::new(&device, gap).to_string(), code.clone());
+            }
+            last = seq;
             want.insert(
                 EventId::new(&device, seq).to_string(),
                 (device.clone(), seq, code),
@@ -93,10 +102,11 @@ fn eight_scanners_with_power_cuts_and_link_drops_lose_nothing() {
     assert!(
         wait_until(Duration::from_secs(60), || unique_ids(
             &rig.collector.messages()
-        ) >= want.len()),
+        ) >= want.len()
+            + unconfirmed.len()),
         "only {} of {} events arrived upstream",
         unique_ids(&rig.collector.messages()),
-        want.len()
+        want.len() + unconfirmed.len()
     );
     std::thread::sleep(Duration::from_millis(300));
     let arrivals = rig.collector.messages();
@@ -107,6 +117,16 @@ fn eight_scanners_with_power_cuts_and_link_drops_lose_nothing() {
         let id = a.json["event_id"].as_str().unwrap().to_string();
         if first.contains_key(&id) {
             duplicates += 1;
+            continue;
+        }
+        if let Some(rescanned) = unconfirmed.remove(&id) {
+            assert_eq!(
+                a.json["code"].as_str(),
+                Some(rescanned.as_str()),
+                "a seq missing from a scanner's report is the first copy of its rescan: {}",
+                a.json
+            );
+            first.insert(id, &a.json);
             continue;
         }
         let (device, seq, code) = want
@@ -120,9 +140,12 @@ fn eight_scanners_with_power_cuts_and_link_drops_lose_nothing() {
         order.entry(device.clone()).or_default().push(*seq);
         first.insert(id, &a.json);
     }
-    assert_eq!(
-        first.len(),
-        want.len(),
+    assert!(
+        unconfirmed.is_empty(),
+        "a seq missing from a scanner's report never arrived: a lost seq, not an unconfirmed write: {unconfirmed:?}"
+    );
+    assert!(
+        want.keys().all(|id| first.contains_key(id)),
         "every stored scan arrived exactly once by id"
     );
     for device in &devices {
