@@ -142,38 +142,10 @@ pub fn intake_load(
         (total as f64 / secs, quantile(&lat, 0.99), bad)
     });
 
-    // Latency: many devices at 1 scan/s each, spread over `conns` keep-alive connections.
-    let (steady_p50, steady_p99, steady_n) = rt.block_on(async {
-        let per_conn = devices.div_ceil(conns);
-        let tasks: Vec<_> = (0..conns)
-            .map(|c| {
-                tokio::spawn(async move {
-                    let mut s = connect(http).await;
-                    let mut lat = Vec::new();
-                    // One request per device per second, the devices of this connection
-                    // taking turns: a tick every 1 s / per_conn.
-                    let mut tick = tokio::time::interval(Duration::from_secs(1) / per_conn as u32);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    for round in 0..secs * per_conn as u64 {
-                        tick.tick().await;
-                        let d = (round % per_conn as u64) as usize;
-                        let seq = round / per_conn as u64 + 1;
-                        let device = format!("bench-steady-{c}-{d}");
-                        let (status, t) = post(&mut s, scan(&device, seq)).await;
-                        assert_eq!(status, 200, "a steady scan was refused");
-                        lat.push(t.as_secs_f64() * 1e3);
-                    }
-                    lat
-                })
-            })
-            .collect();
-        let mut lat = Vec::new();
-        for t in tasks {
-            lat.extend(t.await.unwrap());
-        }
-        lat.sort_by(f64::total_cmp);
-        (quantile(&lat, 0.5), quantile(&lat, 0.99), lat.len())
-    });
+    // Latency: many devices at 1 scan/s each. Devices scan independently, so their phases
+    // are spread over the second; the same load with every device in step is the worst case.
+    let (steady_p50, steady_p99, steady_n) = rt.block_on(steady(http, devices, conns, secs, true));
+    let (step_p50, step_p99, _) = rt.block_on(steady(http, devices, conns, secs, false));
     let (cpu, rss) = super::proc_usage(agent.id());
     darkleg_agent::sim::broker::terminate(&mut agent, Duration::from_secs(20));
     let _ = std::fs::remove_dir_all(&dir);
@@ -182,9 +154,64 @@ pub fn intake_load(
                     "durable_scans_per_s": batched_per_s, "request_p99_ms": batch_p99_ms,
                     "not_200": refused},
         "steady": {"devices": devices, "connections": conns, "per_device_per_s": 1,
-                   "answers": steady_n, "ack_p50_ms": steady_p50, "ack_p99_ms": steady_p99},
+                   "answers": steady_n, "ack_p50_ms": steady_p50, "ack_p99_ms": steady_p99,
+                   "in_step": {"ack_p50_ms": step_p50, "ack_p99_ms": step_p99}},
         "agent_cpu_s": cpu, "agent_peak_rss_mib": rss,
     })
+}
+
+/// `devices` devices at one scan a second each for `secs`, over `conns` keep-alive
+/// connections, the devices of a connection taking turns. `spread`: each connection starts
+/// at its own offset within the first tick, as independent devices would; otherwise all
+/// start at once and every tick is a burst of `conns` requests. Answer p50, p99 (ms), count.
+async fn steady(
+    http: u16,
+    devices: usize,
+    conns: usize,
+    secs: u64,
+    spread: bool,
+) -> (f64, f64, usize) {
+    let per_conn = devices.div_ceil(conns);
+    let period = Duration::from_secs(1) / per_conn as u32;
+    // Every connection open before the first tick: a late one would start with a burst.
+    let mut senders = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        senders.push(connect(http).await);
+    }
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut s)| {
+            let offset = if spread {
+                period * c as u32 / conns as u32
+            } else {
+                Duration::ZERO
+            };
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut tick = tokio::time::interval_at(start + offset, period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                for round in 0..secs * per_conn as u64 {
+                    tick.tick().await;
+                    let d = (round % per_conn as u64) as usize;
+                    let seq = round / per_conn as u64 + 1;
+                    // Device names differ per run: a second run starts its devices at seq 1.
+                    let device = format!("bench-steady-{}-{c}-{d}", u8::from(spread));
+                    let (status, t) = post(&mut s, scan(&device, seq)).await;
+                    assert_eq!(status, 200, "a steady scan was refused");
+                    lat.push(t.as_secs_f64() * 1e3);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    lat.sort_by(f64::total_cmp);
+    (quantile(&lat, 0.5), quantile(&lat, 0.99), lat.len())
 }
 
 /// DataWedge IP output at scale: `conns` TCP connections, each one handheld sending a scan

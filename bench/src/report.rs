@@ -325,6 +325,16 @@ pub fn print(doc: &Value) {
             "-".into(),
             "-".into(),
         );
+        row(
+            "  … all 1,000 in step (a burst a second)",
+            format!(
+                "{:.1} / {:.1}",
+                num(&http["steady"]["in_step"]["ack_p50_ms"]),
+                num(&http["steady"]["in_step"]["ack_p99_ms"])
+            ),
+            "-".into(),
+            "-".into(),
+        );
     }
     let dw = &doc["datawedge"];
     if !dw.is_null() {
