@@ -339,7 +339,8 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
     third.write_all(b"EVTHIRD\r\n").unwrap();
     let mut busy_codes = vec!["EVBUSY00".to_string()];
     // The eviction's FIN reaches the silent one while the busy one scans; it answers with
-    // one more scan at once, inside the linger.
+    // one more scan at once, inside the linger — and, like DataWedge, which never reads its
+    // socket, keeps scanning into it: the linger is a total, so the slot still frees.
     silent.set_nonblocking(true).unwrap();
     let mut fin_seen = false;
     let t = std::time::Instant::now();
@@ -347,7 +348,10 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
         let code = format!("EVBUSY{:02}", busy_codes.len());
         busy.write_all(format!("{code}\r\n").as_bytes()).unwrap();
         busy_codes.push(code);
-        if !fin_seen && matches!(silent.read(&mut [0u8; 1]), Ok(0)) {
+        if fin_seen {
+            // Refused (reset) once the agent has closed it: what DataWedge would lose.
+            let _ = silent.write_all(b"EVSILENTMORE\r\n");
+        } else if matches!(silent.read(&mut [0u8; 1]), Ok(0)) {
             fin_seen = true;
             silent.write_all(b"EVSILENT2\r\n").unwrap();
         }

@@ -10,10 +10,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
-/// How long a stopping connection waits for bytes already sent to be read.
+/// How long a stopping connection waits for each read of bytes already sent...
 const STOP_READ: Duration = Duration::from_millis(200);
-/// How long an evicted connection, its FIN sent, still reads what its handheld sends
-/// before it closes: a handheld that notices the FIN closes its side and loses nothing.
+/// ...and at most in all, so a handheld that keeps sending cannot hold the stop past the
+/// listener's DRAIN_ON_STOP (when a connection is cut off, possibly between read and commit).
+const STOP_LINGER: Duration = Duration::from_secs(2);
+/// How long in all an evicted connection, its FIN sent, still reads what its handheld
+/// sends before it closes: a handheld that notices the FIN closes its side and loses
+/// nothing. A total, not per read: one that scans on regardless must not keep the slot.
 const EVICT_LINGER: Duration = Duration::from_secs(2);
 
 /// Keepalive on a handheld's connection: first probe after this much silence, then one
@@ -64,25 +68,36 @@ impl Seen {
     }
 }
 
-/// Why a connection is closing and how long each read may wait for bytes still on their way.
+/// Why a connection is closing, and until when it reads bytes still on their way.
 #[derive(Clone, Copy)]
 enum Closing {
-    Stopping,
-    Evicted,
+    Stopping(Instant),
+    Evicted(Instant),
 }
 
 impl Closing {
+    fn stopping() -> Closing {
+        Closing::Stopping(Instant::now() + STOP_LINGER)
+    }
+
+    fn evicted() -> Closing {
+        Closing::Evicted(Instant::now() + EVICT_LINGER)
+    }
+
+    /// How long the next read may wait: zero once the linger is over.
     fn wait(self) -> Duration {
         match self {
-            Closing::Stopping => STOP_READ,
-            Closing::Evicted => EVICT_LINGER,
+            Closing::Stopping(until) => {
+                STOP_READ.min(until.saturating_duration_since(Instant::now()))
+            }
+            Closing::Evicted(until) => until.saturating_duration_since(Instant::now()),
         }
     }
 
     fn why(self) -> &'static str {
         match self {
-            Closing::Stopping => "agent stopping",
-            Closing::Evicted => "evicted for a handheld waiting for a slot",
+            Closing::Stopping(_) => "agent stopping",
+            Closing::Evicted(_) => "evicted for a handheld waiting for a slot",
         }
     }
 }
@@ -115,12 +130,16 @@ pub(super) async fn connection(
     // Once closing: what already sits in the socket (or, after an eviction's FIN, arrives
     // within EVICT_LINGER) is read and committed before the close — the handheld counted
     // it sent.
-    let mut closing = stop.borrow().then_some(Closing::Stopping);
+    let mut closing = stop.borrow().then(Closing::stopping);
     let why = loop {
         let n = if let Some(c) = closing {
             // A short wait, not try_read: a socket just taken from the backlog has no
             // readiness yet until the reactor has polled it, however full its buffer.
-            match tokio::time::timeout(c.wait(), stream.read(&mut buf)).await {
+            let wait = c.wait();
+            if wait.is_zero() {
+                break format!("{} (linger over)", c.why());
+            }
+            match tokio::time::timeout(wait, stream.read(&mut buf)).await {
                 Ok(Ok(0)) => break format!("{} (closed by the handheld)", c.why()),
                 Ok(Ok(n)) => n,
                 _ => break c.why().to_string(),
@@ -140,14 +159,14 @@ pub(super) async fn connection(
                     Ok(Err(e)) => break format!("read failed: {e}"),
                 },
                 _ = stop.changed() => {
-                    closing = Some(Closing::Stopping);
+                    closing = Some(Closing::stopping());
                     continue;
                 }
                 _ = seen.evict.notified() => {
                     tracing::warn!(port = %ctx.port, %peer, device, silent_secs = seen.silent_for().as_secs(), "closing this handheld's connection to make room for one waiting for a slot (raise max_connections): a scan it sends into the closed connection before it reconnects is lost");
                     // FIN first, reading on: what it sends meanwhile is still stored.
                     let _ = stream.shutdown().await;
-                    closing = Some(Closing::Evicted);
+                    closing = Some(Closing::evicted());
                     continue;
                 }
             }

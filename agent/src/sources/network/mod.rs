@@ -295,6 +295,11 @@ async fn serve_tcp(ctx: &Arc<Ctx>, listener: TcpListener, mut stop: watch::Recei
             _ = tick.tick() => {
                 ctx.flush(true, false).await;
                 if waiting.is_some() && slot.is_none() {
+                    // A connection that already ended must not be the one picked (select!
+                    // may run this branch before the join branch sees it).
+                    while let Some(done) = conns.try_join_next_with_id() {
+                        open.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+                    }
                     evict_one(ctx, &open);
                 }
             }
@@ -330,6 +335,8 @@ async fn serve_tcp(ctx: &Arc<Ctx>, listener: TcpListener, mut stop: watch::Recei
     })
     .await;
     if drained.is_err() {
+        // Only when commits are stuck: each connection bounds its own closing well below.
+        tracing::error!(port = %ctx.port, connections = conns.len(), "connections still committing {DRAIN_ON_STOP:?} into the stop are cut off: a line read from them but not yet stored is lost (check the store's health)");
         conns.abort_all();
         while conns.join_next().await.is_some() {}
     }
