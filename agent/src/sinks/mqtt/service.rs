@@ -359,13 +359,10 @@ impl Session<'_> {
                     }
                 }
                 _ = stop.changed() => {
-                    Self::let_acks_mature(link, d, c).await;
+                    self.let_acks_mature(link, d, c, &mut healthy).await;
                     for (ev, at) in link.disconnect().await {
-                        if let LinkEvent::Acked(pkid) = ev {
-                            if let Some(row) = d.on_puback(pkid) {
-                                c.acked(row, at);
-                            }
-                        }
+                        // Acks and refusals alike, as on a live connection.
+                        let _ = self.on_event(Some(Ok(ev)), at, d, c, &mut healthy).await;
                     }
                     Some(Ended::Stop)
                 }
@@ -445,7 +442,13 @@ impl Session<'_> {
     /// sent again after the restart. Keep the connection up until the acks are in and old
     /// enough (at most twice the grace); a close by the broker meanwhile ends the wait, and
     /// those acks stay untrusted, as on any close.
-    async fn let_acks_mature(link: &mut Link, d: &mut Dispatcher, c: &mut Conn) {
+    async fn let_acks_mature(
+        &mut self,
+        link: &mut Link,
+        d: &mut Dispatcher,
+        c: &mut Conn,
+        healthy: &mut bool,
+    ) {
         let deadline = tokio::time::Instant::now() + 2 * ACK_GRACE_311;
         // Publishes still unacked are waited for too: a broker that persists before it
         // acks (JetStream, RabbitMQ) may close on our DISCONNECT without the PUBACKs it
@@ -457,15 +460,13 @@ impl Session<'_> {
             }
             let wait = held.unwrap_or(ACK_GRACE_311);
             tokio::select! {
-                ev = link.recv() => match ev {
-                    Some(Ok(LinkEvent::Acked(pkid))) => {
-                        if let Some(row) = d.on_puback(pkid) {
-                            c.acked(row, link.read_at());
-                        }
+                ev = link.recv() => {
+                    // A refusal leaves the window too (logged, counted, parked), or the
+                    // wait would run its full length for a publish that is never acked.
+                    if self.on_event(ev, link.read_at(), d, c, healthy).await.is_some() {
+                        return;
                     }
-                    Some(Ok(_)) => {}
-                    None | Some(Err(_)) => return,
-                },
+                }
                 _ = tokio::time::sleep(wait), if held.is_some() && link.is_idle() => {
                     c.release(ACK_GRACE_311, Instant::now());
                 }
