@@ -54,7 +54,13 @@ struct Outbound {
 
 impl Outbound {
     fn push(&self, encode: impl FnOnce(&mut BytesMut) -> Result<(), String>) -> Result<(), String> {
-        encode(&mut self.buf.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        // Nothing may follow the DISCONNECT (a PUBACK owed, a ping): it is the last packet.
+        if self.closing.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        encode(&mut buf)?;
+        drop(buf);
         self.wake.notify_one();
         Ok(())
     }
@@ -421,5 +427,35 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_queued_after_the_disconnect() {
+        let out = Outbound {
+            buf: Mutex::new(BytesMut::new()),
+            wake: Notify::new(),
+            closing: AtomicBool::new(false),
+            ping_owed: AtomicBool::new(false),
+        };
+        out.push(|buf| {
+            wire::disconnect(buf);
+            out.closing.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+        let disconnect = out.buf.lock().unwrap().clone();
+        assert!(!disconnect.is_empty());
+        // A ping due, a PUBACK owed: both arrive too late to be sent.
+        out.push(|buf| {
+            wire::ping(Version::V311, buf);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(*out.buf.lock().unwrap(), disconnect, "the DISCONNECT stays last");
     }
 }
