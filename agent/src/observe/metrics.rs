@@ -22,10 +22,16 @@ use std::sync::atomic::Ordering::Relaxed;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The body of `/metrics` and its content type, in the format `accept` prefers.
-pub fn render(s: std::sync::Arc<Snapshot>, accept: Option<&str>) -> (&'static str, String) {
+/// The body of `/metrics` and its content type, in the format `accept` prefers. Ages are
+/// taken at `now_ms`, not at the snapshot's read: a reused snapshot must not hold an
+/// alerting age back by its own age.
+pub fn render(
+    s: std::sync::Arc<Snapshot>,
+    now_ms: u64,
+    accept: Option<&str>,
+) -> (&'static str, String) {
     let mut registry = Registry::with_prefix("darkleg");
-    registry.register_collector(Box::new(Scrape(s)));
+    registry.register_collector(Box::new(Scrape(s, now_ms)));
     let mut out = String::new();
     let openmetrics = accept.is_some_and(|a| a.contains("application/openmetrics-text"));
     // Writing into a String cannot fail, and the collector's own errors come only from it.
@@ -40,7 +46,7 @@ pub fn render(s: std::sync::Arc<Snapshot>, accept: Option<&str>) -> (&'static st
 }
 
 #[derive(Debug)]
-struct Scrape(std::sync::Arc<Snapshot>);
+struct Scrape(std::sync::Arc<Snapshot>, u64);
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> fmt::Result {
     let m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -140,7 +146,7 @@ impl Collector for Scrape {
             "upstream",
             ups().map(|u| {
                 let age = u.oldest_undelivered_ms.map_or(0.0, |t| {
-                    s.now_ms.saturating_sub(t.max(0) as u64) as f64 / 1000.0
+                    self.1.saturating_sub(t.max(0) as u64) as f64 / 1000.0
                 });
                 (u.name.clone(), ConstGauge::new(age))
             }),
@@ -439,7 +445,7 @@ mod tests {
     /// byte (scrapers and dashboards keyed on it), up to the histogram.
     #[test]
     fn prometheus_text_is_what_it_was() {
-        let (ctype, m) = render(snapshot(), None);
+        let (ctype, m) = render(snapshot(), 10_500, None);
         assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
         let head = &m[..m.find("# HELP darkleg_ack_latency").unwrap()];
         assert_eq!(
@@ -572,7 +578,7 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
     #[test]
     fn ack_latency_by_source() {
         latency::HTTP_ACK_LATENCY.observe(std::time::Duration::from_micros(1500));
-        let (_, text) = render(snapshot(), None);
+        let (_, text) = render(snapshot(), 10_500, None);
         let line = |prefix: &str| {
             text.lines()
                 .find(|l| l.starts_with(prefix))
@@ -599,9 +605,10 @@ darkleg_backlog_age_seconds{upstream=\"central\"} 1.5\ndarkleg_backlog_age_secon
                 waiting_since: Some(std::time::Instant::now()),
             },
         );
-        let (_, text) = render(snapshot(), Some("*/*"));
+        let (_, text) = render(snapshot(), 10_500, Some("*/*"));
         let (ctype, om) = render(
             snapshot(),
+            10_500,
             Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
         );
         assert!(ctype.starts_with("application/openmetrics-text; version=1.0.0"));

@@ -200,7 +200,7 @@ async fn metrics_page(State(p): State<Pages>, headers: HeaderMap) -> Response {
     match read(&p).await {
         Ok(s) => {
             let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-            let (ctype, body) = metrics::render(s, accept);
+            let (ctype, body) = metrics::render(s, crate::clock::now_ms(), accept);
             answer(StatusCode::OK, ctype, body)
         }
         Err(e) => unreadable(e),

@@ -456,6 +456,10 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(*out.buf.lock().unwrap(), disconnect, "the DISCONNECT stays last");
+        assert_eq!(
+            *out.buf.lock().unwrap(),
+            disconnect,
+            "the DISCONNECT stays last"
+        );
     }
 }
