@@ -10,11 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
-/// How long a stopping connection waits for each read of bytes already sent...
+/// How long a stopping connection waits for each read of bytes already sent. No total: a
+/// full receive buffer (a connection that waited for a slot) takes many commits to read, and
+/// what is left at the close would be lost unlogged; the listener's DRAIN_ON_STOP bounds it.
 const STOP_READ: Duration = Duration::from_millis(200);
-/// ...and at most in all, so a handheld that keeps sending cannot hold the stop past the
-/// listener's DRAIN_ON_STOP (when a connection is cut off, possibly between read and commit).
-const STOP_LINGER: Duration = Duration::from_secs(2);
 /// How long in all an evicted connection, its FIN sent, still reads what its handheld
 /// sends before it closes: a handheld that notices the FIN closes its side and loses
 /// nothing. A total, not per read: one that scans on regardless must not keep the slot.
@@ -71,15 +70,11 @@ impl Seen {
 /// Why a connection is closing, and until when it reads bytes still on their way.
 #[derive(Clone, Copy)]
 enum Closing {
-    Stopping(Instant),
+    Stopping,
     Evicted(Instant),
 }
 
 impl Closing {
-    fn stopping() -> Closing {
-        Closing::Stopping(Instant::now() + STOP_LINGER)
-    }
-
     fn evicted() -> Closing {
         Closing::Evicted(Instant::now() + EVICT_LINGER)
     }
@@ -87,16 +82,14 @@ impl Closing {
     /// How long the next read may wait: zero once the linger is over.
     fn wait(self) -> Duration {
         match self {
-            Closing::Stopping(until) => {
-                STOP_READ.min(until.saturating_duration_since(Instant::now()))
-            }
+            Closing::Stopping => STOP_READ,
             Closing::Evicted(until) => until.saturating_duration_since(Instant::now()),
         }
     }
 
     fn why(self) -> &'static str {
         match self {
-            Closing::Stopping(_) => "agent stopping",
+            Closing::Stopping => "agent stopping",
             Closing::Evicted(_) => "evicted for a handheld waiting for a slot",
         }
     }
@@ -130,7 +123,7 @@ pub(super) async fn connection(
     // Once closing: what already sits in the socket (or, after an eviction's FIN, arrives
     // within EVICT_LINGER) is read and committed before the close — the handheld counted
     // it sent.
-    let mut closing = stop.borrow().then(Closing::stopping);
+    let mut closing = stop.borrow().then_some(Closing::Stopping);
     let why = loop {
         let n = if let Some(c) = closing {
             // A short wait, not try_read: a socket just taken from the backlog has no
@@ -159,7 +152,7 @@ pub(super) async fn connection(
                     Ok(Err(e)) => break format!("read failed: {e}"),
                 },
                 _ = stop.changed() => {
-                    closing = Some(Closing::stopping());
+                    closing = Some(Closing::Stopping);
                     continue;
                 }
                 _ = seen.evict.notified() => {

@@ -300,7 +300,10 @@ async fn serve_tcp(ctx: &Arc<Ctx>, listener: TcpListener, mut stop: watch::Recei
                     while let Some(done) = conns.try_join_next_with_id() {
                         open.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
                     }
-                    evict_one(ctx, &open);
+                    // One that ended freed its slot: the acquire branch takes it next turn.
+                    if slots.available_permits() == 0 {
+                        evict_one(ctx, &open);
+                    }
                 }
             }
             Some(done) = conns.join_next_with_id(), if !conns.is_empty() => {
@@ -335,7 +338,7 @@ async fn serve_tcp(ctx: &Arc<Ctx>, listener: TcpListener, mut stop: watch::Recei
     })
     .await;
     if drained.is_err() {
-        // Only when commits are stuck: each connection bounds its own closing well below.
+        // Commits stuck, or a handheld still sending: what it read and had not stored is lost.
         tracing::error!(port = %ctx.port, connections = conns.len(), "connections still committing {DRAIN_ON_STOP:?} into the stop are cut off: a line read from them but not yet stored is lost (check the store's health)");
         conns.abort_all();
         while conns.join_next().await.is_some() {}
