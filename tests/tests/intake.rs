@@ -486,3 +486,64 @@ fn sigkill_under_http_load_loses_no_answered_scan() {
         arrivals.len()
     );
 }
+
+#[test]
+fn an_app_goes_on_after_the_gateway_lost_its_store_under_new_event_ids() {
+    let (rig, http) = rig("intake-wipe", "");
+    let mut agent = rig.start_agent();
+    wait_serving(http);
+    let scan = |seq: u64| json!({"device":"tc52-wipe","seq":seq,"code":format!("WIPE-{seq}"),"step":"pack"});
+    for seq in 1..=3 {
+        let (code, _, body) = must(http, Some(TOKEN), scan(seq));
+        assert_eq!(
+            (code, body["results"][0]["status"].as_str()),
+            (200, Some("stored")),
+            "{body}"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || unique_ids(
+            &rig.collector.messages()
+        ) >= 3),
+        "the first three delivered"
+    );
+    // The gateway's store is lost (a new SD card): the app, which knows nothing of it,
+    // goes on at 4 — and must not be sent back to 1, whose event id names a delivered scan.
+    agent.stop();
+    let config = darkleg_agent::config::Config::load(&rig.config).unwrap();
+    std::fs::remove_dir_all(&config.gateway.data_dir).unwrap();
+    let _agent = rig.start_agent();
+    wait_serving(http);
+    for seq in 4..=5 {
+        let (code, _, body) = must(http, Some(TOKEN), scan(seq));
+        assert_eq!(
+            (code, body["results"][0]["status"].as_str()),
+            (200, Some("stored")),
+            "{body}"
+        );
+    }
+    // A gap after that is still a gap.
+    let (code, _, body) = must(http, Some(TOKEN), scan(9));
+    assert_eq!(
+        (code, body["expected_seq"].as_u64()),
+        (409, Some(6)),
+        "{body}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || unique_ids(
+            &rig.collector.messages()
+        ) >= 5),
+        "all five arrive, under five ids: {}",
+        unique_ids(&rig.collector.messages())
+    );
+    let mut codes: BTreeMap<String, String> = BTreeMap::new();
+    for a in rig.collector.messages() {
+        let (id, code) = (
+            a.json["event_id"].as_str().unwrap(),
+            a.json["code"].as_str().unwrap(),
+        );
+        let prev = codes.insert(id.to_string(), code.to_string());
+        assert!(prev.is_none_or(|p| p == code), "one id, two scans: {id}");
+    }
+    assert_eq!(codes.len(), 5, "{codes:?}");
+}

@@ -96,7 +96,19 @@ pub(super) fn framed(
         };
         return Ok((FramedOutcome::Duplicate { acked: last }, update));
     }
-    if s.seq != last.saturating_add(1) {
+    // An app this store holds no scan for (new, or the store was lost) goes on from its own
+    // numbering: "expected 1" would have an app whose gateway lost its store renumber from 1,
+    // and its new scans would take the event ids of ones delivered before — dropped upstream
+    // as duplicates. (A framed scanner says where it is in its Hello instead.)
+    let adopt = app && last == 0 && s.seq > 1;
+    if adopt {
+        tracing::info!(
+            device,
+            seq = s.seq,
+            "an app's first scan this store sees: its numbering is taken from it"
+        );
+    }
+    if s.seq != last.saturating_add(1) && !adopt {
         // Go-back-N has one way in: the next seq. A scanner whose flash lost a record
         // offers the one after it on every pass, for ever; after enough passes the hole is
         // taken as lost there — loudly, on record — rather than wedging every later scan.

@@ -319,6 +319,32 @@ fn an_app_numbering_afresh_is_refused_where_nothing_is_left_to_compare() {
 }
 
 #[test]
+fn an_app_goes_on_from_its_own_numbering_on_a_store_that_holds_none_of_its_scans() {
+    // The gateway's store was lost: the app, at seq 41, goes on at 42. Asked to start again
+    // at 1 it would reuse event ids its earlier scans were delivered under.
+    let f = Fixture::new("adopt");
+    let (s, j) = f.open();
+    let app = |seq, code| offer(&s, "tc52-9", APP_PORT, SeqClient::App, seq, code);
+    assert_eq!(app(42, None), FramedOutcome::Stored { acked: 42 });
+    assert_eq!(app(43, None), FramedOutcome::Stored { acked: 43 });
+    // Adopted once: from here on a gap is a gap, a resend a duplicate.
+    assert_eq!(app(45, None), FramedOutcome::OutOfOrder { acked: 43 });
+    assert_eq!(app(43, None), FramedOutcome::Duplicate { acked: 43 });
+    // Below where it started nothing is held to compare: refused, never stored as new.
+    assert_eq!(
+        app(7, Some("older")),
+        FramedOutcome::Conflict {
+            acked: 43,
+            why: Conflict::Unheld
+        }
+    );
+    // A framed scanner says where it is in its Hello; without one, only the next seq.
+    let fw = offer(&s, "fw-9", "/dev/ttyUSB0", SeqClient::Firmware, 42, None);
+    assert_eq!(fw, FramedOutcome::OutOfOrder { acked: 0 });
+    close(s, j);
+}
+
+#[test]
 fn an_app_cannot_post_as_a_scanner_of_another_source() {
     let f = Fixture::new("other-source");
     let (s, j) = f.open();
