@@ -568,6 +568,39 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     Some(out)
 }
 
+/// One `POST /v1/scans` over `s` (then closed), with a bearer `token` if given:
+/// (status, head lower-cased, JSON body or `Null`); `None` if the exchange broke off.
+pub fn exchange_scans(
+    mut s: impl std::io::Read + std::io::Write,
+    token: Option<&str>,
+    body: &str,
+) -> Option<(u16, String, Value)> {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "POST /v1/scans HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{auth}\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        code,
+        head.to_lowercase(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    ))
+}
+
+/// [`exchange_scans`] on a new connection to the intake on `127.0.0.1:port` (40 s to answer).
+pub fn post_scans(port: u16, token: Option<&str>, body: &str) -> Option<(u16, String, Value)> {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(40))).ok()?;
+    exchange_scans(s, token, body)
+}
+
 /// Publishes one message with QoS 1 to the broker on `127.0.0.1:port` and waits for its
 /// PUBACK — a stand-in for another gateway (or a misbehaving client) on a shared broker.
 pub fn publish_once(port: u16, topic: &str, payload: &[u8]) {

@@ -138,6 +138,9 @@ pub enum ScannerKind {
     Framed { at_station: bool },
     /// A plain serial scanner at a station; `garbage`: noise lines between scans.
     Ascii { garbage: bool },
+    /// An app on the HTTP intake, numbering its own scans, `batch` of them a request,
+    /// resending each request until it is answered.
+    Http { batch: u64 },
 }
 
 #[derive(Clone, Debug)]
@@ -326,7 +329,15 @@ impl Plan {
         let n_pack_framed = r.range(1, 2);
         let ascii_pick = r.chance(0.4);
         let ascii_pack = r.chance(0.5);
+        let http_pick = r.chance(0.35);
+        let http_pack = r.chance(0.35);
         let mut kinds = Vec::new();
+        for (step, on) in [(Step::Pick, http_pick), (Step::Pack, http_pack)] {
+            if on {
+                let batch = r.pick(&[1, 1, 3, 10]);
+                kinds.push((step, ScannerKind::Http { batch }));
+            }
+        }
         for _ in 0..n_pick_framed {
             kinds.push((
                 Step::Pick,
@@ -391,7 +402,7 @@ impl Plan {
             // Plain scanners take fewer orders: each of their scans waits to be durable.
             let weighted = |r: &mut Rng, ks: &[usize]| loop {
                 let k = r.pick(ks);
-                if matches!(kinds[k].1, ScannerKind::Framed { .. }) || r.chance(0.35) {
+                if !matches!(kinds[k].1, ScannerKind::Ascii { .. }) || r.chance(0.35) {
                     break k;
                 }
             };
@@ -406,7 +417,7 @@ impl Plan {
                 }
             }
         }
-        let (mut nf, mut na) = (0, 0);
+        let (mut nf, mut na, mut nh) = (0, 0, 0);
         for ((step, kind), scans) in kinds.into_iter().zip(per) {
             let name = match kind {
                 ScannerKind::Framed { .. } => {
@@ -416,6 +427,10 @@ impl Plan {
                 ScannerKind::Ascii { .. } => {
                     na += 1;
                     format!("a{na}-{}", step.as_str())
+                }
+                ScannerKind::Http { .. } => {
+                    nh += 1;
+                    format!("h{nh}-{}", step.as_str())
                 }
             };
             let interval_ms = (duration_ms / scans.len().max(1) as u64).max(1);

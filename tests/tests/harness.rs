@@ -1,6 +1,7 @@
 //! A seeded, randomized, model-based test of the whole gateway: each round draws a config
 //! (upstreams with batch and window, merchant upstreams and routes, `synchronous`, maybe a
-//! relay hop), a pick/pack workload for several merchants on framed and plain scanners, and
+//! relay hop), a pick/pack workload for several merchants on framed and plain scanners and
+//! apps posting to the HTTP intake (1, 3 or 10 scans a request, resent until answered), and
 //! a fault schedule (SIGKILL, broker stop and freeze, a proxy that stalls, delays and tears,
 //! junk on the site broker, a full disk, a wiped store) from one seed — then runs it against
 //! the real `darkleg` binary, a private Mosquitto and pty scanners, and checks what every
@@ -305,6 +306,93 @@ fn ascii_writer(
     })
 }
 
+/// What an app was answered durable (by seq), and what went wrong.
+type AppOutcome = (Vec<(u64, PlannedScan)>, Vec<String>);
+
+/// An app on the HTTP intake: its scans numbered from 1, `batch` a request, one request
+/// every `every`, each resent until answered 200 (through kills, full disks, a wiped store).
+/// Returns what was answered `stored` or `duplicate`, by seq, and every answer no app should
+/// ever get (a 409 or 400, a scan rejected, none within 60 s).
+fn http_app(
+    port: u16,
+    device: String,
+    scans: Vec<PlannedScan>,
+    batch: u64,
+    every: Duration,
+    wipe_gate: Arc<RwLock<()>>,
+) -> std::thread::JoinHandle<AppOutcome> {
+    std::thread::spawn(move || {
+        let (mut answered, mut trouble) = (Vec::new(), Vec::new());
+        let numbered: Vec<(u64, PlannedScan)> = scans
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (i as u64 + 1, s))
+            .collect();
+        for chunk in numbered.chunks(batch as usize) {
+            std::thread::sleep(every);
+            let body: Vec<Value> = chunk
+                .iter()
+                .map(|(seq, s)| {
+                    let mut j = serde_json::json!({"device": device, "seq": seq, "code": s.code, "step": s.step.as_str()});
+                    if let Some(sym) = &s.symbology {
+                        j["symbology"] = sym.as_str().into();
+                    }
+                    j
+                })
+                .collect();
+            let body = serde_json::json!({ "scans": body }).to_string();
+            let _up = wipe_gate.read().unwrap_or_else(|e| e.into_inner());
+            let t0 = Instant::now();
+            let outcome = loop {
+                if t0.elapsed() > Duration::from_secs(60) {
+                    break Err(format!(
+                        "app {device}: seqs from {} not answered within 60 s",
+                        chunk[0].0
+                    ));
+                }
+                match post_scans(port, None, &body) {
+                    // Down, full or busy: resend, as an app would.
+                    None => {}
+                    Some((200, _, answer)) => {
+                        let results = answer["results"].as_array().cloned().unwrap_or_default();
+                        let st: Vec<&str> = results
+                            .iter()
+                            .map(|r| r["status"].as_str().unwrap_or("?"))
+                            .collect();
+                        if st.len() == chunk.len()
+                            && st.iter().all(|s| *s == "stored" || *s == "duplicate")
+                        {
+                            break Ok(());
+                        }
+                        if st
+                            .iter()
+                            .any(|s| !matches!(*s, "stored" | "duplicate" | "not_stored"))
+                        {
+                            break Err(format!("app {device}: seqs from {}: {answer}", chunk[0].0));
+                        }
+                    }
+                    Some((code @ (400 | 409), _, answer)) => {
+                        break Err(format!(
+                            "app {device}: seqs from {} answered {code}: {answer}",
+                            chunk[0].0
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            match outcome {
+                Ok(()) => answered.extend(chunk.iter().cloned()),
+                Err(e) => {
+                    trouble.push(e);
+                    break;
+                }
+            }
+        }
+        (answered, trouble)
+    })
+}
+
 /// A framed scanner of the plan, with what it needs to be put down and picked up again.
 struct Framed {
     device: String,
@@ -394,32 +482,37 @@ fn run_round(plan: &Plan) -> Result<String, String> {
     };
 
     // The dock: its scanners' ports, and where it publishes.
-    let ptys: Vec<Pty> = plan
+    // (Apps on the HTTP intake have none.)
+    let ptys: Vec<Option<Pty>> = plan
         .scanners
         .iter()
-        .map(|_| Pty::open().expect("pty"))
-        .collect();
-    let stations: Vec<Option<&str>> = plan
-        .scanners
-        .iter()
-        .map(|s| match s.kind {
-            ScannerKind::Framed { at_station: false } => None,
-            _ => Some(s.step.as_str()),
-        })
+        .map(|s| (!matches!(s.kind, ScannerKind::Http { .. })).then(|| Pty::open().expect("pty")))
         .collect();
     let entries: Vec<ScannerEntry<'_>> = ptys
         .iter()
         .zip(&plan.scanners)
-        .zip(&stations)
-        .map(|((p, s), st)| ScannerEntry {
-            port: &p.slave_path,
-            protocol: match s.kind {
+        .filter_map(|(p, s)| {
+            let protocol = match s.kind {
                 ScannerKind::Framed { .. } => "framed",
                 ScannerKind::Ascii { .. } => "ascii",
-            },
-            station: *st,
+                ScannerKind::Http { .. } => return None,
+            };
+            let station = match s.kind {
+                ScannerKind::Framed { at_station: false } => None,
+                _ => Some(s.step.as_str()),
+            };
+            Some(ScannerEntry {
+                port: &p.as_ref()?.slave_path,
+                protocol,
+                station,
+            })
         })
         .collect();
+    let intake = plan
+        .scanners
+        .iter()
+        .any(|s| matches!(s.kind, ScannerKind::Http { .. }))
+        .then(|| darkleg_agent::sim::broker::free_port().expect("a port for the intake"));
     let mut common = format!("[store]\nsynchronous = \"{}\"\n\n", plan.synchronous);
     if plan.merchants {
         common.push_str(model::MERCHANTS);
@@ -461,6 +554,12 @@ fn run_round(plan: &Plan) -> Result<String, String> {
             });
             extra
         }
+    };
+    let dock_extra = match intake {
+        Some(port) => format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\n\n[intake]\nallow_unauthenticated = true\n\n{dock_extra}"
+        ),
+        None => dock_extra,
     };
     let config = write_config_with(&dir.0, &entries, None, &dock_extra);
     let log = dir.0.join("agent.log");
@@ -521,7 +620,7 @@ fn run_round(plan: &Plan) -> Result<String, String> {
         }
     }
     let mut dock = Some(Agent::start(&config, &log));
-    let n_ports = plan.scanners.len();
+    let n_ports = entries.len();
     if !wait_until(Duration::from_secs(20), || ports_open(&config, n_ports)) {
         return Err(format!(
             "the dock did not open its {n_ports} ports; log:\n{}",
@@ -531,12 +630,34 @@ fn run_round(plan: &Plan) -> Result<String, String> {
 
     // The workload.
     let gate = Arc::new(RwLock::new(()));
+    // Apps post through kills and full disks (resending until answered); only a wipe,
+    // which must find everything delivered, waits for their requests in flight.
+    let wipe_gate = Arc::new(RwLock::new(()));
     let mut framed: Vec<Framed> = Vec::new();
     let mut ascii = Vec::new();
+    let mut apps = Vec::new();
     let mut written: BTreeSet<(String, String)> = BTreeSet::new();
     for (i, (s, pty)) in plan.scanners.iter().zip(ptys).enumerate() {
         match s.kind {
+            ScannerKind::Http { batch } => {
+                let device = format!("{}-{}", s.name, plan.seed % 10_000);
+                for scan in &s.scans {
+                    written.insert((device.clone(), scan.code.clone()));
+                }
+                let port = intake.expect("an intake for the apps");
+                let every = Duration::from_millis(s.interval_ms * batch);
+                let h = http_app(
+                    port,
+                    device.clone(),
+                    s.scans.clone(),
+                    batch,
+                    every,
+                    wipe_gate.clone(),
+                );
+                apps.push((device, h));
+            }
             ScannerKind::Framed { .. } => {
+                let pty = pty.expect("a framed scanner's pty");
                 let device = format!("{}-{}", s.name, plan.seed % 10_000);
                 for scan in &s.scans {
                     written.insert((device.clone(), scan.code.clone()));
@@ -560,6 +681,7 @@ fn run_round(plan: &Plan) -> Result<String, String> {
                 });
             }
             ScannerKind::Ascii { garbage } => {
+                let pty = pty.expect("a plain scanner's pty");
                 let device = ascii_device(&pty.slave_path);
                 for scan in &s.scans {
                     written.insert((device.clone(), scan.code.clone()));
@@ -678,6 +800,7 @@ fn run_round(plan: &Plan) -> Result<String, String> {
             }
             Fault::Wipe => {
                 let _g = gate.write().unwrap_or_else(|e| e.into_inner());
+                let _apps = wipe_gate.write().unwrap_or_else(|e| e.into_inner());
                 // An operator's wipe: scanners put down, and only once everything stored —
                 // scans and the milestones derived from them — was delivered.
                 for f in &mut framed {
@@ -761,6 +884,15 @@ fn run_round(plan: &Plan) -> Result<String, String> {
                 debug_assert_eq!(&p[i].code, code);
                 acked.push((device.clone(), Some(*seq), p[i].clone()));
             }
+        }
+    }
+    let mut http_acked = 0;
+    for (device, h) in apps {
+        let (answered, trouble) = h.join().expect("app thread");
+        failures.extend(trouble);
+        http_acked += answered.len();
+        for (seq, scan) in answered {
+            acked.push((device.clone(), Some(seq), scan));
         }
     }
     let mut ascii_acked = 0;
@@ -954,9 +1086,9 @@ fn run_round(plan: &Plan) -> Result<String, String> {
     }
     drop(tmpfs);
     let summary = format!(
-        "{} framed scans on {framed_n} scanners + {ascii_acked}/{ascii_total} plain ones acked; \
+        "{} framed scans on {framed_n} scanners + {ascii_acked}/{ascii_total} plain ones + {http_acked} from apps acked; \
          {} deliveries at {} upstreams ({} duplicates by id); {} faults over {:.1} s; connects {}",
-        acked.len() - ascii_acked,
+        acked.len() - ascii_acked - http_acked,
         findings.delivered,
         plan.upstreams.len(),
         findings.duplicates,

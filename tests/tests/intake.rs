@@ -34,39 +34,8 @@ fn tokens_path(rig: &Rig) -> std::path::PathBuf {
     line.split('"').nth(1).unwrap().into()
 }
 
-/// One POST over `s`: (status, head, JSON body).
-fn exchange(
-    mut s: impl Read + Write,
-    token: Option<&str>,
-    body: &str,
-) -> Option<(u16, String, Value)> {
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
-        s,
-        "POST /v1/scans HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{auth}\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let out = String::from_utf8_lossy(&out).to_string();
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((
-        code,
-        head.to_lowercase(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    ))
-}
-
-fn post(port: u16, token: Option<&str>, body: &str) -> Option<(u16, String, Value)> {
-    let s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(40))).ok()?;
-    exchange(s, token, body)
-}
-
 fn must(port: u16, token: Option<&str>, body: Value) -> (u16, String, Value) {
-    post(port, token, &body.to_string()).expect("the intake answers")
+    post_scans(port, token, &body.to_string()).expect("the intake answers")
 }
 
 fn wait_serving(port: u16) {
@@ -102,7 +71,7 @@ fn the_intake_answers_every_path_and_stored_scans_arrive_with_their_step() {
     assert_eq!(must(http, Some("tok-wrong"), scan(2, "X")).0, 401);
 
     // 400: broken JSON, a missing field named.
-    let (code, _, body) = post(http, t, "{\"device\":").unwrap();
+    let (code, _, body) = post_scans(http, t, "{\"device\":").unwrap();
     assert_eq!(code, 400, "{body}");
     let (code, _, body) = must(
         http,
@@ -166,7 +135,7 @@ fn the_intake_answers_every_path_and_stored_scans_arrive_with_their_step() {
         .unwrap();
     assert!(ok.success());
     assert!(
-        wait_until(Duration::from_secs(5), || post(
+        wait_until(Duration::from_secs(5), || post_scans(
             http,
             Some("tok-new-42"),
             &scan(4, "00340434161094042564").to_string()
@@ -309,7 +278,7 @@ fn the_intake_over_tls_with_a_rustls_client() {
         let sock = std::net::TcpStream::connect(("127.0.0.1", http)).ok()?;
         let conn =
             rustls::ClientConnection::new(config.clone(), "localhost".try_into().unwrap()).ok()?;
-        exchange(
+        exchange_scans(
             rustls::StreamOwned::new(conn, sock),
             Some(TOKEN),
             &body.to_string(),
@@ -327,7 +296,7 @@ fn the_intake_over_tls_with_a_rustls_client() {
         "{body}"
     );
     // Plain HTTP on the TLS listener gets no answer.
-    assert!(post(http, Some(TOKEN), &scan.to_string()).is_none_or(|r| r.0 != 200));
+    assert!(post_scans(http, Some(TOKEN), &scan.to_string()).is_none_or(|r| r.0 != 200));
     // ... and is said in the log (and counted on /metrics), not only at debug level.
     let logged = |needle: &str| {
         wait_until(Duration::from_secs(10), || {
@@ -418,7 +387,7 @@ fn sigkill_under_http_load_loses_no_answered_scan() {
                     // Resend until answered: through the kill and the restart.
                     let t0 = std::time::Instant::now();
                     let r = loop {
-                        match post(http, Some(TOKEN), &body) {
+                        match post_scans(http, Some(TOKEN), &body) {
                             Some(r) if r.0 == 200 => break r,
                             _ if t0.elapsed() > Duration::from_secs(60) => panic!("no answer for 60 s"),
                             _ => std::thread::sleep(Duration::from_millis(50)),
