@@ -56,6 +56,9 @@ pub(super) struct Devices {
     /// Per device: (acked, offered seq, times) — the same out-of-order seq offered again and
     /// again after go-back means the scanner no longer holds the ones before it.
     gaps: HashMap<String, (u64, u64, u32)>,
+    /// Devices with an op that failed in the batch being written (its savepoint rolled back,
+    /// the rest of the batch going on): an app's later seqs there must not be adopted past it.
+    failed: std::collections::HashSet<String>,
 }
 
 /// A device that posts to the HTTP intake (by the port recorded for it).
@@ -77,6 +80,7 @@ impl Devices {
             dirty: HashMap::new(),
             first_seq_base: incarnation << OWN_SEQ_BITS,
             gaps: HashMap::new(),
+            failed: Default::default(),
         }
     }
 
@@ -209,11 +213,22 @@ impl Devices {
     /// The batch committed: its changes are in the database.
     pub fn committed(&mut self) {
         self.dirty.clear();
+        self.failed.clear();
+    }
+
+    /// One of `device`'s ops failed in this batch.
+    pub fn op_failed(&mut self, device: &str) {
+        self.failed.insert(device.to_string());
+    }
+
+    pub fn failed_in_batch(&self, device: &str) -> bool {
+        self.failed.contains(device)
     }
 
     /// The batch did not commit: memory may be ahead of the database, so forget it.
     pub fn forget(&mut self) {
         self.known.clear();
         self.dirty.clear();
+        self.failed.clear();
     }
 }

@@ -100,7 +100,8 @@ pub(super) fn framed(
     // numbering: "expected 1" would have an app whose gateway lost its store renumber from 1,
     // and its new scans would take the event ids of ones delivered before — dropped upstream
     // as duplicates. (A framed scanner says where it is in its Hello instead.)
-    let adopt = app && last == 0 && s.seq > 1;
+    // Not past a scan of the same batch that failed: its resend would find itself below.
+    let adopt = app && last == 0 && s.seq > 1 && !devices.failed_in_batch(device);
     if adopt {
         tracing::info!(
             device,

@@ -650,6 +650,7 @@ fn apply_savepointed(
                     return Some(Answer::Framed(reply, Ok(outcome)));
                 }
                 Err(e) => {
+                    devices.op_failed(&device);
                     let e = StoreError::sqlite("framed scan", e);
                     return Some(Answer::Framed(reply, Err(e)));
                 }
@@ -720,10 +721,14 @@ fn settle<T>(
     kind: &'static str,
     port: &str,
 ) -> Result<T, StoreError> {
-    finish(sp, r, what).map(|(v, update)| {
+    let r = finish(sp, r, what).map(|(v, update)| {
         devices.apply(device, kind, port, update);
         v
-    })
+    });
+    if r.is_err() {
+        devices.op_failed(device);
+    }
+    r
 }
 
 fn log_failure<T>(r: Result<T, StoreError>) {
