@@ -343,14 +343,19 @@ fn http_app(
             let body = serde_json::json!({ "scans": body }).to_string();
             let _up = wipe_gate.read().unwrap_or_else(|e| e.into_inner());
             let t0 = Instant::now();
+            let mut last = String::from("none");
             let outcome = loop {
                 if t0.elapsed() > Duration::from_secs(60) {
                     break Err(format!(
-                        "app {device}: seqs from {} not answered within 60 s",
+                        "app {device}: seqs from {} not answered 200 within 60 s; the last answer: {last}",
                         chunk[0].0
                     ));
                 }
-                match post_scans(port, None, &body) {
+                let answer = post_scans(port, None, &body);
+                if let Some((code, _, body)) = &answer {
+                    last = format!("{code} {body}");
+                }
+                match answer {
                     // Down, full or busy: resend, as an app would.
                     None => {}
                     Some((200, _, answer)) => {
