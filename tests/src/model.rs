@@ -141,6 +141,10 @@ pub enum ScannerKind {
     /// An app on the HTTP intake, numbering its own scans, `batch` of them a request,
     /// resending each request until it is answered.
     Http { batch: u64 },
+    /// A handheld's DataWedge IP output: scan lines over one long-lived TCP connection to a
+    /// `[[network_scanner]]` at a station, no ack (as plain scanners), reconnecting after
+    /// the agent restarts.
+    Wedge,
 }
 
 #[derive(Clone, Debug)]
@@ -331,7 +335,12 @@ impl Plan {
         let ascii_pack = r.chance(0.5);
         let http_pick = r.chance(0.35);
         let http_pack = r.chance(0.35);
+        // One at most: every loopback connection is the same device (`{gateway}:127.0.0.1`).
+        let wedge = r.chance(0.3).then(|| r.pick(&[Step::Pick, Step::Pack]));
         let mut kinds = Vec::new();
+        if let Some(step) = wedge {
+            kinds.push((step, ScannerKind::Wedge));
+        }
         for (step, on) in [(Step::Pick, http_pick), (Step::Pack, http_pack)] {
             if on {
                 let batch = r.pick(&[1, 1, 3, 10]);
@@ -402,7 +411,8 @@ impl Plan {
             // Plain scanners take fewer orders: each of their scans waits to be durable.
             let weighted = |r: &mut Rng, ks: &[usize]| loop {
                 let k = r.pick(ks);
-                if !matches!(kinds[k].1, ScannerKind::Ascii { .. }) || r.chance(0.35) {
+                let unacked = matches!(kinds[k].1, ScannerKind::Ascii { .. } | ScannerKind::Wedge);
+                if !unacked || r.chance(0.35) {
                     break k;
                 }
             };
@@ -432,6 +442,7 @@ impl Plan {
                     nh += 1;
                     format!("h{nh}-{}", step.as_str())
                 }
+                ScannerKind::Wedge => format!("w1-{}", step.as_str()),
             };
             let interval_ms = (duration_ms / scans.len().max(1) as u64).max(1);
             scanners.push(ScannerPlan {

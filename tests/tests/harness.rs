@@ -1,7 +1,8 @@
 //! A seeded, randomized, model-based test of the whole gateway: each round draws a config
 //! (upstreams with batch and window, merchant upstreams and routes, `synchronous`, maybe a
 //! relay hop), a pick/pack workload for several merchants on framed and plain scanners and
-//! apps posting to the HTTP intake (1, 3 or 10 scans a request, resent until answered), and
+//! apps posting to the HTTP intake (1, 3 or 10 scans a request, resent until answered) and a
+//! DataWedge handheld on a `[[network_scanner]]` (TCP, reconnecting after restarts), and
 //! a fault schedule (SIGKILL, broker stop and freeze, a proxy that stalls, delays and tears,
 //! junk on the site broker, a full disk, a wiped store) from one seed — then runs it against
 //! the real `darkleg` binary, a private Mosquitto and pty scanners, and checks what every
@@ -26,6 +27,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -306,6 +308,63 @@ fn ascii_writer(
     })
 }
 
+/// A handheld's DataWedge IP output: one TCP connection, a scan line every `interval`, each
+/// only while the agent is up (the gate) and counted acked once the store holds one more
+/// event of the device, as [`ascii_writer`] does. DataWedge reconnects when its connection
+/// died: here after every restart of the dock (`restarts`), before the next scan. Each
+/// result: (scan, sent, acked) — a line that could not be written at all was not sent.
+fn wedge_writer(
+    port: u16,
+    scans: Vec<PlannedScan>,
+    interval: Duration,
+    gate: Arc<RwLock<()>>,
+    restarts: Arc<AtomicU64>,
+    config: PathBuf,
+) -> std::thread::JoinHandle<Vec<(PlannedScan, bool, bool)>> {
+    std::thread::spawn(move || {
+        let device = "gw-01:127.0.0.1";
+        let connect = || {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    return Some(s);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            None
+        };
+        let mut conn: Option<(u64, std::net::TcpStream)> = None;
+        let mut out = Vec::new();
+        for scan in scans {
+            std::thread::sleep(interval);
+            let _up = gate.read().unwrap_or_else(|e| e.into_inner());
+            let generation = restarts.load(Ordering::SeqCst);
+            if conn.as_ref().is_none_or(|(g, _)| *g != generation) {
+                conn = connect().map(|s| (generation, s));
+            }
+            let Some(before) = device_events(&config, device) else {
+                out.push((scan, false, false));
+                continue;
+            };
+            // With its AIM identifier, as DataWedge sends it when told to (GS1 routing needs it).
+            let line = format!("{}{}\n", scan.symbology.as_deref().unwrap_or(""), scan.code);
+            let sent = conn
+                .as_mut()
+                .is_some_and(|(_, s)| s.write_all(line.as_bytes()).is_ok());
+            if !sent {
+                conn = None;
+                out.push((scan, false, false));
+                continue;
+            }
+            let acked = wait_until(Duration::from_secs(5), || {
+                device_events(&config, device).is_some_and(|n| n > before)
+            });
+            out.push((scan, true, acked));
+        }
+        out
+    })
+}
+
 /// What an app was answered durable (by seq), and what went wrong.
 type AppOutcome = (Vec<(u64, PlannedScan)>, Vec<String>);
 
@@ -491,7 +550,10 @@ fn run_round(plan: &Plan) -> Result<String, String> {
     let ptys: Vec<Option<Pty>> = plan
         .scanners
         .iter()
-        .map(|s| (!matches!(s.kind, ScannerKind::Http { .. })).then(|| Pty::open().expect("pty")))
+        .map(|s| {
+            (!matches!(s.kind, ScannerKind::Http { .. } | ScannerKind::Wedge))
+                .then(|| Pty::open().expect("pty"))
+        })
         .collect();
     let entries: Vec<ScannerEntry<'_>> = ptys
         .iter()
@@ -500,7 +562,7 @@ fn run_round(plan: &Plan) -> Result<String, String> {
             let protocol = match s.kind {
                 ScannerKind::Framed { .. } => "framed",
                 ScannerKind::Ascii { .. } => "ascii",
-                ScannerKind::Http { .. } => return None,
+                ScannerKind::Http { .. } | ScannerKind::Wedge => return None,
             };
             let station = match s.kind {
                 ScannerKind::Framed { at_station: false } => None,
@@ -565,6 +627,15 @@ fn run_round(plan: &Plan) -> Result<String, String> {
             "[http]\nlisten = \"127.0.0.1:{port}\"\n\n[intake]\nallow_unauthenticated = true\n\n{dock_extra}"
         ),
         None => dock_extra,
+    };
+    let wedge = plan.scanners.iter().find(|s| s.kind == ScannerKind::Wedge);
+    let wedge_port = wedge.map(|_| darkleg_agent::sim::broker::free_port().expect("a port"));
+    let dock_extra = match (wedge, wedge_port) {
+        (Some(w), Some(port)) => format!(
+            "{dock_extra}\n[[network_scanner]]\nlisten = \"127.0.0.1:{port}\"\ntransport = \"tcp\"\nstation = \"{}\"\n",
+            w.step.as_str()
+        ),
+        _ => dock_extra,
     };
     let config = write_config_with(&dir.0, &entries, None, &dock_extra);
     let log = dir.0.join("agent.log");
@@ -641,6 +712,9 @@ fn run_round(plan: &Plan) -> Result<String, String> {
     let mut framed: Vec<Framed> = Vec::new();
     let mut ascii = Vec::new();
     let mut apps = Vec::new();
+    let mut wedges = Vec::new();
+    // Bumped each time the dock is started again: a handheld's connection is then dead.
+    let restarts = Arc::new(AtomicU64::new(0));
     let mut written: BTreeSet<(String, String)> = BTreeSet::new();
     for (i, (s, pty)) in plan.scanners.iter().zip(ptys).enumerate() {
         match s.kind {
@@ -660,6 +734,21 @@ fn run_round(plan: &Plan) -> Result<String, String> {
                     wipe_gate.clone(),
                 );
                 apps.push((device, h));
+            }
+            ScannerKind::Wedge => {
+                let device = "gw-01:127.0.0.1".to_string();
+                for scan in &s.scans {
+                    written.insert((device.clone(), scan.code.clone()));
+                }
+                let h = wedge_writer(
+                    wedge_port.expect("a listener for the handheld"),
+                    s.scans.clone(),
+                    Duration::from_millis(s.interval_ms),
+                    gate.clone(),
+                    restarts.clone(),
+                    config.clone(),
+                );
+                wedges.push((device, h));
             }
             ScannerKind::Framed { .. } => {
                 let pty = pty.expect("a framed scanner's pty");
@@ -726,6 +815,7 @@ fn run_round(plan: &Plan) -> Result<String, String> {
                 std::thread::sleep(Duration::from_millis(*down_ms));
                 let before = opened_lines(&log);
                 dock = Some(Agent::start(&config, &log));
+                restarts.fetch_add(1, Ordering::SeqCst);
                 if !wait_reopened(&config, &log, before, n_ports) {
                     failures.push(format!(
                         "after a SIGKILL at {t} ms the dock did not reopen its ports within 20 s"
@@ -837,6 +927,7 @@ fn run_round(plan: &Plan) -> Result<String, String> {
                 }
                 let before = opened_lines(&log);
                 dock = Some(Agent::start(&config, &log));
+                restarts.fetch_add(1, Ordering::SeqCst);
                 if !wait_reopened(&config, &log, before, n_ports) {
                     failures.push(format!(
                         "after the wipe at {t} ms the dock did not reopen its ports within 20 s"
@@ -904,6 +995,17 @@ fn run_round(plan: &Plan) -> Result<String, String> {
     let mut ascii_total = 0;
     let mut ascii_unacked = Vec::new();
     let mut plugged = Vec::new();
+    for (device, h) in wedges {
+        for (scan, sent, ok) in h.join().expect("handheld thread") {
+            ascii_total += 1;
+            if ok {
+                ascii_acked += 1;
+                acked.push((device.clone(), None, scan));
+            } else if sent {
+                ascii_unacked.push((device.clone(), scan.code));
+            }
+        }
+    }
     for (device, h) in ascii {
         let (results, pty) = h.join().expect("plain scanner thread");
         plugged.push(pty);
