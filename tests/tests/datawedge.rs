@@ -153,6 +153,12 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    // An SSCC label from a handheld that sends no AIM id: stored as plain text, and said so.
+    for bare in ["00106141411234567897", "00106141411234567903"] {
+        u.send_to(format!("{bare}\n").as_bytes(), ("127.0.0.1", udp))
+            .unwrap();
+        udp_codes.push(bare.to_string());
+    }
 
     let tcp_total: usize = sent.iter().map(Vec::len).sum();
     let done = wait_until(Duration::from_secs(30), || {
@@ -214,6 +220,12 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
     assert!(udp_got
         .iter()
         .all(|j| j["step"] == "handover" && j["station"] == "handover"));
+    let log = std::fs::read_to_string(&rig.log).unwrap_or_default();
+    assert_eq!(
+        log.matches("came without its AIM identifier").count(),
+        1,
+        "a bare SSCC is warned about, once per listener"
+    );
 
     // The flood: four connections are open; fill the rest, then four more wait, unaccepted
     // but unrefused, in the kernel's backlog with a scan each in their buffers.

@@ -26,6 +26,16 @@ pub fn ascii_device(gateway: &str, path: &str) -> String {
     format!("{gateway}:{short}")
 }
 
+/// An SSCC label's element string (AI 00, 18 digits, a valid check digit) that came without
+/// the AIM identifier that says it is GS1: stored as plain text, no parcel or merchant route
+/// sees it. A handheld set to send no Code ID does this to every label.
+pub fn bare_sscc(code: &str, symbology: Option<&str>) -> bool {
+    symbology.is_none()
+        && code.len() == 20
+        && code.starts_with("00")
+        && darkleg_protocol::barcode::gs1::check_digit_ok(&code[2..])
+}
+
 /// A port thread's end: its path, and why it could not be opened (`None`: it had opened).
 type PortOutcome = (String, Option<String>);
 
@@ -88,5 +98,28 @@ pub async fn supervise(config: Arc<Config>, store: StoreHandle, stop: Arc<Atomic
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod bare_sscc_tests {
+    #[test]
+    fn an_sscc_without_its_aim_id_is_noticed() {
+        // 00 + 18-digit SSCC whose check digit is right.
+        let sscc = "00106141411234567897";
+        assert!(super::bare_sscc(sscc, None));
+        assert!(
+            !super::bare_sscc(sscc, Some("]C1")),
+            "with its AIM id it is GS1"
+        );
+        assert!(
+            !super::bare_sscc("00106141411234567890", None),
+            "a wrong check digit"
+        );
+        assert!(
+            !super::bare_sscc("1Z999AA10123456784", None),
+            "a tracking number"
+        );
+        assert!(!super::bare_sscc("0010614141123456789x", None));
     }
 }

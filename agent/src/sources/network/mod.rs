@@ -75,6 +75,8 @@ struct Ctx {
     gateway: String,
     store: StoreHandle,
     counters: Mutex<PortReport>,
+    /// Warned once that its handhelds send GS1 labels without their AIM identifier.
+    bare_gs1_warned: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx {
@@ -143,6 +145,11 @@ impl Ctx {
             station: Some(self.cfg.station_name.clone()),
             received_at_ms: crate::clock::now_ms(),
         };
+        if super::bare_sscc(&scan.code, scan.symbology.as_deref())
+            && !self.bare_gs1_warned.swap(true, Relaxed)
+        {
+            tracing::warn!(port = %self.port, device, code = %scan.code, "a scan that looks like an SSCC label came without its AIM identifier: it is stored as plain text, so no parcel, milestone or merchant route sees it — set the handhelds' Code ID Type to AIM (DataWedge: the barcode input); said once per listener");
+        }
         let code = scan.code.clone();
         self.counters
             .lock()
@@ -196,6 +203,7 @@ pub async fn run(
         gateway,
         store,
         counters: Mutex::new(PortReport::default()),
+        bare_gs1_warned: Default::default(),
     });
     tracing::info!(port = %ctx.port, station = %ctx.cfg.station_name, "network scanner listening");
     ctx.flush(true, true).await;
