@@ -462,14 +462,15 @@ fn an_app_goes_on_after_the_gateway_lost_its_store_under_new_event_ids() {
     let mut agent = rig.start_agent();
     wait_serving(http);
     let scan = |seq: u64| json!({"device":"tc52-wipe","seq":seq,"code":format!("WIPE-{seq}"),"step":"pack"});
-    for seq in 1..=3 {
+    let stored = |seq: u64| {
         let (code, _, body) = must(http, Some(TOKEN), scan(seq));
         assert_eq!(
             (code, body["results"][0]["status"].as_str()),
             (200, Some("stored")),
-            "{body}"
+            "seq {seq}: {body}"
         );
-    }
+    };
+    (1..=3).for_each(stored);
     assert!(
         wait_until(Duration::from_secs(20), || unique_ids(
             &rig.collector.messages()
@@ -483,14 +484,7 @@ fn an_app_goes_on_after_the_gateway_lost_its_store_under_new_event_ids() {
     std::fs::remove_dir_all(&config.gateway.data_dir).unwrap();
     let _agent = rig.start_agent();
     wait_serving(http);
-    for seq in 4..=5 {
-        let (code, _, body) = must(http, Some(TOKEN), scan(seq));
-        assert_eq!(
-            (code, body["results"][0]["status"].as_str()),
-            (200, Some("stored")),
-            "{body}"
-        );
-    }
+    (4..=5).for_each(stored);
     // A gap after that is still a gap.
     let (code, _, body) = must(http, Some(TOKEN), scan(9));
     assert_eq!(
