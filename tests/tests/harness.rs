@@ -138,6 +138,14 @@ fn device_events(config: &Path, device: &str) -> Option<u64> {
     )
 }
 
+/// Whether the store holds more than `before` events of `device` within 5 s: how a scan
+/// that gets no ack (plain serial, DataWedge) is known durable.
+fn one_more_stored(config: &Path, device: &str, before: u64) -> bool {
+    wait_until(Duration::from_secs(5), || {
+        device_events(config, device).is_some_and(|n| n > before)
+    })
+}
+
 /// Sum of every upstream's backlog, and the upstreams' status lines.
 fn backlogs(config: &Path) -> Option<(u64, String)> {
     let st = try_status(config)?;
@@ -299,9 +307,7 @@ fn ascii_writer(
                 out.push((scan, false));
                 continue;
             }
-            let acked = wait_until(Duration::from_secs(5), || {
-                device_events(&config, &device).is_some_and(|n| n > before)
-            });
+            let acked = one_more_stored(&config, &device, before);
             out.push((scan, acked));
         }
         (out, pty)
@@ -356,9 +362,7 @@ fn wedge_writer(
                 out.push((scan, false, false));
                 continue;
             }
-            let acked = wait_until(Duration::from_secs(5), || {
-                device_events(&config, device).is_some_and(|n| n > before)
-            });
+            let acked = one_more_stored(&config, device, before);
             out.push((scan, true, acked));
         }
         out
