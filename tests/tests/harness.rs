@@ -999,28 +999,28 @@ fn run_round(plan: &Plan) -> Result<String, String> {
     let mut ascii_total = 0;
     let mut ascii_unacked = Vec::new();
     let mut plugged = Vec::new();
+    // Plain scanners' and the handheld's scans: (device, scan, sent, acked); a plain
+    // scanner's write to its pty always goes out.
+    let mut unacked_kinds: Vec<(String, PlannedScan, bool, bool)> = Vec::new();
     for (device, h) in wedges {
         for (scan, sent, ok) in h.join().expect("handheld thread") {
-            ascii_total += 1;
-            if ok {
-                ascii_acked += 1;
-                acked.push((device.clone(), None, scan));
-            } else if sent {
-                ascii_unacked.push((device.clone(), scan.code));
-            }
+            unacked_kinds.push((device.clone(), scan, sent, ok));
         }
     }
     for (device, h) in ascii {
         let (results, pty) = h.join().expect("plain scanner thread");
         plugged.push(pty);
         for (scan, ok) in results {
-            ascii_total += 1;
-            if ok {
-                ascii_acked += 1;
-                acked.push((device.clone(), None, scan));
-            } else {
-                ascii_unacked.push((device.clone(), scan.code));
-            }
+            unacked_kinds.push((device.clone(), scan, true, ok));
+        }
+    }
+    for (device, scan, sent, ok) in unacked_kinds {
+        ascii_total += 1;
+        if ok {
+            ascii_acked += 1;
+            acked.push((device, None, scan));
+        } else if sent {
+            ascii_unacked.push((device, scan.code));
         }
     }
     let drain_bound = Duration::from_secs(60);
