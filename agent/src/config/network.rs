@@ -39,9 +39,13 @@ impl Suffix {
     }
 
     /// `line` without a trailing suffix. `lf` also drops a CR before the LF, and `cr` an LF
-    /// after the CR (it leads the next line): a device sending CRLF to an `lf` or `cr`
-    /// listener is common and costs nothing to forgive.
+    /// after the CR (over TCP it leads the next line; a UDP datagram ends with it): a
+    /// device sending CRLF to an `lf` or `cr` listener is common and costs nothing to forgive.
     pub fn strip(self, line: &[u8]) -> &[u8] {
+        let line = match self {
+            Suffix::Cr => line.strip_suffix(b"\r\n").unwrap_or(line),
+            _ => line,
+        };
         let line = line.strip_suffix(&[self.end_byte()]).unwrap_or(line);
         match self {
             Suffix::Lf | Suffix::Crlf => line.strip_suffix(b"\r").unwrap_or(line),
@@ -287,6 +291,8 @@ mod tests {
         assert_eq!(Cr.strip(b"abc\r"), b"abc");
         // CRLF into a `cr` listener: the LF leads the next line, and is forgiven there.
         assert_eq!(Cr.strip(b"\nabc\r"), b"abc");
+        // ... and one UDP datagram ending in CRLF.
+        assert_eq!(Cr.strip(b"abc\r\n"), b"abc");
         assert_eq!(Tab.strip(b"abc\t"), b"abc");
         assert_eq!(Tab.strip(b"abc\n"), b"abc\n");
     }

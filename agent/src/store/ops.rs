@@ -190,7 +190,7 @@ pub(super) fn name_taken(
                 "CONFLICT: an app posted as a device another source (a serial or network scanner) already uses; refused, not stored — give the app a device name of its own");
         } else {
             tracing::error!(device,
-                "CONFLICT: a scanner uses the device name of an app on the HTTP intake; its scans are NOT taken (the scanner keeps them) — give one of them another name");
+                "CONFLICT: a scanner uses the device name of an app on the HTTP intake; its scans are NOT taken (a framed scanner keeps them; a plain, network or keyboard one's are refused and logged for a rescan) — give one of them another name");
         }
         return Ok(Some(d.last_seq));
     }

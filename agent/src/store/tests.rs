@@ -345,6 +345,36 @@ fn an_app_goes_on_from_its_own_numbering_on_a_store_that_holds_none_of_its_scans
 }
 
 #[test]
+fn a_gateway_numbered_scanner_cannot_take_an_apps_device_name() {
+    // A handheld mapped (devices = {...}) to the name its own app posts under.
+    let f = Fixture::new("ascii-app-name");
+    let (s, j) = f.open();
+    let app = |seq| offer(&s, "tc52-5", APP_PORT, SeqClient::App, seq, None);
+    assert_eq!(app(1), FramedOutcome::Stored { acked: 1 });
+    let scan = AsciiScan {
+        step: Step::Pack,
+        code: "WEDGE-1".into(),
+        symbology: None,
+        station: None,
+        received_at_ms: 1,
+    };
+    let r = s
+        .request_blocking(|reply| WriteOp::Ascii {
+            device: "tc52-5".into(),
+            port: "tcp://0.0.0.0:58627".into(),
+            scan,
+            reply,
+        })
+        .blocking_recv()
+        .unwrap();
+    let err = r.expect_err("refused, not numbered after the app's seq");
+    assert!(err.to_string().contains("is an app's"), "{err}");
+    // The app goes on undisturbed: its next seq is still its own.
+    assert_eq!(app(2), FramedOutcome::Stored { acked: 2 });
+    close(s, j);
+}
+
+#[test]
 fn an_app_cannot_post_as_a_scanner_of_another_source() {
     let f = Fixture::new("other-source");
     let (s, j) = f.open();

@@ -665,6 +665,18 @@ fn apply_savepointed(
             scan,
             reply,
         } => {
+            // A name an app on the intake already uses: its seqs and ids are the app's.
+            match ops::name_taken(&sp, devices, &device, false) {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    let e = StoreError::new(
+                        "scan",
+                        format!("device name {device} is an app's on the HTTP intake: give the scanner (devices map) or the app another name"),
+                    );
+                    return Some(Answer::U64(reply, Err(e)));
+                }
+                Err(e) => return Some(Answer::U64(reply, Err(StoreError::sqlite("scan", e)))),
+            }
             let r = ops::ascii(&sp, devices, routes, &device, &scan);
             let r = settle(sp, r, "ascii scan", devices, &device, "ascii", &port);
             Some(Answer::U64(reply, r))
