@@ -16,10 +16,15 @@ use std::time::{Duration, Instant};
 const ORDERS: u64 = 40;
 
 fn collectors(port: u16, name: &str) -> (Collector, Collector) {
+    collectors_within(port, name, Duration::from_secs(10))
+}
+
+/// [`collectors`], each given `wait` to be subscribed.
+fn collectors_within(port: u16, name: &str, wait: Duration) -> (Collector, Collector) {
     let events = Collector::start(port, "darkleg/v1/+/+/events", &format!("{name}-events"));
     let milestones = Collector::start(port, "darkleg/v1/merchants/#", &format!("{name}-ms"));
     for c in [&events, &milestones] {
-        assert!(c.wait_subscribed(Duration::from_secs(10)), "subscribed");
+        assert!(c.wait_subscribed(wait), "subscribed within {wait:?}");
     }
     (events, milestones)
 }
@@ -137,7 +142,13 @@ fn cluster_run(server: &std::path::Path, name: &str, kill: bool, full_checks: bo
     let subs: Vec<(Collector, Collector)> = cluster
         .nodes
         .iter()
-        .map(|n| collectors(n.mqtt_port, &format!("{name}-{}", n.name)))
+        // The first MQTT client of a fresh cluster has the account's MQTT streams created
+        // (3 replicas); under CI load NATS refused it once after its 5 s timeout
+        // ("create QoS2 incoming messages stream ... timeout"), and the retry needs as long.
+        .map(|n| {
+            let name = format!("{name}-{}", n.name);
+            collectors_within(n.mqtt_port, &name, Duration::from_secs(30))
+        })
         .collect();
     // 3.1.1 straight away: NATS takes no MQTT 5.
     let keys = format!("{}\nmqtt_version = \"3.1.1\"", cluster.urls_toml());
