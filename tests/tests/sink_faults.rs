@@ -256,16 +256,20 @@ fn refused_then_fixed(name: &str, version: &str, reasons: &[&str]) {
     let connects = text.matches("upstream connected").count();
     assert!(connects <= 15, "{connects} connections in ~5 s");
 
+    // Fixed as an operator would, by a reload. Not a restart: Mosquitto 2.0.11 with an
+    // acl_file acks (0x00) and then drops what is published to a persisted session that has
+    // not reconnected since the restart, so an agent back before the test's subscriber had
+    // its rows counted delivered and the subscriber never saw them.
     std::fs::write(acl, ALLOW).unwrap();
-    broker.restart().expect("mosquitto restart");
+    broker.reload();
     let ids = || distinct_ids(collector);
     assert!(
         wait_until(Duration::from_secs(120), || ids() >= SCANS),
         "{} of {SCANS} after the ACL was fixed; upstream {}\nagent log:\n{}\nbroker log:\n{}",
         ids(),
         status(config)["upstreams"][0],
-        tail(log, 60),
-        tail(&scratch.0.join("broker/mosquitto.log"), 30),
+        tail(log, 120),
+        tail(&scratch.0.join("broker/mosquitto.log"), 60),
     );
     assert!(wait_until(Duration::from_secs(10), || up("backlog")
         .as_u64()

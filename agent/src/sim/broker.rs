@@ -156,6 +156,16 @@ impl Mosquitto {
         }
     }
 
+    /// SIGHUP: Mosquitto reads its ACL and password files again, keeping every connection.
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-HUP")
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     /// SIGKILL: no chance to save what it holds in memory.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
