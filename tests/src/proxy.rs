@@ -13,6 +13,8 @@ use std::time::Duration;
 #[derive(Default)]
 struct Control {
     stalled: AtomicBool,
+    /// Every new connection is closed at once, as by a broker that is down.
+    down: AtomicBool,
     /// Each chunk read waits this long before it is forwarded (0: none).
     delay_ms: AtomicU64,
     /// Bumped by `cut`: pumps from an older generation forward half a chunk and hang up.
@@ -41,6 +43,9 @@ impl Proxy {
                     return;
                 }
                 let Ok(client) = client else { continue };
+                if c.down.load(SeqCst) {
+                    continue;
+                }
                 // The broker may be down: then the client is dropped, as a dead host would.
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
@@ -81,6 +86,17 @@ impl Proxy {
         self.control
             .delay_ms
             .store(per_chunk.as_millis() as u64, SeqCst);
+    }
+
+    /// The broker behind it looks down to its clients (the others keep it): open
+    /// connections are cut and new ones closed at once, until [`up`](Self::up).
+    pub fn down(&self) {
+        self.control.down.store(true, SeqCst);
+        self.cut();
+    }
+
+    pub fn up(&self) {
+        self.control.down.store(false, SeqCst);
     }
 
     /// Cuts every open connection, each in the middle of its next chunk.
