@@ -432,3 +432,48 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
     );
     drop((open, queued, again, late, later, silent, busy, third));
 }
+
+/// A `cr` listener fed CRLF (a handheld's suffix set one way, the gateway's the other): every
+/// scan is stored once, and the last line's LF is no torn line when the handheld hangs up.
+#[test]
+fn a_cr_listener_takes_crlf_lines_and_a_close_after_one_is_no_torn_line() {
+    let (tcp, http) = (free_port().unwrap(), free_port().unwrap());
+    let extra = format!(
+        "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[network_scanner]]\nlisten = \"127.0.0.1:{tcp}\"\nstation = \"pack\"\nsuffix = \"cr\"\n"
+    );
+    let rig = Rig::with_store("datawedge-cr", &[], &extra);
+    let _agent = rig.start_agent();
+    let name = format!("tcp://127.0.0.1:{tcp}");
+    assert!(wait_until(Duration::from_secs(20), || port_row(
+        &rig.config,
+        &name
+    )["connected"]
+        == true));
+    let codes = ["JJD0000000001", "JJD0000000002", "JJD0000000003"];
+    {
+        let mut s = connect(tcp);
+        for code in codes {
+            s.write_all(format!("{code}\r\n").as_bytes()).unwrap();
+        }
+        // One torn line for contrast, on a connection of its own.
+        let mut torn = connect(tcp);
+        torn.write_all(b"JJD00000000").unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || arrived(
+            &rig.collector.messages(),
+            "gw-01:127.0.0.1"
+        )
+        .len()
+            >= codes.len()
+            && port_row(&rig.config, &name)["rejected"] == 1),
+        "{}",
+        port_row(&rig.config, &name)
+    );
+    let got: Vec<Value> = arrived(&rig.collector.messages(), "gw-01:127.0.0.1");
+    let got: Vec<&str> = got.iter().map(|j| j["code"].as_str().unwrap()).collect();
+    assert_eq!(got, codes);
+    // Nothing more comes: the close after the last CRLF was not counted as garbage.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(port_row(&rig.config, &name)["rejected"], 1);
+}

@@ -55,6 +55,9 @@ impl Suffix {
     }
 }
 
+/// The port DataWedge's IP Output sends to unless set otherwise on the handheld.
+pub const DATAWEDGE_PORT: u16 = 58627;
+
 /// `max_connections` by default: one connection per handheld, room for a large floor on one
 /// gateway, within the shipped unit's LimitNOFILE (8192) beside the HTTP listener's.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -99,7 +102,7 @@ impl NetworkScanner {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNetworkScanner {
-    listen: Spanned<String>,
+    listen: Option<Spanned<String>>,
     transport: Option<Transport>,
     station: Spanned<String>,
     name: Option<String>,
@@ -135,21 +138,25 @@ impl Validator<'_> {
         let mut out: Vec<NetworkScanner> = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
             let key = |k: &str| format!("network_scanner[{i}].{k}");
-            let listen: SocketAddr = r.listen.get_ref().parse().map_err(|e| {
-                self.err(
-                    &r.listen,
-                    key("listen"),
-                    format!("{:?}: {e}", r.listen.get_ref()),
-                    "an address and port such as \"0.0.0.0:58627\" (DataWedge's default IP output port)",
-                )
-            })?;
+            // Unset: every interface on DataWedge's default IP output port.
+            let listen: SocketAddr = match &r.listen {
+                None => SocketAddr::from(([0, 0, 0, 0], DATAWEDGE_PORT)),
+                Some(l) => l.get_ref().parse().map_err(|e| {
+                    self.err(
+                        l,
+                        key("listen"),
+                        format!("{:?}: {e}", l.get_ref()),
+                        "an address and port such as \"0.0.0.0:58627\" (DataWedge's default IP output port)",
+                    )
+                })?,
+            };
             let transport = r.transport.unwrap_or(Transport::Tcp);
             if out
                 .iter()
                 .any(|o| o.listen == listen && o.transport == transport)
             {
                 return Err(self.err(
-                    &r.listen,
+                    r.listen.as_ref().unwrap_or(&r.station),
                     key("listen"),
                     format!("{listen} is used twice"),
                     "give each network scanner table its own port (TCP and UDP may share one)",
@@ -275,6 +282,21 @@ mod tests {
             );
         }
         assert_eq!(n.idle, None, "never closed for silence unless asked");
+        // No listen: DataWedge's default port on every interface, over TCP and UDP alike.
+        let c = parse(
+            "[[network_scanner]]\nstation = \"pack\"\n\n[[network_scanner]]\nstation = \"pack\"\ntransport = \"udp\"\n",
+        )
+        .unwrap();
+        let names: Vec<String> = c.network_scanners.iter().map(|n| n.port_name()).collect();
+        assert_eq!(names, ["tcp://0.0.0.0:58627", "udp://0.0.0.0:58627"]);
+        let e = parse(
+            "[[network_scanner]]\nstation = \"pack\"\n\n[[network_scanner]]\nstation = \"pick\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("t.toml:10: `network_scanner[1].listen`: 0.0.0.0:58627 is used twice"),
+            "{e}"
+        );
         let e = parse(
             "[[network_scanner]]\nlisten = \"0.0.0.0:1\"\nstation = \"pack\"\nsuffix = \"nl\"\n",
         )

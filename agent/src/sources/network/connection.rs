@@ -3,6 +3,7 @@
 //! when the listener evicts it to make room for a handheld waiting for a slot.
 
 use super::{settle, Ctx, Pending, READ_BUF};
+use crate::config::Suffix;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -192,7 +193,10 @@ pub(super) async fn connection(
             break "store writer stopped".to_string();
         }
     };
-    if !line.is_empty() {
+    // A `cr` listener fed CRLF holds the last line's LF: that is the end of a scan, not a
+    // torn one.
+    let lf_after_cr = ctx.cfg.suffix == Suffix::Cr && line == b"\n";
+    if !line.is_empty() && !lf_after_cr {
         ctx.reject(format!(
             "connection from {device} closed in the middle of a line (is the suffix {:?}?)",
             ctx.cfg.suffix
