@@ -5,9 +5,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Bucket upper bounds in seconds (Prometheus `le`).
-pub const BOUNDS: [f64; 10] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+/// Bucket upper bounds in seconds (Prometheus `le`). Fine between 10 and 50 ms, where a
+/// gateway on an SD card (5–30 ms an fsync) answers: its p99 in fsyncs must be readable.
+pub const BOUNDS: [f64; 16] = [
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.1,
+    0.25, 1.0,
 ];
 
 pub struct Histogram {
@@ -66,7 +68,7 @@ mod tests {
         h.observe(Duration::from_secs(2));
         let (c, sum) = h.read();
         assert_eq!(c[0], 1); // ≤ 0.5 ms
-        assert_eq!(c[3], 2); // ≤ 5 ms
+        assert_eq!(c[3], 2); // ≤ 3 ms
         assert_eq!(c[BOUNDS.len() - 1], 2); // ≤ 1 s
         assert_eq!(c[BOUNDS.len()], 3); // +Inf
         assert!((sum - 2.0033).abs() < 1e-6);

@@ -11,6 +11,7 @@ pub mod integrity;
 mod ops;
 pub mod salvage;
 mod schema;
+mod syncer;
 #[cfg(test)]
 mod tests;
 pub mod webhooks;
@@ -69,7 +70,8 @@ impl std::error::Error for StoreError {}
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: mpsc::Sender<WriteOp>,
-    /// Highest committed event row; sinks wake on changes.
+    /// Highest outbox row durably committed (synced, under `synchronous = "full"`); sinks
+    /// wake on changes and read no further.
     pub committed: watch::Receiver<i64>,
     pub path: PathBuf,
     /// The start-up check's snapshot when it runs beside serving, for the agent to run.
@@ -102,6 +104,28 @@ fn configure(conn: &Connection, sync: Synchronous, max_db_mb: Option<u64>) -> ru
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(())
+}
+
+/// Under `synchronous = "full"` on a WAL, the writer's connection commits at NORMAL and the
+/// syncer syncs the WAL before anything is answered or sent (see `syncer`): the same
+/// guarantee with the fsync off the writer's path. Otherwise SQLite's own commit decides.
+fn pipelined_sync(
+    conn: &Connection,
+    config: &Config,
+) -> Result<Option<syncer::SyncFn>, StoreError> {
+    if config.store.synchronous != Synchronous::Full {
+        return Ok(None);
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(|e| StoreError::new("configuring SQLite", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(journal_mode = %mode, "store: not in WAL mode; every commit syncs in place");
+        return Ok(None);
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|e| StoreError::new("configuring SQLite", e))?;
+    Ok(Some(syncer::wal_sync(&config.db_path())))
 }
 
 impl StoreHandle {
@@ -150,13 +174,16 @@ impl StoreHandle {
             checkpoint::start(&path, config.store.synchronous, hold_checkpoints.clone())
                 .map_err(|e| StoreError::new("starting the checkpointer", e))?;
         let (committed_tx, committed) = watch::channel(max_row);
+        let syncer = syncer::Syncer::start(pipelined_sync(&conn, config)?, committed_tx)
+            .map_err(|e| StoreError::new("starting the sync thread", e))?;
         let (tx, rx) = mpsc::channel(16_384);
         let w = writer::Writer {
             conn,
             router,
             last_row: std::cell::Cell::new(max_row),
             max_batch: config.store.max_batch,
-            committed: committed_tx,
+            syncer,
+            carry: Vec::new(),
             _lock: lock,
             devices: devices::Devices::new(incarnation as u64),
             held: held::Held::default(),
@@ -445,7 +472,7 @@ const PENDING_SQL: &str = "SELECT * FROM (
                           e.operator, e.captured_at, e.received_at, NULL AS topic, NULL AS payload,
                           e.origin_site, e.origin_gateway, e.hops
                    FROM outbox o JOIN events e ON e.row = o.row
-                   WHERE o.upstream = ?1 AND o.row > ?2 ORDER BY o.row LIMIT (?3 + 0))
+                   WHERE o.upstream = ?1 AND o.row > ?2 AND o.row <= ?4 ORDER BY o.row LIMIT (?3 + 0))
                  UNION ALL
                  SELECT * FROM (
                    -- Walk the (small) messages table, not the whole outbox: a backlog of a
@@ -453,7 +480,7 @@ const PENDING_SQL: &str = "SELECT * FROM (
                    SELECT m.row, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, m.topic, m.payload,
                           NULL, NULL, NULL
                    FROM messages m CROSS JOIN outbox o ON o.upstream = ?1 AND o.row = m.row
-                   WHERE m.row > ?2 ORDER BY m.row LIMIT (?3 + 0))
+                   WHERE m.row > ?2 AND m.row <= ?4 ORDER BY m.row LIMIT (?3 + 0))
                  ORDER BY 1 LIMIT (?3 + 0)";
 
 /// A read connection: sinks fetch pending rows, `status` reads counters.
@@ -515,67 +542,83 @@ impl Reader {
             .unwrap_or(-1)
     }
 
+    /// Every row owed to `upstream` after `after_row` (tools and tests: a running agent's
+    /// sinks read with [`Reader::pending_durable`]).
     pub fn pending(
         &self,
         upstream: &str,
         after_row: i64,
         limit: usize,
     ) -> Result<Vec<Pending>, StoreError> {
+        self.pending_durable(upstream, after_row, i64::MAX, limit)
+    }
+
+    /// Rows owed to `upstream` after `after_row` up to `durable` — the writer's watermark
+    /// ([`StoreHandle::committed`]), which moves only once a commit is on disk: a row
+    /// committed but not yet synced must not leave the gateway.
+    pub fn pending_durable(
+        &self,
+        upstream: &str,
+        after_row: i64,
+        durable: i64,
+        limit: usize,
+    ) -> Result<Vec<Pending>, StoreError> {
         let run = || -> rusqlite::Result<Vec<Pending>> {
             let mut stmt = self.conn.prepare_cached(PENDING_SQL)?;
-            let rows = stmt.query_map(params![upstream, after_row, limit as i64], |r| {
-                // Rows this agent wrote; a value that does not parse means a damaged file,
-                // which must stop delivery rather than send a wrong event.
-                let bad = |col: usize, what: &str| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        col,
-                        rusqlite::types::Type::Text,
-                        what.into(),
-                    )
-                };
-                let row = r.get(0)?;
-                if let Some(topic) = r.get::<_, Option<String>>(11)? {
-                    return Ok(Pending {
+            let rows =
+                stmt.query_map(params![upstream, after_row, limit as i64, durable], |r| {
+                    // Rows this agent wrote; a value that does not parse means a damaged file,
+                    // which must stop delivery rather than send a wrong event.
+                    let bad = |col: usize, what: &str| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            col,
+                            rusqlite::types::Type::Text,
+                            what.into(),
+                        )
+                    };
+                    let row = r.get(0)?;
+                    if let Some(topic) = r.get::<_, Option<String>>(11)? {
+                        return Ok(Pending {
+                            row,
+                            item: Item::Message {
+                                topic,
+                                payload: r.get(12)?,
+                            },
+                        });
+                    }
+                    let id: Vec<u8> = r.get(1)?;
+                    let step: String = r.get(4)?;
+                    let origin = match r.get::<_, Option<String>>(13)? {
+                        None => None,
+                        Some(site) => Some(Box::new(Provenance {
+                            site,
+                            gateway: r.get(14)?,
+                            hops: serde_json::from_str(&r.get::<_, String>(15)?)
+                                .map_err(|_| bad(15, "hops is not a JSON list"))?,
+                        })),
+                    };
+                    Ok(Pending {
                         row,
-                        item: Item::Message {
-                            topic,
-                            payload: r.get(12)?,
-                        },
-                    });
-                }
-                let id: Vec<u8> = r.get(1)?;
-                let step: String = r.get(4)?;
-                let origin = match r.get::<_, Option<String>>(13)? {
-                    None => None,
-                    Some(site) => Some(Box::new(Provenance {
-                        site,
-                        gateway: r.get(14)?,
-                        hops: serde_json::from_str(&r.get::<_, String>(15)?)
-                            .map_err(|_| bad(15, "hops is not a JSON list"))?,
-                    })),
-                };
-                Ok(Pending {
-                    row,
-                    item: Item::Event(
-                        ScanEvent {
-                            event_id: EventId(
-                                id.try_into()
-                                    .map_err(|_| bad(1, "event_id is not 16 bytes"))?,
-                            ),
-                            device: r.get(2)?,
-                            seq: r.get::<_, i64>(3)? as u64,
-                            step: step.parse::<Step>().map_err(|_| bad(4, "unknown step"))?,
-                            code: r.get(5)?,
-                            symbology: r.get(6)?,
-                            station: r.get(7)?,
-                            operator: r.get(8)?,
-                            captured_at_ms: r.get::<_, i64>(9)? as u64,
-                            received_at_ms: r.get::<_, i64>(10)? as u64,
-                        },
-                        origin,
-                    ),
-                })
-            })?;
+                        item: Item::Event(
+                            ScanEvent {
+                                event_id: EventId(
+                                    id.try_into()
+                                        .map_err(|_| bad(1, "event_id is not 16 bytes"))?,
+                                ),
+                                device: r.get(2)?,
+                                seq: r.get::<_, i64>(3)? as u64,
+                                step: step.parse::<Step>().map_err(|_| bad(4, "unknown step"))?,
+                                code: r.get(5)?,
+                                symbology: r.get(6)?,
+                                station: r.get(7)?,
+                                operator: r.get(8)?,
+                                captured_at_ms: r.get::<_, i64>(9)? as u64,
+                                received_at_ms: r.get::<_, i64>(10)? as u64,
+                            },
+                            origin,
+                        ),
+                    })
+                })?;
             rows.collect()
         };
         let read = run().map_err(|e| StoreError::new(format!("reading outbox for {upstream}"), e));

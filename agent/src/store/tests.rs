@@ -1130,3 +1130,27 @@ fn a_replay_moves_every_dead_letter_back_in_short_transactions() {
     );
     assert!(webhooks::replay(&db, "nobody").is_err());
 }
+
+#[test]
+fn sinks_read_no_further_than_the_durable_watermark() {
+    let f = Fixture::new("watermark");
+    let (s, j) = f.open();
+    hello(&s, "d1", 0);
+    for seq in 1..=3 {
+        framed(&s, "d1", seq);
+    }
+    // Answered means synced: the watermark has reached every answered scan's row.
+    let durable = *s.committed.borrow();
+    let r = Reader::open(&f.config.db_path()).unwrap();
+    let all = r.pending("a", 0, 100).unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(
+        all.iter().all(|p| p.row <= durable),
+        "answered before its watermark"
+    );
+    // A row above the watermark (committed, its sync still running) is not handed out.
+    let below = r.pending_durable("a", 0, all[1].row, 100).unwrap();
+    let rows: Vec<i64> = below.iter().map(|p| p.row).collect();
+    assert_eq!(rows, vec![all[0].row, all[1].row]);
+    close(s, j);
+}

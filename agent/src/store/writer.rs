@@ -1,11 +1,13 @@
 //! The one writer. A single thread owns the write connection; sources and sinks send it
 //! [`WriteOp`]s. It drains whatever is queued (up to `max_batch`), applies each in its own
-//! savepoint, commits once — one fsync for every scanner that scanned meanwhile — and only
-//! then answers. That answer is what a framed scanner's Ack waits for.
+//! savepoint, commits once — one fsync for every scanner that scanned meanwhile — and hands
+//! the answers to the syncer, which sends them once that fsync returned (see `syncer`). That
+//! answer is what a framed scanner's Ack waits for.
 
 use super::derived::Routes;
 use super::devices::{Devices, Update};
 use super::ops;
+use super::syncer::Group;
 use super::StoreError;
 use crate::faults;
 use darkleg_protocol::Step;
@@ -14,7 +16,7 @@ use rusqlite::{Connection, Transaction};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -179,7 +181,7 @@ pub enum WriteOp {
     },
 }
 
-enum Answer {
+pub(super) enum Answer {
     U64(Reply<u64>, Result<u64, StoreError>),
     Framed(Reply<FramedOutcome>, Result<FramedOutcome, StoreError>),
 }
@@ -191,7 +193,10 @@ pub(super) struct Writer {
     /// Last outbox row handed out (see `ops::next_row`).
     pub last_row: std::cell::Cell<i64>,
     pub max_batch: usize,
-    pub committed: watch::Sender<i64>,
+    /// Makes commits durable and answers them, in order, off this thread (see `syncer`).
+    pub syncer: super::syncer::Syncer,
+    /// Bookkeeping that arrived while a batch joined ops during a sync: the next batch's.
+    pub carry: Vec<WriteOp>,
     /// Held for as long as the writer runs.
     pub _lock: std::fs::File,
     pub devices: Devices,
@@ -217,6 +222,8 @@ const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(4);
 const GATHER_GAP: std::time::Duration = std::time::Duration::from_micros(300);
 const GATHER_POLL: std::time::Duration = std::time::Duration::from_micros(50);
 const GATHER_MAX: std::time::Duration = std::time::Duration::from_millis(5);
+/// How often a batch waiting for the last commit's sync looks for new ops to join it.
+const JOIN_POLL: std::time::Duration = std::time::Duration::from_micros(100);
 
 fn slow_disk(commit_took: std::time::Duration) -> bool {
     commit_took >= SLOW_COMMIT
@@ -233,7 +240,10 @@ impl Writer {
         // How long the last batch took to apply and commit (mostly its fsync).
         let mut commit_took = std::time::Duration::ZERO;
         loop {
-            let next = if self.held.is_empty() {
+            let next = if !self.carry.is_empty() {
+                batch.append(&mut self.carry);
+                None
+            } else if self.held.is_empty() {
                 Some(rx.blocking_recv())
             } else {
                 // The timeout is made inside the runtime: its timer needs the context.
@@ -245,7 +255,7 @@ impl Writer {
                 Some(Some(op)) => batch.push(op),
                 Some(None) => {
                     if !self.held.is_empty() {
-                        self.apply_batch(&mut batch); // one last try
+                        self.apply_batch(&mut batch, None); // one last try
                         self.held.report_lost();
                     }
                     break;
@@ -253,25 +263,32 @@ impl Writer {
                 None => {} // the retry tick: held-back bookkeeping alone
             }
             self.take_queued(&mut rx, &mut batch);
-            if !batch.is_empty() && slow_disk(commit_took) {
-                self.gather(&mut rx, &mut batch, commit_took);
-            }
-            self.expected.clear();
-            for op in &batch {
-                if let WriteOp::Framed { port, .. } = op {
-                    if !self.expected.contains(port) {
-                        self.expected.push(port.clone());
-                    }
+            // With the sync on its own thread a batch gathers while the last one syncs
+            // (see `commit_ops`); here only when SQLite's commit does the syncing.
+            if !self.syncer.syncs() {
+                if !batch.is_empty() && slow_disk(commit_took) {
+                    self.gather(&mut rx, &mut batch, commit_took);
+                }
+                self.expected.clear();
+                for op in &batch {
+                    expect(&mut self.expected, op);
                 }
             }
             self.hold_if_damaged();
             let started = std::time::Instant::now();
             faults::trouble::writer_busy();
-            self.apply_batch(&mut batch);
+            self.apply_batch(&mut batch, Some(&mut rx));
             faults::trouble::writer_idle();
             commit_took = started.elapsed();
+            if self.syncer.failed() {
+                // Logged by the syncer. Ending the thread ends the agent (exit 70).
+                tracing::error!("store writer: stopping after a failed sync of the WAL");
+                break;
+            }
         }
         tracing::debug!("store writer: all senders gone, stopping");
+        // What was committed is synced and answered before the connection closes.
+        self.syncer.stop();
         self.checkpoint.stop();
         self.hold_if_damaged();
     }
@@ -341,7 +358,7 @@ impl Writer {
         }
     }
 
-    fn apply_batch(&mut self, batch: &mut Vec<WriteOp>) {
+    fn apply_batch(&mut self, batch: &mut Vec<WriteOp>, rx: Option<&mut mpsc::Receiver<WriteOp>>) {
         // Bookkeeping joins the fold; what is left needs the transaction.
         let ops: Vec<WriteOp> = batch
             .drain(..)
@@ -366,7 +383,7 @@ impl Writer {
         let (mut full, refused) = if ops.is_empty() && !marks_here {
             (held_full, 0)
         } else {
-            let (full, refused) = self.commit_ops(ops, marks_here);
+            let (full, refused) = self.commit_ops(ops, marks_here, rx);
             (full || held_full, refused)
         };
         // Counters in a transaction of their own, after the answers: a counter that does not
@@ -392,7 +409,12 @@ impl Writer {
 
     /// One transaction for the ops that answer (and the held marks when `marks_here`), then
     /// the answers. Returns whether the disk was full and how many ops were refused.
-    fn commit_ops(&mut self, ops: Vec<WriteOp>, marks_here: bool) -> (bool, usize) {
+    fn commit_ops(
+        &mut self,
+        ops: Vec<WriteOp>,
+        marks_here: bool,
+        rx: Option<&mut mpsc::Receiver<WriteOp>>,
+    ) -> (bool, usize) {
         let mut tx = match self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -400,7 +422,7 @@ impl Writer {
             Ok(tx) => tx,
             Err(e) => {
                 let n = ops.len();
-                refuse_all(ops, StoreError::new("begin", e));
+                refuse_all(&self.syncer, ops, StoreError::new("begin", e));
                 return (false, n);
             }
         };
@@ -424,7 +446,7 @@ impl Writer {
                             Ok(tx) => tx,
                             Err(e) => {
                                 let n = ops.len();
-                                refuse_all(ops, StoreError::new("begin", e));
+                                refuse_all(&self.syncer, ops, StoreError::new("begin", e));
                                 return (full, n);
                             }
                         };
@@ -439,23 +461,74 @@ impl Writer {
             .iter()
             .filter(|op| matches!(op, WriteOp::Ascii { .. } | WriteOp::Relayed { .. }))
             .count();
+        let routes = Routes {
+            router: &self.router,
+            last_row: &self.last_row,
+        };
+        let mut ops_ports = Vec::new();
         for op in ops {
-            // After a full disk SQLite may roll the whole transaction back; a savepoint
-            // then would start (and commit) a transaction of its own. Refuse the rest.
-            let answer = if tx.is_autocommit() {
-                fail(
-                    op,
-                    StoreError::new("batch", "rolled back by an earlier failure in it"),
-                )
-            } else {
-                let routes = Routes {
-                    router: &self.router,
-                    last_row: &self.last_row,
-                };
-                apply_savepointed(&mut tx, &mut self.devices, &routes, op)
-            };
-            answers.extend(answer);
+            expect(&mut ops_ports, &op);
+            answers.extend(apply_one(&mut tx, &mut self.devices, &routes, op));
         }
+        // While the last commit's sync runs, what arrives joins this transaction: it rides
+        // the next sync instead of the one after, and the disk sees one commit per sync.
+        let mut ports = Vec::new();
+        if let Some(rx) = rx.filter(|_| self.syncer.syncs()) {
+            let mut join = |tx: &mut Transaction<'_>,
+                            answers: &mut Vec<Answer>,
+                            expected: &mut Vec<String>| {
+                let mut took = false;
+                while answers.len() < self.max_batch && !tx.is_autocommit() {
+                    let Ok(op) = rx.try_recv() else { break };
+                    took = true;
+                    if is_bookkeeping(&op) {
+                        // The fold belongs to the batch's start (its marks ride there).
+                        self.carry.push(op);
+                        continue;
+                    }
+                    if matches!(op, WriteOp::Ascii { .. } | WriteOp::Relayed { .. }) {
+                        captures += 1;
+                    }
+                    if let WriteOp::Framed { port, .. } = &op {
+                        expected.retain(|p| p != port);
+                    }
+                    expect(&mut ports, &op);
+                    answers.extend(apply_one(tx, &mut self.devices, &routes, op));
+                }
+                took
+            };
+            for op in &ops_ports {
+                self.expected.retain(|p| p != op);
+            }
+            let mut waited = false;
+            while !self.syncer.idle_within(JOIN_POLL) {
+                waited = true;
+                join(&mut tx, &mut answers, &mut self.expected);
+            }
+            // The ports the sync just answered send again within about a millisecond on a
+            // slow disk: committing without them would leave them for the sync after next,
+            // and the ports would split into groups taking turns. So, as `gather` does, wait
+            // for them (or a quiet gap) — never more than a quarter of a sync.
+            // (Also when the sync ended just before this batch began: its ports are coming.)
+            let synced_in = self.syncer.last_sync();
+            let recent = waited || self.syncer.since_last_sync() < GATHER_MAX;
+            if recent && slow_disk(synced_in) && !self.expected.is_empty() {
+                let until = std::time::Instant::now() + (synced_in / 4).min(GATHER_MAX);
+                let mut quiet_since = std::time::Instant::now();
+                loop {
+                    if join(&mut tx, &mut answers, &mut self.expected) {
+                        quiet_since = std::time::Instant::now();
+                    }
+                    let now = std::time::Instant::now();
+                    let quiet = self.expected.is_empty() && now - quiet_since >= GATHER_GAP;
+                    if now >= until || quiet || answers.len() >= self.max_batch {
+                        break;
+                    }
+                    std::thread::sleep(GATHER_POLL);
+                }
+            }
+        }
+        ports.extend(ops_ports);
         // SQLite rolls the whole transaction back on some errors (SQLITE_FULL among them):
         // then the ops that succeeded before the failing one are gone too, and must not be
         // answered as durable. Committing now would commit nothing (or a stray statement).
@@ -506,12 +579,16 @@ impl Writer {
                     tracing::info!("outbox has room again: capture resumed");
                 }
                 self.devices.committed();
-                self.committed.send_if_modified(|v| {
-                    let changed = *v != max_row;
-                    *v = max_row;
-                    changed
+                if self.syncer.syncs() {
+                    // The ports this sync will answer: the next batch waits for them.
+                    self.expected = ports;
+                }
+                // Answered, and shown to the sinks, once the syncer has it on disk.
+                self.syncer.hand(Group {
+                    answers,
+                    max_row: Some(max_row),
+                    wrote: true,
                 });
-                answers.into_iter().for_each(Answer::send);
             }
             Err(e) => {
                 // The commit itself failed (disk full, I/O error), or SQLite had already
@@ -525,9 +602,12 @@ impl Writer {
                     .unwrap_or_else(|| StoreError::sqlite("commit", e));
                 self.devices.forget();
                 tracing::error!("{err}");
-                for a in answers {
-                    a.fail(err.clone());
-                }
+                let answers = answers.into_iter().map(|a| a.failed(err.clone())).collect();
+                self.syncer.hand(Group {
+                    answers,
+                    max_row: None,
+                    wrote: false,
+                });
             }
         }
         (full, refused)
@@ -579,17 +659,22 @@ impl Answer {
         }
     }
 
-    fn send(self) {
+    pub(super) fn send(self) {
         match self {
             Answer::U64(tx, r) => drop(tx.send(r)),
             Answer::Framed(tx, r) => drop(tx.send(r)),
         }
     }
 
-    fn fail(self, err: StoreError) {
+    pub(super) fn fail(self, err: StoreError) {
+        self.failed(err).send()
+    }
+
+    /// The same answer turned into a refusal.
+    fn failed(self, err: StoreError) -> Answer {
         match self {
-            Answer::U64(tx, _) => drop(tx.send(Err(err))),
-            Answer::Framed(tx, _) => drop(tx.send(Err(err))),
+            Answer::U64(tx, _) => Answer::U64(tx, Err(err)),
+            Answer::Framed(tx, _) => Answer::Framed(tx, Err(err)),
         }
     }
 }
@@ -749,14 +834,58 @@ fn log_failure<T>(r: Result<T, StoreError>) {
     }
 }
 
-/// The batch could not start: every op with a reply is refused (senders retry).
-fn refuse_all(ops: Vec<WriteOp>, err: StoreError) {
+/// One op in its own savepoint of the batch's transaction.
+fn apply_one(
+    tx: &mut Transaction<'_>,
+    devices: &mut Devices,
+    routes: &Routes<'_>,
+    op: WriteOp,
+) -> Option<Answer> {
+    // After a full disk SQLite may roll the whole transaction back; a savepoint then would
+    // start (and commit) a transaction of its own. Refuse the rest.
+    if tx.is_autocommit() {
+        return fail(
+            op,
+            StoreError::new("batch", "rolled back by an earlier failure in it"),
+        );
+    }
+    apply_savepointed(tx, devices, routes, op)
+}
+
+/// The batch could not start: every op with a reply is refused (senders retry), in its
+/// turn behind the answers still waiting for their sync.
+fn refuse_all(syncer: &super::syncer::Syncer, ops: Vec<WriteOp>, err: StoreError) {
     tracing::error!("{err}");
-    for op in ops {
-        if let Some(a) = fail(op, err.clone()) {
-            a.send();
+    let answers = ops
+        .into_iter()
+        .filter_map(|op| fail(op, err.clone()))
+        .collect();
+    syncer.hand(Group {
+        answers,
+        max_row: None,
+        wrote: false,
+    });
+}
+
+/// Notes a framed scan's port among those a commit answers.
+fn expect(ports: &mut Vec<String>, op: &WriteOp) {
+    if let WriteOp::Framed { port, .. } = op {
+        if !ports.contains(port) {
+            ports.push(port.clone());
         }
     }
+}
+
+/// Delivery marks, counters and incidents: folded at a batch's start, never in its middle.
+fn is_bookkeeping(op: &WriteOp) -> bool {
+    matches!(
+        op,
+        WriteOp::Delivered { .. }
+            | WriteOp::Webhook(_)
+            | WriteOp::Port { .. }
+            | WriteOp::Refused { .. }
+            | WriteOp::Incident { .. }
+    )
 }
 
 fn fail(op: WriteOp, err: StoreError) -> Option<Answer> {

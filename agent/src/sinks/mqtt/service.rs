@@ -273,7 +273,8 @@ impl Session<'_> {
                 // Bounded per read: a wide window of large batches must not pull a whole
                 // backlog into memory at once.
                 let want = (room * self.upstream.batch).clamp(1, MAX_ROWS_PER_READ);
-                let rows = match self.fetch(d.cursor(), want) {
+                let durable = *committed.borrow();
+                let rows = match self.fetch(d.cursor(), durable, want) {
                     Ok(rows) => rows,
                     Err(e) => return Ended::Retry(e, failover::Ended::Local),
                 };
@@ -519,9 +520,14 @@ impl Session<'_> {
     /// Reads owed rows. Synchronously: the sink has a thread of its own
     /// ([`crate::supervise::Health::spawn_on_thread`]), and a read of a few hundred rows is
     /// shorter than a hop to the blocking pool and back.
-    fn fetch(&self, after: i64, limit: usize) -> Result<Vec<crate::store::Pending>, String> {
+    fn fetch(
+        &self,
+        after: i64,
+        durable: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Pending>, String> {
         self.reader
-            .pending(&self.upstream.name, after, limit)
+            .pending_durable(&self.upstream.name, after, durable, limit)
             .map_err(|e| e.to_string())
     }
 

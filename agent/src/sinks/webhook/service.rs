@@ -222,9 +222,11 @@ impl Loop {
         let want = self.buffer() - self.known.len();
         let reader = self.reader.clone();
         let (name, after) = (self.name().to_string(), self.cursor);
+        let durable = *self.store.committed.borrow();
         let rows = tokio::task::spawn_blocking(move || {
             let r = reader.lock().unwrap_or_else(|e| e.into_inner());
-            r.pending(&name, after, want).map_err(|e| e.to_string())
+            r.pending_durable(&name, after, durable, want)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())??;
