@@ -15,12 +15,13 @@ use std::time::Instant;
 /// `upstream_down`, the broker is stopped first, so ingest is measured alone (no publishing,
 /// no subscriber on the same two cores).
 pub fn durable_ingest(per_scanner: usize, upstream_down: bool) -> (f64, Option<f64>, Option<f64>) {
-    durable_ingest_with(per_scanner, upstream_down, &[])
+    durable_ingest_with(per_scanner, upstream_down, 64, &[])
 }
 
 pub fn durable_ingest_with(
     per_scanner: usize,
     upstream_down: bool,
+    window: u8,
     env: &[(&str, &str)],
 ) -> (f64, Option<f64>, Option<f64>) {
     let mut rig = Rig::with_store(
@@ -37,7 +38,7 @@ pub fn durable_ingest_with(
     std::fs::write(&rig.config, text).unwrap();
     let _agent = rig.start_agent_with_env(env);
     rig.wait_ports_open();
-    let (_, rate) = rig.flood(per_scanner, "ingest", Duration::from_secs(1));
+    let (_, rate) = rig.flood_window(per_scanner, "ingest", Duration::from_secs(1), window);
     let m = http_ok(http, "/metrics").unwrap_or_default();
     (
         rate,

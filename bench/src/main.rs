@@ -88,7 +88,10 @@ fn only(args: &Args, phase: &str) -> bool {
             json!({"events_per_s": rate, "with_upstream_up_per_s": up, "ack_p50_ms": p50, "ack_p99_ms": p99})
         }
         "ascii" => ingest::ascii_ingest(per),
-        "slowfsync" => json!(storage::slow_fsync_ingest(per, 10)),
+        "slowfsync" => json!([
+            storage::slow_fsync_ingest(per, 10, 64),
+            storage::slow_fsync_ingest(per, 10, 255)
+        ]),
         "growth" => growth::growth(&growth::sizes(args.quick)),
         "intake" => json!([
             intake::intake_load(8, 100, 100, 1000, 1000, 10),

@@ -57,8 +57,9 @@ fn build_shim(dir: &Path) -> Option<std::path::PathBuf> {
     built.then_some(so)
 }
 
-/// The durable ingest again with every fsync taking `ms` longer. `None` without a cc.
-pub fn slow_fsync_ingest(per_scanner: usize, ms: u64) -> Option<Value> {
+/// The durable ingest again with every fsync taking `ms` longer, from scanners that keep up
+/// to `window` scans unacked. `None` without a cc.
+pub fn slow_fsync_ingest(per_scanner: usize, ms: u64, window: u8) -> Option<Value> {
     let dir = scratch("slowfsync");
     let Some(so) = build_shim(&dir) else {
         eprintln!("  slow storage: no C compiler to build the fsync shim; phase skipped");
@@ -74,6 +75,7 @@ pub fn slow_fsync_ingest(per_scanner: usize, ms: u64) -> Option<Value> {
     let (rate, p50, p99) = durable_ingest_with(
         per_scanner,
         true,
+        window,
         &[
             ("LD_PRELOAD", &so_s),
             ("DARKLEG_FSYNC_DELAY_MS", &ms_s),
@@ -89,11 +91,11 @@ pub fn slow_fsync_ingest(per_scanner: usize, ms: u64) -> Option<Value> {
     let _ = std::fs::remove_dir_all(&dir);
     let events = 4 * per_scanner;
     Some(json!({
-        "fsync_delay_ms": ms, "events_per_s": rate, "ack_p50_ms": p50, "ack_p99_ms": p99,
+        "fsync_delay_ms": ms, "window": window, "events_per_s": rate, "ack_p50_ms": p50, "ack_p99_ms": p99,
         "fsyncs": fsyncs, "events": events,
         "wal_fsyncs": s.wal, "db_fsyncs": s.db, "other_fsyncs": s.other,
         "fsync_mean_ms": s.mean_ms,
-        // Each commit syncs the WAL once: scans per commit, at most 4 scanners × window 64.
+        // Each commit syncs the WAL once: scans per commit, at most 4 scanners × window.
         "scans_per_wal_fsync": events as f64 / s.wal.max(1) as f64,
     }))
 }

@@ -850,6 +850,17 @@ impl Rig {
         tag: &str,
         retransmit_after: Duration,
     ) -> (Instant, f64) {
+        self.flood_window(per_scanner, tag, retransmit_after, 64)
+    }
+
+    /// [`Rig::flood`] with scanners that keep up to `window` scans unacked.
+    pub fn flood_window(
+        &mut self,
+        per_scanner: usize,
+        tag: &str,
+        retransmit_after: Duration,
+        window: u8,
+    ) -> (Instant, f64) {
         let start = Instant::now();
         let mut sims = Vec::new();
         for (k, pty) in self.take_ptys().into_iter().enumerate() {
@@ -857,7 +868,7 @@ impl Rig {
                 .flat_map(|n| workload::parcel_scans(1_000_000 * k as u64 + n, Step::Pack))
                 .collect();
             let cfg = scanner::FramedConfig {
-                window: 64,
+                window,
                 retransmit_after,
                 scan_interval: Duration::ZERO,
                 wait_online: true,
