@@ -25,7 +25,7 @@ const POLL_MS: i32 = 200;
 pub fn run(ctx: &DeviceContext) -> Result<(), String> {
     // Raw, not evdev's synced stream: that one hides the kernel's SYN_DROPPED (it resyncs
     // key state instead), and the characters before and after a drop would join into one
-    // plausible code. Raw, the decoder sees the drop and spoils that scan (counted).
+    // plausible code. Raw, the decoder sees the drop: counted, the cut scan discarded.
     let mut dev = evdev::raw_stream::RawDevice::open(&ctx.path).map_err(|e| {
         format!("cannot open: {e} (hint: the agent's user needs read access to input devices, e.g. group input or a udev rule)")
     })?;
