@@ -477,3 +477,50 @@ fn a_cr_listener_takes_crlf_lines_and_a_close_after_one_is_no_torn_line() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(port_row(&rig.config, &name)["rejected"], 1);
 }
+
+/// A handheld that sends no suffix the listener knows (DataWedge's "Send ENTER key" off, or a
+/// `cr` handheld on an `lf` listener): every max_line bytes of the run-on line are counted as
+/// rejected, the cause is said at WARN once, and the next properly ended line is stored.
+#[test]
+fn lines_without_the_suffix_are_each_counted_and_warned_about_once() {
+    let (tcp, http) = (free_port().unwrap(), free_port().unwrap());
+    let extra = format!(
+        "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[network_scanner]]\nlisten = \"127.0.0.1:{tcp}\"\nstation = \"pack\"\nmax_line = 64\n"
+    );
+    let rig = Rig::with_store("datawedge-nosuffix", &[], &extra);
+    let _agent = rig.start_agent();
+    let name = format!("tcp://127.0.0.1:{tcp}");
+    assert!(wait_until(Duration::from_secs(20), || port_row(
+        &rig.config,
+        &name
+    )["connected"]
+        == true));
+    let mut s = connect(tcp);
+    // 20 scans of 20 bytes ended by CR on an LF listener: 420 bytes without an LF. The
+    // first overrun comes at byte 66 (the line may hold a CR more), then one per 65 bytes
+    // skipped: 6 in all.
+    for i in 0..20 {
+        s.write_all(format!("JJD{i:016}\r").as_bytes()).unwrap();
+    }
+    s.write_all(b"\nJJD0000000000000099\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || arrived(
+            &rig.collector.messages(),
+            "gw-01:127.0.0.1"
+        )
+        .len()
+            == 1
+            && port_row(&rig.config, &name)["rejected"] == 6),
+        "{}",
+        port_row(&rig.config, &name)
+    );
+    let got = arrived(&rig.collector.messages(), "gw-01:127.0.0.1");
+    assert_eq!(got[0]["code"], "JJD0000000000000099");
+    let log = std::fs::read_to_string(&rig.log).unwrap_or_default();
+    assert_eq!(
+        log.matches("Send ENTER key").count(),
+        1,
+        "{}",
+        tail(&rig.log, 20)
+    );
+}

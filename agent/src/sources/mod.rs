@@ -36,6 +36,28 @@ pub fn bare_sscc(code: &str, symbology: Option<&str>) -> bool {
         && darkleg_protocol::barcode::gs1::check_digit_ok(&code[2..])
 }
 
+/// At most one log line per period for one kind of trouble, from any thread: a floor of
+/// misconfigured handhelds must not flood the log, nor be said only once ever.
+#[derive(Default)]
+pub struct Throttle(std::sync::atomic::AtomicU64);
+
+impl Throttle {
+    /// True at the first call and then once `every` has passed since the last true.
+    pub fn due(&self, every: Duration) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        // +1: 0 means never.
+        let now = EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1;
+        let last = self.0.load(Relaxed);
+        (last == 0 || now - last.min(now) >= every.as_millis() as u64)
+            && self.0.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+    }
+}
+
 /// A port thread's end: its path, and why it could not be opened (`None`: it had opened).
 type PortOutcome = (String, Option<String>);
 

@@ -118,8 +118,10 @@ pub(super) async fn connection(
     let end = ctx.cfg.suffix.end_byte();
     let mut buf = vec![0u8; READ_BUF];
     let mut line: Vec<u8> = Vec::new();
-    // Past max_line: the rest of this line is dropped up to its suffix.
+    // Past max_line: the rest of this line is dropped up to its suffix; every further
+    // max_line bytes of it count as one more discarded line (no suffix: each was scans).
     let mut skipping = false;
+    let mut skipped = 0usize;
     let mut pending: Vec<Pending> = Vec::new();
     // Once closing: what already sits in the socket (or, after an eviction's FIN, arrives
     // within EVICT_LINGER) is read and committed before the close — the handheld counted
@@ -180,12 +182,16 @@ pub(super) async fn connection(
                 line.push(b);
                 // +1: the CR of a CRLF is still in the line until the LF comes.
                 if line.len() > ctx.cfg.max_line + 1 {
-                    ctx.reject(format!(
-                        "line longer than max_line ({}) from {device}: skipped to its end",
-                        ctx.cfg.max_line
-                    ));
+                    ctx.overrun(&device);
                     line.clear();
                     skipping = true;
+                    skipped = 0;
+                }
+            } else {
+                skipped += 1;
+                if skipped > ctx.cfg.max_line {
+                    ctx.overrun(&device);
+                    skipped = 0;
                 }
             }
         }

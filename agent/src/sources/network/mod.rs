@@ -77,6 +77,7 @@ struct Ctx {
     counters: Mutex<PortReport>,
     /// Warned once that its handhelds send GS1 labels without their AIM identifier.
     bare_gs1_warned: std::sync::atomic::AtomicBool,
+    overrun_warned: super::Throttle,
 }
 
 impl Ctx {
@@ -93,6 +94,19 @@ impl Ctx {
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         c.rejected += 1;
         c.last_reject = Some(why);
+    }
+
+    /// A line ran past `max_line` without its suffix: discarded and counted, and said at
+    /// WARN (once a minute) — a handheld sending no suffix makes every scan one.
+    fn overrun(&self, device: &str) {
+        let max_line = self.cfg.max_line;
+        self.reject(format!(
+            "line longer than max_line ({max_line}) from {device}: skipped to its end"
+        ));
+        if self.overrun_warned.due(Duration::from_secs(60)) {
+            tracing::warn!(port = %self.port, device, max_line, suffix = ?self.cfg.suffix,
+                "a line ran past max_line without its suffix: discarded and counted as rejected, and so is every further max_line bytes of it. Most likely the handheld sends no suffix (DataWedge: IP Output's Basic Data Formatting, \"Send ENTER key\" off) or another one than this listener's `suffix`; said at most once a minute");
+        }
     }
 
     /// Sends the counters accumulated since the last report (or only the connected state).
@@ -204,6 +218,7 @@ pub async fn run(
         store,
         counters: Mutex::new(PortReport::default()),
         bare_gs1_warned: Default::default(),
+        overrun_warned: Default::default(),
     });
     tracing::info!(port = %ctx.port, station = %ctx.cfg.station_name, "network scanner listening");
     ctx.flush(true, true).await;
