@@ -27,7 +27,7 @@ pub fn run(ctx: &DeviceContext) -> Result<(), String> {
     // key state instead), and the characters before and after a drop would join into one
     // plausible code. Raw, the decoder sees the drop: counted, the cut scan discarded.
     let mut dev = evdev::raw_stream::RawDevice::open(&ctx.path).map_err(|e| {
-        format!("cannot open: {e} (hint: the agent's user needs read access to input devices, e.g. group input or a udev rule)")
+        format!("cannot open: {e} (hint: the agent's user needs read access to input devices, e.g. group input or a udev rule; under systemd the unit also needs DeviceAllow=char-input r, as configs/darkleg.service has)")
     })?;
     // Exclusive: the scan goes to darkleg only, not also typed into a focused window.
     dev.grab().map_err(|e| {
