@@ -78,6 +78,9 @@ pub fn build(config: &Config, store: StoreHandle) -> Result<Option<Served>, Stri
     let Some(c) = &config.intake else {
         return Ok(None);
     };
+    if let Some(w) = loopback_warning(config) {
+        tracing::warn!("{w}");
+    }
     let tokens = Arc::new(tokens::Tokens::load(c.tokens_file.clone())?);
     let (tls, certificate) = match &c.tls {
         Some((cert, key)) => {
@@ -103,6 +106,16 @@ pub fn build(config: &Config, store: StoreHandle) -> Result<Option<Served>, Stri
             certificate,
         },
     )))
+}
+
+/// Tokens are for handhelds on the network; a loopback `[http]` listener cannot be reached
+/// by them (a valid setup only behind a local forwarder), so say so at start.
+fn loopback_warning(config: &Config) -> Option<String> {
+    let addr = config.http?;
+    let with_tokens = config.intake.as_ref()?.tokens_file.is_some();
+    (with_tokens && addr.ip().is_loopback()).then(|| {
+        format!("[intake] has tokens but [http] listens on {addr}, a loopback address: handhelds on the network cannot reach POST /v1/scans (listen on 0.0.0.0 or the floor network's address, unless a local forwarder posts for them)")
+    })
 }
 
 /// A JSON answer, counted by its status.
@@ -504,4 +517,30 @@ fn answer(scans: &[Kept], outcomes: Vec<Result<FramedOutcome, StoreError>>) -> R
         code,
         ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &str, intake: &str) -> Config {
+        let text = format!(
+            "[gateway]\nsite = \"s\"\nid = \"gw-01\"\ndata_dir = \"/tmp/x\"\n\
+             [http]\nlisten = \"{listen}\"\n{intake}\
+             [[upstream]]\nname = \"a\"\nurl = \"mqtt://127.0.0.1:1\"\n"
+        );
+        Config::parse(&text, "t.toml").unwrap()
+    }
+
+    #[test]
+    fn tokens_on_a_loopback_listener_are_warned_about() {
+        let tokens = "[intake]\ntokens_file = \"/etc/t\"\n";
+        let w = loopback_warning(&config("127.0.0.1:9187", tokens));
+        assert!(w.is_some_and(|w| w.contains("cannot reach")));
+        assert_eq!(loopback_warning(&config("0.0.0.0:9187", tokens)), None);
+        // A local forwarder without tokens on loopback is the intended setup.
+        let open = "[intake]\nallow_unauthenticated = true\n";
+        assert_eq!(loopback_warning(&config("127.0.0.1:9187", open)), None);
+        assert_eq!(loopback_warning(&config("127.0.0.1:9187", "")), None);
+    }
 }
