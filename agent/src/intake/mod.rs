@@ -47,6 +47,8 @@ pub struct Intake {
     stations: BTreeMap<String, Step>,
     /// Devices registered (a Hello) since the agent started.
     registered: Mutex<HashSet<String>>,
+    /// Devices warned about for an SSCC without its AIM identifier.
+    bare_sscc_warned: Mutex<HashSet<String>>,
 }
 
 /// The intake's routes, the TLS acceptor for the whole listener and what SIGHUP re-reads.
@@ -94,6 +96,7 @@ pub fn build(config: &Config, store: StoreHandle) -> Result<Option<Served>, Stri
         tokens: tokens.clone(),
         stations: c.stations.clone(),
         registered: Mutex::default(),
+        bare_sscc_warned: Mutex::default(),
     });
     let router = Router::new()
         .route("/v1/scans", post(scans))
@@ -298,6 +301,9 @@ impl Intake {
             (None, None) => return Err("is missing (and no station to take it from)".into()),
         };
         let received_at_ms = crate::clock::now_ms();
+        if crate::sources::bare_sscc(&p.code, p.symbology.as_deref()) {
+            self.warn_bare_sscc(&p.device, &p.code);
+        }
         let rejected = darkleg_protocol::check_code(&p.code)
             .err()
             .map(|e| e.to_string())
@@ -326,6 +332,20 @@ impl Intake {
             device: p.device,
             rejected,
         })
+    }
+
+    /// Once per device (the set bounded whatever names clients invent, as `registered`).
+    fn warn_bare_sscc(&self, device: &str, code: &str) {
+        let mut warned = self
+            .bare_sscc_warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if warned.len() >= 10_000 {
+            warned.clear();
+        }
+        if warned.insert(device.to_string()) {
+            crate::sources::warn_bare_sscc(PORT, device, code, "send its AIM identifier in \"symbology\" (\"]C1\" for a GS1-128 label), or have the scanner prefix it (DataWedge: Code ID Type = AIM); said once per device");
+        }
     }
 
     /// Every scan to the writer at once, in one run of the queue (one group commit for a

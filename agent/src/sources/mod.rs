@@ -58,6 +58,12 @@ impl Throttle {
     }
 }
 
+/// Says that `code` from `device` looks like an SSCC label sent without its AIM identifier,
+/// and `fix`: how to make this source send it. Callers say it once per device or listener.
+pub fn warn_bare_sscc(port: &str, device: &str, code: &str, fix: &str) {
+    tracing::warn!(port, device, code, "a scan that looks like an SSCC label came without its AIM identifier: it is stored as plain text, so no parcel, milestone or merchant route sees it — {fix}");
+}
+
 /// A port thread's end: its path, and why it could not be opened (`None`: it had opened).
 type PortOutcome = (String, Option<String>);
 

@@ -20,6 +20,9 @@ pub struct Intake {
     pending: Vec<(String, oneshot::Receiver<Result<u64, StoreError>>)>,
     counters: PortReport,
     last_sent: Instant,
+    /// Rejects are said at WARN at most once a minute: a wrong layout makes every scan one.
+    reject_warned: crate::sources::Throttle,
+    bare_sscc_warned: bool,
 }
 
 impl Intake {
@@ -33,11 +36,22 @@ impl Intake {
             pending: Vec::new(),
             counters: PortReport::default(),
             last_sent: Instant::now(),
+            reject_warned: Default::default(),
+            bare_sscc_warned: false,
         }
     }
 
+    /// A scan that was typed but is not one: counted, and said.
     fn reject(&mut self, why: String) {
-        tracing::debug!(port = %self.port, "scan rejected: {why}");
+        if self.reject_warned.due(Duration::from_secs(60)) {
+            tracing::warn!(port = %self.port, layout = ?self.scanner.layout, "keyboard-wedge scan rejected (counted, not stored): {why}. If good labels are rejected, set this [[hid_scanner]]'s layout to match the scanner's keyboard layout; said at most once a minute per device");
+        } else {
+            tracing::debug!(port = %self.port, "scan rejected: {why}");
+        }
+        self.count_reject(why);
+    }
+
+    fn count_reject(&mut self, why: String) {
         self.counters.rejected += 1;
         self.counters.last_reject = Some(why);
     }
@@ -59,6 +73,12 @@ impl Intake {
             },
             Err(e) => return self.reject(e.to_string()),
         };
+        if !self.bare_sscc_warned
+            && crate::sources::bare_sscc(&scan.code, scan.symbology.as_deref())
+        {
+            self.bare_sscc_warned = true;
+            crate::sources::warn_bare_sscc(&self.port, &self.device, &scan.code, "turn on the scanner's AIM ID prefix (AIM symbology identifier transmission, set by a configuration barcode in its manual); said once per device until it is plugged again");
+        }
         self.counters.frames += 1;
         let code = scan.code.clone();
         let rx = self.store.request_blocking(|reply| WriteOp::Ascii {
@@ -80,7 +100,7 @@ impl Intake {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::error!(port = %self.port, code = %code, "scan NOT stored, rescan it: {e}");
-                    self.reject(format!("scan {code} NOT stored, rescan it: {e}"));
+                    self.count_reject(format!("scan {code} NOT stored, rescan it: {e}"));
                 }
                 Err(_) => return Err("store writer stopped".into()),
             }
@@ -102,7 +122,7 @@ impl Intake {
                     let (code, _) = self.pending.swap_remove(i);
                     if let Err(e) = answer {
                         tracing::error!(port = %self.port, code = %code, "scan NOT stored, rescan it: {e}");
-                        self.reject(format!("scan {code} NOT stored, rescan it: {e}"));
+                        self.count_reject(format!("scan {code} NOT stored, rescan it: {e}"));
                     }
                 }
             }
@@ -115,7 +135,7 @@ impl Intake {
     pub fn close(&mut self) {
         if let Some(partial) = self.decoder.abandon() {
             tracing::warn!(port = %self.port, typed = %partial, "a scan was cut off before its Enter (unplugged mid-scan?); not stored, rescan it");
-            self.reject(format!("scan cut off before its Enter: {partial:?}"));
+            self.count_reject(format!("scan cut off before its Enter: {partial:?}"));
         }
     }
 
@@ -144,9 +164,13 @@ mod tests {
 
     /// A US-layout scanner typing "]C1" + code + Enter, as evdev reports it.
     fn typed(code: &str, out: &mut Vec<(u16, u16, i32)>) {
-        let keys: Vec<(bool, u16)> = "]C1"
+        typed_raw(&format!("]C1{code}"), out)
+    }
+
+    /// `text` (digits, ']' and 'C') + Enter, as a US-layout scanner types it.
+    fn typed_raw(text: &str, out: &mut Vec<(u16, u16, i32)>) {
+        let keys: Vec<(bool, u16)> = text
             .chars()
-            .chain(code.chars())
             .map(|c| match c {
                 ']' => (false, 27),
                 'C' => (true, 46),
@@ -171,9 +195,9 @@ mod tests {
         out.extend([(EV_KEY, 28, 1), (EV_KEY, 28, 0)]);
     }
 
-    #[test]
-    fn recorded_key_streams_become_stored_scans_and_garbage_is_counted() {
-        let dir = std::env::temp_dir().join(format!("darkleg-hid-intake-{}", std::process::id()));
+    /// A config with one keyboard-wedge scanner, its data dir fresh.
+    fn config(name: &str) -> (Config, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("darkleg-hid-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let text = format!(
             "[gateway]\nsite = \"s\"\nid = \"gw-01\"\ndata_dir = \"{}\"\n\
@@ -181,7 +205,81 @@ mod tests {
              [[upstream]]\nname = \"a\"\nurl = \"mqtt://127.0.0.1:1\"\n",
             dir.display()
         );
-        let config = Config::parse(&text, "t.toml").unwrap();
+        (Config::parse(&text, "t.toml").unwrap(), dir)
+    }
+
+    /// Log lines written while `f` runs on this thread.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        let text = buf.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn rejects_warn_once_a_minute_with_the_layout_hint_and_a_bare_sscc_once() {
+        let (config, dir) = config("warn");
+        let (store, writer) = StoreHandle::open(&config).unwrap();
+        let mut intake = Intake::new(
+            store.clone(),
+            "/dev/input/by-id/usb-X-event-kbd".into(),
+            "gw-01:hid-w".into(),
+            config.hid_scanners[0].clone(),
+        );
+        let mut events = Vec::new();
+        // Two SSCC labels without "]C1" (AIM ID off), then two scans with F5 in them.
+        typed_raw("00106141411234567897", &mut events);
+        typed_raw("00106141411234567903", &mut events);
+        for _ in 0..2 {
+            events.extend([(EV_KEY, 63, 1), (EV_KEY, 63, 0), (EV_KEY, 28, 1)]);
+        }
+        let log = logged(|| {
+            for (t, c, v) in events {
+                intake.event(t, c, v);
+            }
+            intake.settle().unwrap();
+        });
+        assert_eq!(
+            log.matches("without its AIM identifier").count(),
+            1,
+            "{log}"
+        );
+        assert!(log.contains("AIM ID prefix"), "{log}");
+        assert_eq!(
+            log.matches("keyboard-wedge scan rejected").count(),
+            1,
+            "{log}"
+        );
+        assert!(
+            log.contains("WARN") && log.contains("set this [[hid_scanner]]'s layout"),
+            "{log}"
+        );
+        assert_eq!(intake.counters.rejected, 2);
+        drop(intake);
+        drop(store);
+        writer.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn recorded_key_streams_become_stored_scans_and_garbage_is_counted() {
+        let (config, dir) = config("intake");
         let (store, writer) = StoreHandle::open(&config).unwrap();
         let port = "/dev/input/by-id/usb-X-event-kbd".to_string();
         let mut intake = Intake::new(

@@ -162,7 +162,7 @@ impl Ctx {
         if super::bare_sscc(&scan.code, scan.symbology.as_deref())
             && !self.bare_gs1_warned.swap(true, Relaxed)
         {
-            tracing::warn!(port = %self.port, device, code = %scan.code, "a scan that looks like an SSCC label came without its AIM identifier: it is stored as plain text, so no parcel, milestone or merchant route sees it — set the handhelds' Code ID Type to AIM (DataWedge: the barcode input); said once per listener");
+            super::warn_bare_sscc(&self.port, device, &scan.code, "set the handhelds' Code ID Type to AIM (DataWedge: the barcode input); said once per listener");
         }
         let code = scan.code.clone();
         self.counters
