@@ -11,6 +11,7 @@ pub mod hid;
 pub mod network;
 mod port;
 pub mod relay;
+pub mod retry;
 
 use crate::config::Config;
 use crate::store::StoreHandle;

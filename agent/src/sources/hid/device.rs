@@ -71,10 +71,13 @@ pub fn run(ctx: &DeviceContext) -> Result<(), String> {
         if let Err(e) = intake.reap() {
             break e;
         }
+        intake.offer_again();
         intake.flush(true, false);
     };
     intake.close();
-    let _ = intake.settle();
+    if intake.settle().is_ok() {
+        intake.drain(&ctx.stop);
+    }
     intake.flush(false, true);
     tracing::info!(device = %ctx.path, "keyboard-wedge scanner closed: {why}");
     Ok(())

@@ -3,8 +3,10 @@
 
 use super::keymap::{Decoder, Output};
 use crate::config::HidScanner;
+use crate::sources::retry::RetryQueue;
 use crate::store::{AsciiScan, PortReport, StoreError, StoreHandle, WriteOp};
 use darkleg_protocol::ascii::parse_line;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -17,7 +19,10 @@ pub struct Intake {
     device: String,
     scanner: HidScanner,
     decoder: Decoder,
-    pending: Vec<(String, oneshot::Receiver<Result<u64, StoreError>>)>,
+    pending: Vec<(AsciiScan, oneshot::Receiver<Result<u64, StoreError>>)>,
+    /// Scans the store refused for now, offered again with backoff (never waited on here:
+    /// the kernel's buffer for the device is small).
+    retry: RetryQueue,
     counters: PortReport,
     last_sent: Instant,
     /// Rejects are said at WARN at most once a minute: a wrong layout makes every scan one.
@@ -28,6 +33,7 @@ pub struct Intake {
 impl Intake {
     pub fn new(store: StoreHandle, port: String, device: String, scanner: HidScanner) -> Self {
         Intake {
+            retry: RetryQueue::new(&port),
             decoder: Decoder::new(scanner.layout, scanner.max_line),
             store,
             port,
@@ -80,32 +86,91 @@ impl Intake {
             crate::sources::warn_bare_sscc(&self.port, &self.device, &scan.code, "turn on the scanner's AIM ID prefix (AIM symbology identifier transmission, set by a configuration barcode in its manual); said once per device until it is plugged again");
         }
         self.counters.frames += 1;
-        let code = scan.code.clone();
+        self.send(scan);
+    }
+
+    fn send(&mut self, scan: AsciiScan) {
+        let kept = scan.clone();
         let rx = self.store.request_blocking(|reply| WriteOp::Ascii {
             device: self.device.clone(),
             port: self.port.clone(),
             scan,
             reply,
         });
-        self.pending.push((code, rx));
+        self.pending.push((kept, rx));
     }
 
-    /// Waits until every scan handed over is durable; `Err` once the writer is gone. A
-    /// keyboard scanner cannot retransmit: a scan the store refused is logged with its code
-    /// and counted on the port (its status row names it), for someone to rescan.
+    /// The writer's answer for `scan`. A keyboard scanner cannot retransmit: a scan refused
+    /// for now is held to be offered again; one refused for good (or past the queue's
+    /// bound) is logged with its code and counted on the port, for someone to rescan.
+    fn answered(&mut self, scan: AsciiScan, answer: Result<u64, StoreError>) {
+        match answer {
+            Ok(_) => self.retry.stored(),
+            Err(e) if !e.permanent => {
+                let code = scan.code.clone();
+                if !self.retry.keep(self.device.clone(), scan, &e) {
+                    self.count_reject(format!(
+                        "scan {code} NOT stored (retry queue full), rescan it: {e}"
+                    ));
+                }
+            }
+            Err(e) => {
+                let code = scan.code;
+                tracing::error!(port = %self.port, code = %code, "scan NOT stored, rescan it: {e}");
+                self.count_reject(format!("scan {code} NOT stored, rescan it: {e}"));
+            }
+        }
+    }
+
+    /// Waits until every scan handed over has its answer; `Err` once the writer is gone.
     pub fn settle(&mut self) -> Result<(), String> {
         let pending = std::mem::take(&mut self.pending);
-        for (code, rx) in pending {
+        for (scan, rx) in pending {
             match rx.blocking_recv() {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(port = %self.port, code = %code, "scan NOT stored, rescan it: {e}");
-                    self.count_reject(format!("scan {code} NOT stored, rescan it: {e}"));
-                }
+                Ok(answer) => self.answered(scan, answer),
                 Err(_) => return Err("store writer stopped".into()),
             }
         }
         Ok(())
+    }
+
+    /// Hands the held scans to the writer again once their backoff is over (no wait).
+    pub fn offer_again(&mut self) {
+        for (_, scan) in self.retry.take_due() {
+            self.send(scan);
+        }
+    }
+
+    /// How many refused scans are held.
+    pub fn held(&self) -> usize {
+        self.retry.len()
+    }
+
+    /// The device is gone but refused scans are held: offers them until stored, or until
+    /// the agent stops (then they are logged with their count, and counted).
+    pub fn drain(&mut self, stop: &AtomicBool) {
+        if self.retry.is_empty() {
+            return;
+        }
+        tracing::warn!(port = %self.port, held = self.held(), "the device closed with scans the store refused held: offering them until stored");
+        while let Some(due) = self.retry.due() {
+            if stop.load(Relaxed) {
+                break;
+            }
+            let wait = due.saturating_duration_since(Instant::now());
+            std::thread::sleep(wait.min(Duration::from_millis(200)));
+            self.offer_again();
+            if self.settle().is_err() {
+                break;
+            }
+        }
+        let n = self.retry.give_up("agent stopping");
+        if n > 0 {
+            self.counters.rejected += n as u64;
+            self.counters.last_reject = Some(format!(
+                "{n} scans the store refused were NOT stored by the stop"
+            ));
+        }
     }
 
     /// Takes in the writer's answers that have come, without waiting for the others; `Err`
@@ -119,11 +184,9 @@ impl Intake {
                     return Err("store writer stopped".into())
                 }
                 Ok(answer) => {
-                    let (code, _) = self.pending.swap_remove(i);
-                    if let Err(e) = answer {
-                        tracing::error!(port = %self.port, code = %code, "scan NOT stored, rescan it: {e}");
-                        self.count_reject(format!("scan {code} NOT stored, rescan it: {e}"));
-                    }
+                    // In order: a refused scan is held behind those refused before it.
+                    let (scan, _) = self.pending.remove(i);
+                    self.answered(scan, answer);
                 }
             }
         }
@@ -274,6 +337,65 @@ mod tests {
         drop(intake);
         drop(store);
         writer.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_scan_the_store_refuses_for_a_while_is_held_and_stored_once_it_accepts() {
+        let (config, dir) = config("retry");
+        let (store, writer) = StoreHandle::open(&config).unwrap();
+        let device = "gw-01:hid-retry";
+        // Both scans refused four times: offered again after 100, 200, 400 and 800 ms.
+        crate::store::refuse_ascii::next(device, 8);
+        let mut intake = Intake::new(
+            store.clone(),
+            "/dev/input/by-id/usb-R-event-kbd".into(),
+            device.into(),
+            config.hid_scanners[0].clone(),
+        );
+        let mut events = Vec::new();
+        typed("00340434161094042557", &mut events);
+        typed("00340434161094042564", &mut events);
+        let before = crate::clock::now_ms();
+        for (t, c, v) in events {
+            intake.event(t, c, v);
+        }
+        let t = Instant::now();
+        // The device loop: reap and offer again, never waiting on a commit.
+        while (intake.held() > 0 || !intake.pending.is_empty())
+            && t.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+            intake.reap().unwrap();
+            intake.offer_again();
+        }
+        let took = t.elapsed();
+        assert_eq!(intake.held(), 0, "stored within 10 s");
+        assert!(took >= Duration::from_millis(1400), "backoff: {took:?}");
+        assert_eq!(intake.counters.rejected, 0, "nothing dropped");
+        drop(intake);
+        drop(store);
+        writer.join().unwrap();
+        let reader = crate::store::Reader::open(&config.db_path()).unwrap();
+        let rows = reader.pending("a", 0, 100).unwrap();
+        let scans: Vec<_> = rows
+            .iter()
+            .filter_map(|p| match &p.item {
+                crate::store::Item::Event(e, _) => Some(e),
+                _ => None,
+            })
+            .collect();
+        let codes: Vec<&str> = scans.iter().map(|e| e.code.as_str()).collect();
+        assert_eq!(codes, ["00340434161094042557", "00340434161094042564"]);
+        // Their original receive time, not the time they were finally stored.
+        let received = |e: &&darkleg_protocol::ScanEvent| e.received_at_ms;
+        assert!(
+            scans
+                .iter()
+                .map(received)
+                .all(|r| r >= before && r < before + 1000),
+            "{scans:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -16,6 +16,7 @@ mod connection;
 pub mod load;
 
 use super::ascii_device;
+use super::retry::RetryQueue;
 use crate::config::{NetworkScanner, Transport};
 use crate::store::{AsciiScan, PortReport, StoreError, StoreHandle, WriteOp};
 use connection::{connection, Seen};
@@ -164,34 +165,53 @@ impl Ctx {
         {
             super::warn_bare_sscc(&self.port, device, &scan.code, "set the handhelds' Code ID Type to AIM (DataWedge: the barcode input); said once per listener");
         }
-        let code = scan.code.clone();
         self.counters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .frames += 1;
+        Some(self.store_scan(device.to_string(), scan).await)
+    }
+
+    /// Hands a scan to the writer (again, for a retry: with its original received_at).
+    async fn store_scan(&self, device: String, scan: AsciiScan) -> Pending {
+        let kept = scan.clone();
         let rx = self
             .store
             .request(|reply| WriteOp::Ascii {
-                device: device.to_string(),
+                device: device.clone(),
                 port: self.port.clone(),
                 scan,
                 reply,
             })
             .await;
-        Some((device.to_string(), code, rx))
+        (device, kept, rx)
     }
 }
 
-/// A scan handed to the writer: its device, its code, the writer's answer.
-type Pending = (String, String, oneshot::Receiver<Result<u64, StoreError>>);
+/// A scan handed to the writer: its device, the scan (to offer again), the writer's answer.
+type Pending = (
+    String,
+    AsciiScan,
+    oneshot::Receiver<Result<u64, StoreError>>,
+);
 
-/// Waits until every submitted scan is durable. A handheld cannot be asked to resend, so a
-/// scan the store refused is logged loudly with its code, for someone to rescan.
-async fn settle(ctx: &Ctx, pending: &mut Vec<Pending>) -> Result<(), ()> {
-    for (device, code, rx) in pending.drain(..) {
+/// Waits until every submitted scan has its answer. A handheld cannot be asked to resend:
+/// a scan the store refused for now is held in `retry` to be offered again; only a
+/// permanent refusal, or one past the queue's bound, is logged loudly and counted.
+async fn settle(ctx: &Ctx, pending: &mut Vec<Pending>, retry: &mut RetryQueue) -> Result<(), ()> {
+    for (device, scan, rx) in pending.drain(..) {
         match rx.await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => retry.stored(),
+            Ok(Err(e)) if !e.permanent => {
+                if !retry.keep(device.clone(), scan.clone(), &e) {
+                    ctx.reject(format!(
+                        "scan {} from {device} NOT stored (retry queue full), rescan it: {e}",
+                        scan.code
+                    ));
+                }
+            }
             Ok(Err(e)) => {
+                let code = scan.code;
                 tracing::error!(port = %ctx.port, device = %device, code = %code, "scan NOT stored, rescan it: {e}");
                 ctx.reject(format!(
                     "scan {code} from {device} NOT stored, rescan it: {e}"
@@ -201,6 +221,45 @@ async fn settle(ctx: &Ctx, pending: &mut Vec<Pending>) -> Result<(), ()> {
         }
     }
     Ok(())
+}
+
+/// Offers the held scans again once due; their answers go through [`settle`].
+async fn offer_again(ctx: &Ctx, retry: &mut RetryQueue) -> Result<(), ()> {
+    let mut pending = Vec::new();
+    for (device, scan) in retry.take_due() {
+        pending.push(ctx.store_scan(device, scan).await);
+    }
+    settle(ctx, &mut pending, retry).await
+}
+
+/// Until every held scan is stored (`Ok(true)`) or the agent stops (`Ok(false)`).
+async fn retry_until_stored(
+    ctx: &Ctx,
+    retry: &mut RetryQueue,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<bool, ()> {
+    while let Some(due) = retry.due() {
+        if *stop.borrow() {
+            return Ok(false);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(due.into()) => offer_again(ctx, retry).await?,
+            r = stop.changed() => if r.is_err() { return Ok(false) },
+        }
+    }
+    Ok(true)
+}
+
+/// What is still held when a connection or listener ends is lost: logged, counted.
+fn give_up(ctx: &Ctx, retry: &mut RetryQueue, why: &str) {
+    let n = retry.give_up(why);
+    if n > 0 {
+        let mut c = ctx.counters.lock().unwrap_or_else(|e| e.into_inner());
+        c.rejected += n as u64;
+        c.last_reject = Some(format!(
+            "{n} scans the store refused were NOT stored by the stop"
+        ));
+    }
 }
 
 /// Serves one listener until `stop` turns true.
@@ -409,10 +468,20 @@ async fn serve_udp(ctx: &Arc<Ctx>, sock: UdpSocket, mut stop: watch::Receiver<bo
     let mut buf = vec![0u8; ctx.cfg.max_line + 3];
     let mut tick = tokio::time::interval(REPORT_EVERY);
     let mut pending: Vec<Pending> = Vec::new();
+    // Datagrams are read on while refused scans wait here: holding the socket unread would
+    // have the kernel drop what arrives once its buffer is full.
+    let mut retry = RetryQueue::new(&ctx.port);
     while !*stop.borrow() {
+        let due = retry.due();
         let first = tokio::select! {
             r = sock.recv_from(&mut buf) => r,
             _ = tick.tick() => { ctx.flush(true, false).await; continue; }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
+                if offer_again(ctx, &mut retry).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             _ = stop.changed() => break,
         };
         let mut next = Some(first);
@@ -439,8 +508,9 @@ async fn serve_udp(ctx: &Arc<Ctx>, sock: UdpSocket, mut stop: watch::Receiver<bo
         }
         // One commit for the whole batch before more is read: datagrams that arrive meanwhile
         // wait in the socket buffer (the kernel drops them when it is full).
-        if settle(ctx, &mut pending).await.is_err() {
+        if settle(ctx, &mut pending, &mut retry).await.is_err() {
             break;
         }
     }
+    give_up(ctx, &mut retry, "listener stopping");
 }
