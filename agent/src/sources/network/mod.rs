@@ -7,7 +7,9 @@
 //! one read (at most [`READ_BUF`] bytes) per connection; the rest waits in the kernel's
 //! receive buffer (fixed at [`RECV_BUF`] for TCP, so it does not grow by autotuning), where
 //! TCP flow control stops the handheld when it is full. A gateway that dies loses what was in
-//! those buffers and on the wire. Past `max_connections`, connections wait for a slot; an
+//! those buffers and on the wire. A scan the store refuses for now is held and offered again
+//! with backoff ([`super::retry`]): the connection is not read meanwhile; a UDP listener reads
+//! on and holds up to a bound. Past `max_connections`, connections wait for a slot; an
 //! open one silent for `evict_idle_secs` is evicted for a waiting one (see [`connection`]).
 //! Garbage (control bytes, invalid UTF-8, empty or over-long
 //! lines) is counted on the listener's row in the ports table and never stored.
