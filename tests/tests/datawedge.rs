@@ -477,3 +477,191 @@ fn a_cr_listener_takes_crlf_lines_and_a_close_after_one_is_no_torn_line() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(port_row(&rig.config, &name)["rejected"], 1);
 }
+
+/// A handheld that sends no suffix the listener knows (DataWedge's "Send ENTER key" off, or a
+/// `cr` handheld on an `lf` listener): every max_line bytes of the run-on line are counted as
+/// rejected, the cause is said at WARN once, and the next properly ended line is stored.
+#[test]
+fn lines_without_the_suffix_are_each_counted_and_warned_about_once() {
+    let (tcp, http) = (free_port().unwrap(), free_port().unwrap());
+    let extra = format!(
+        "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[network_scanner]]\nlisten = \"127.0.0.1:{tcp}\"\nstation = \"pack\"\nmax_line = 64\n"
+    );
+    let rig = Rig::with_store("datawedge-nosuffix", &[], &extra);
+    let _agent = rig.start_agent();
+    let name = format!("tcp://127.0.0.1:{tcp}");
+    assert!(wait_until(Duration::from_secs(20), || port_row(
+        &rig.config,
+        &name
+    )["connected"]
+        == true));
+    let mut s = connect(tcp);
+    // 20 scans of 20 bytes ended by CR on an LF listener: 420 bytes without an LF. The
+    // first overrun comes at byte 66 (the line may hold a CR more), then one per 65 bytes
+    // skipped: 6 in all.
+    for i in 0..20 {
+        s.write_all(format!("JJD{i:016}\r").as_bytes()).unwrap();
+    }
+    s.write_all(b"\nJJD0000000000000099\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || arrived(
+            &rig.collector.messages(),
+            "gw-01:127.0.0.1"
+        )
+        .len()
+            == 1
+            && port_row(&rig.config, &name)["rejected"] == 6),
+        "{}",
+        port_row(&rig.config, &name)
+    );
+    let got = arrived(&rig.collector.messages(), "gw-01:127.0.0.1");
+    assert_eq!(got[0]["code"], "JJD0000000000000099");
+    let log = std::fs::read_to_string(&rig.log).unwrap_or_default();
+    assert_eq!(
+        log.matches("Send ENTER key").count(),
+        1,
+        "{}",
+        tail(&rig.log, 20)
+    );
+}
+
+/// The store refuses (the outbox full at `max_db_mb` while the upstream is away): a
+/// DataWedge scan over TCP and one over UDP are held and offered again, not dropped, and are
+/// stored — with the time they were read — once delivered rows make room.
+#[test]
+fn scans_a_full_store_refuses_are_held_and_stored_once_it_has_room() {
+    let (tcp, udp, http) = (
+        free_port().unwrap(),
+        free_port().unwrap(),
+        free_port().unwrap(),
+    );
+    let tok = Scratch::new("datawedge-full-tok");
+    let tokens = tok.0.join("tokens");
+    std::fs::write(&tokens, "tok-fill\n").unwrap();
+    let extra = format!(
+        "[store]\nmax_db_mb = 1\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n\n[intake]\ntokens_file = \"{}\"\n\n\
+         [[network_scanner]]\nlisten = \"127.0.0.1:{tcp}\"\nstation = \"pack\"\n\n\
+         [[network_scanner]]\nlisten = \"127.0.0.1:{udp}\"\ntransport = \"udp\"\nstation = \"handover\"\n",
+        tokens.display()
+    );
+    let mut rig = Rig::with_store("datawedge-full", &[], &extra);
+    rig.broker.stop();
+    let _agent = rig.start_agent();
+    let (tcp_name, udp_name) = (
+        format!("tcp://127.0.0.1:{tcp}"),
+        format!("udp://127.0.0.1:{udp}"),
+    );
+    assert!(wait_until(Duration::from_secs(20), || port_row(
+        &rig.config,
+        &udp_name
+    )["connected"]
+        == true));
+    // Fill the outbox through the intake until it answers 507.
+    let mut seq = 0u64;
+    let mut full = false;
+    for _ in 0..200 {
+        let scans: Vec<Value> = (1..=50)
+            .map(|i| serde_json::json!({"device":"filler","seq":seq+i,"code":format!("{:05}-{}", seq+i, "X".repeat(230)),"step":"pack"}))
+            .collect();
+        let body = serde_json::json!({ "scans": scans }).to_string();
+        let answer = post_scans(http, Some("tok-fill"), &body).expect("the intake answers");
+        if answer.0 == 507 {
+            full = true;
+            break;
+        }
+        assert_eq!(answer.0, 200, "{}", answer.2);
+        seq += 50;
+    }
+    assert!(full, "the outbox filled");
+    // A small scan may still fit in a page's free space: fill that too, until three in a
+    // row are refused.
+    let (mut refused, mut n) = (0, 0u64);
+    while refused < 3 {
+        let body = serde_json::json!({"device":"filler-2","seq":n+1,"code":"F","step":"pack"});
+        let answer =
+            post_scans(http, Some("tok-fill"), &body.to_string()).expect("the intake answers");
+        match answer.0 {
+            200 => {
+                n += 1;
+                refused = 0;
+            }
+            507 => refused += 1,
+            _ => panic!("{answer:?}"),
+        }
+        assert!(n < 5000, "small scans never refused");
+    }
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let sent_at = now_ms();
+    let mut s = connect(tcp);
+    s.write_all(b"JJDFULLTCP01\n").unwrap();
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send_to(b"JJDFULLUDP01\n", ("127.0.0.1", udp))
+        .unwrap();
+    let log = || std::fs::read_to_string(&rig.log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(10), || log()
+            .matches("held in memory and offered again")
+            .count()
+            >= 2),
+        "both refusals said: {}",
+        tail(&rig.log, 20)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let db = darkleg_agent::config::Config::load(&rig.config)
+        .unwrap()
+        .db_path();
+    let stored = |code: &str| -> i64 {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM events WHERE code = ?1", [code], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    assert_eq!(
+        (stored("JJDFULLTCP01"), stored("JJDFULLUDP01")),
+        (0, 0),
+        "refused while full"
+    );
+    // The upstream is back: delivered rows are evicted for room and the held scans go in.
+    let restarted_at = now_ms();
+    rig.broker.restart().unwrap();
+    let got = |code: &str| {
+        rig.collector
+            .messages()
+            .into_iter()
+            .find(|a| a.json["code"] == code)
+    };
+    assert!(
+        wait_until(Duration::from_secs(90), || got("JJDFULLTCP01").is_some()
+            && got("JJDFULLUDP01").is_some()),
+        "both held scans arrive: {}",
+        tail(&rig.log, 30)
+    );
+    for code in ["JJDFULLTCP01", "JJDFULLUDP01"] {
+        let j = got(code).unwrap().json;
+        let received =
+            darkleg_protocol::time::parse_rfc3339_ms(j["received_at"].as_str().unwrap()).unwrap();
+        assert!(
+            (sent_at..restarted_at).contains(&received),
+            "{code} keeps the time it was read: {j}"
+        );
+        assert_eq!(stored(code), 1);
+    }
+    for name in [&tcp_name, &udp_name] {
+        assert_eq!(
+            port_row(&rig.config, name)["rejected"],
+            0,
+            "nothing dropped"
+        );
+    }
+    // The connection is served again after its held scan went in.
+    s.write_all(b"JJDAFTERFULL\n").unwrap();
+    assert!(wait_until(Duration::from_secs(20), || got("JJDAFTERFULL").is_some()));
+}

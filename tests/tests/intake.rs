@@ -510,3 +510,38 @@ fn an_app_goes_on_after_the_gateway_lost_its_store_under_new_event_ids() {
     }
     assert_eq!(codes.len(), 5, "{codes:?}");
 }
+
+/// An app that posts SSCC labels without their AIM identifier (they are stored as plain
+/// text, so no parcel or merchant route sees them) is warned about once per device.
+#[test]
+fn a_bare_sscc_is_warned_about_once_per_device() {
+    let (rig, http) = rig("intake-sscc", "");
+    let _agent = rig.start_agent();
+    wait_serving(http);
+    let bare = ["00106141411234567897", "00106141411234567903"];
+    for (device, seq0) in [("app-a", 1), ("app-b", 1)] {
+        for (i, code) in bare.iter().enumerate() {
+            let scan =
+                json!({"device": device, "seq": seq0 + i as u64, "code": code, "step": "pack"});
+            let (status, _, body) = must(http, Some(TOKEN), scan);
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    // With its symbology: no warning.
+    let scan = json!({"device":"app-c","seq":1,"code":bare[0],"symbology":"]C1","step":"pack"});
+    assert_eq!(must(http, Some(TOKEN), scan).0, 200);
+    let log = std::fs::read_to_string(&rig.log).unwrap_or_default();
+    assert_eq!(
+        log.matches("came without its AIM identifier").count(),
+        2,
+        "{}",
+        tail(&rig.log, 20)
+    );
+    assert!(
+        log.contains("device=\"app-a\"")
+            && log.contains("device=\"app-b\"")
+            && !log.contains("device=\"app-c\""),
+        "{}",
+        tail(&rig.log, 20)
+    );
+}

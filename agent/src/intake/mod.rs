@@ -47,6 +47,8 @@ pub struct Intake {
     stations: BTreeMap<String, Step>,
     /// Devices registered (a Hello) since the agent started.
     registered: Mutex<HashSet<String>>,
+    /// Devices warned about for an SSCC without its AIM identifier.
+    bare_sscc_warned: Mutex<HashSet<String>>,
 }
 
 /// The intake's routes, the TLS acceptor for the whole listener and what SIGHUP re-reads.
@@ -78,6 +80,9 @@ pub fn build(config: &Config, store: StoreHandle) -> Result<Option<Served>, Stri
     let Some(c) = &config.intake else {
         return Ok(None);
     };
+    if let Some(w) = loopback_warning(config) {
+        tracing::warn!("{w}");
+    }
     let tokens = Arc::new(tokens::Tokens::load(c.tokens_file.clone())?);
     let (tls, certificate) = match &c.tls {
         Some((cert, key)) => {
@@ -91,6 +96,7 @@ pub fn build(config: &Config, store: StoreHandle) -> Result<Option<Served>, Stri
         tokens: tokens.clone(),
         stations: c.stations.clone(),
         registered: Mutex::default(),
+        bare_sscc_warned: Mutex::default(),
     });
     let router = Router::new()
         .route("/v1/scans", post(scans))
@@ -103,6 +109,16 @@ pub fn build(config: &Config, store: StoreHandle) -> Result<Option<Served>, Stri
             certificate,
         },
     )))
+}
+
+/// Tokens are for handhelds on the network; a loopback `[http]` listener cannot be reached
+/// by them (a valid setup only behind a local forwarder), so say so at start.
+fn loopback_warning(config: &Config) -> Option<String> {
+    let addr = config.http?;
+    let with_tokens = config.intake.as_ref()?.tokens_file.is_some();
+    (with_tokens && addr.ip().is_loopback()).then(|| {
+        format!("[intake] has tokens but [http] listens on {addr}, a loopback address: handhelds on the network cannot reach POST /v1/scans (listen on 0.0.0.0 or the floor network's address, unless a local forwarder posts for them)")
+    })
 }
 
 /// A JSON answer, counted by its status.
@@ -285,6 +301,9 @@ impl Intake {
             (None, None) => return Err("is missing (and no station to take it from)".into()),
         };
         let received_at_ms = crate::clock::now_ms();
+        if crate::sources::bare_sscc(&p.code, p.symbology.as_deref()) {
+            self.warn_bare_sscc(&p.device, &p.code);
+        }
         let rejected = darkleg_protocol::check_code(&p.code)
             .err()
             .map(|e| e.to_string())
@@ -313,6 +332,20 @@ impl Intake {
             device: p.device,
             rejected,
         })
+    }
+
+    /// Once per device (the set bounded whatever names clients invent, as `registered`).
+    fn warn_bare_sscc(&self, device: &str, code: &str) {
+        let mut warned = self
+            .bare_sscc_warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if warned.len() >= 10_000 {
+            warned.clear();
+        }
+        if warned.insert(device.to_string()) {
+            crate::sources::warn_bare_sscc(PORT, device, code, "send its AIM identifier in \"symbology\" (\"]C1\" for a GS1-128 label), or have the scanner prefix it (DataWedge: Code ID Type = AIM); said once per device");
+        }
     }
 
     /// Every scan to the writer at once, in one run of the queue (one group commit for a
@@ -504,4 +537,30 @@ fn answer(scans: &[Kept], outcomes: Vec<Result<FramedOutcome, StoreError>>) -> R
         code,
         ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &str, intake: &str) -> Config {
+        let text = format!(
+            "[gateway]\nsite = \"s\"\nid = \"gw-01\"\ndata_dir = \"/tmp/x\"\n\
+             [http]\nlisten = \"{listen}\"\n{intake}\
+             [[upstream]]\nname = \"a\"\nurl = \"mqtt://127.0.0.1:1\"\n"
+        );
+        Config::parse(&text, "t.toml").unwrap()
+    }
+
+    #[test]
+    fn tokens_on_a_loopback_listener_are_warned_about() {
+        let tokens = "[intake]\ntokens_file = \"/etc/t\"\n";
+        let w = loopback_warning(&config("127.0.0.1:9187", tokens));
+        assert!(w.is_some_and(|w| w.contains("cannot reach")));
+        assert_eq!(loopback_warning(&config("0.0.0.0:9187", tokens)), None);
+        // A local forwarder without tokens on loopback is the intended setup.
+        let open = "[intake]\nallow_unauthenticated = true\n";
+        assert_eq!(loopback_warning(&config("127.0.0.1:9187", open)), None);
+        assert_eq!(loopback_warning(&config("127.0.0.1:9187", "")), None);
+    }
 }

@@ -1,5 +1,6 @@
 //! Bearer tokens for the intake: one per line of `tokens_file`, `#` comments and blank lines
-//! ignored; read at start and again on SIGHUP (a failed re-read keeps the tokens in force).
+//! ignored, a token line with whitespace in it refused; read at start and again on SIGHUP (a
+//! failed re-read keeps the tokens in force; a file emptied of tokens denies every request).
 //! Tokens are never logged, only how many there are. Only SHA-256 digests are kept, and a
 //! presented token's digest is compared with every configured one in constant time: timing
 //! says nothing about how much of a token matched, nor how long the tokens are.
@@ -24,7 +25,9 @@ fn digest(token: &[u8]) -> Digest {
     out
 }
 
-/// The tokens in `path` (their digests); at least one.
+/// The tokens in `path` (their digests); none if the file has none. A line with whitespace
+/// inside is refused, naming the line: `abc  # tablets` would otherwise be one token with
+/// the comment in it, and no device would ever match it.
 fn read(path: &Path) -> Result<Vec<Digest>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
@@ -32,17 +35,20 @@ fn read(path: &Path) -> Result<Vec<Digest>, String> {
             path.display()
         )
     })?;
-    let tokens: Vec<Digest> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| digest(l.as_bytes()))
-        .collect();
-    if tokens.is_empty() {
-        return Err(format!(
-            "intake.tokens_file {}: no token in it (hint: one bearer token per line, e.g. from `openssl rand -hex 32`)",
-            path.display()
-        ));
+    let mut tokens = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        if l.contains(char::is_whitespace) {
+            return Err(format!(
+                "intake.tokens_file {} line {}: a token with whitespace in it (hint: one token per line, alone; comments go on lines of their own, starting with #)",
+                path.display(),
+                i + 1
+            ));
+        }
+        tokens.push(digest(l.as_bytes()));
     }
     Ok(tokens)
 }
@@ -54,6 +60,12 @@ impl Tokens {
             None => Vec::new(),
         };
         if let Some(p) = &path {
+            if list.is_empty() {
+                return Err(format!(
+                    "intake.tokens_file {}: no token in it (hint: one bearer token per line, e.g. from `openssl rand -hex 32`)",
+                    p.display()
+                ));
+            }
             tracing::info!(tokens = list.len(), file = %p.display(), "intake tokens read");
         }
         Ok(Tokens {
@@ -62,12 +74,18 @@ impl Tokens {
         })
     }
 
-    /// Re-reads the file; on failure the old tokens stay.
+    /// Re-reads the file. A file that cannot be read or has a bad line leaves the old
+    /// tokens; one readable with no token in it revokes them all (emptying the file is how
+    /// an operator locks every device out).
     pub fn reload(&self) {
         let Some(p) = &self.path else { return };
         match read(p) {
             Ok(list) => {
-                tracing::info!(tokens = list.len(), file = %p.display(), "intake tokens re-read");
+                if list.is_empty() {
+                    tracing::warn!(file = %p.display(), "intake tokens re-read: the file has no token, so every POST /v1/scans is now answered 401 until tokens are added and the agent gets SIGHUP again");
+                } else {
+                    tracing::info!(tokens = list.len(), file = %p.display(), "intake tokens re-read");
+                }
                 *self.list.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list);
             }
             Err(e) => tracing::error!("{e}; the tokens read before stay in force"),
@@ -128,16 +146,29 @@ mod tests {
         assert!(!t.allows(Some(&h("Bearer "))));
         assert!(!t.allows(Some(&h("Beareralpha-1"))));
         assert!(!t.allows(Some(&h("Basic alpha-1"))));
-        std::fs::write(&f, "# none left\n").unwrap();
+        // An inline comment is refused with its line, at start and on a re-read (which keeps
+        // the old tokens).
+        std::fs::write(&f, "# handhelds\nalpha-1  # tablets\n").unwrap();
+        let e = Tokens::load(Some(f.clone())).err().unwrap();
+        assert!(e.contains("line 2") && !e.contains("alpha"), "{e}");
         t.reload();
-        assert!(
-            t.allows(Some(&h("Bearer alpha-1"))),
-            "a bad re-read keeps the old tokens"
-        );
+        assert!(t.allows(Some(&h("Bearer alpha-1"))));
+        assert!(!t.allows(Some(&h("Bearer alpha-1  # tablets"))));
         std::fs::write(&f, "gamma-3\n").unwrap();
         t.reload();
         assert!(!t.allows(Some(&h("Bearer alpha-1"))));
         assert!(t.allows(Some(&h("Bearer gamma-3"))));
+        // A file emptied of tokens denies every request (at start it is an error).
+        std::fs::write(&f, "# none left\n").unwrap();
+        t.reload();
+        assert!(!t.allows(Some(&h("Bearer gamma-3"))));
+        assert!(Tokens::load(Some(f.clone())).is_err());
+        // A file that cannot be read keeps what is in force.
+        std::fs::write(&f, "delta-4\n").unwrap();
+        t.reload();
+        std::fs::remove_file(&f).unwrap();
+        t.reload();
+        assert!(t.allows(Some(&h("Bearer delta-4"))));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

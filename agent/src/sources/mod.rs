@@ -11,6 +11,7 @@ pub mod hid;
 pub mod network;
 mod port;
 pub mod relay;
+pub mod retry;
 
 use crate::config::Config;
 use crate::store::StoreHandle;
@@ -34,6 +35,34 @@ pub fn bare_sscc(code: &str, symbology: Option<&str>) -> bool {
         && code.len() == 20
         && code.starts_with("00")
         && darkleg_protocol::barcode::gs1::check_digit_ok(&code[2..])
+}
+
+/// At most one log line per period for one kind of trouble, from any thread: a floor of
+/// misconfigured handhelds must not flood the log, nor be said only once ever.
+#[derive(Default)]
+pub struct Throttle(std::sync::atomic::AtomicU64);
+
+impl Throttle {
+    /// True at the first call and then once `every` has passed since the last true.
+    pub fn due(&self, every: Duration) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        // +1: 0 means never.
+        let now = EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1;
+        let last = self.0.load(Relaxed);
+        (last == 0 || now - last.min(now) >= every.as_millis() as u64)
+            && self.0.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+    }
+}
+
+/// Says that `code` from `device` looks like an SSCC label sent without its AIM identifier,
+/// and `fix`: how to make this source send it. Callers say it once per device or listener.
+pub fn warn_bare_sscc(port: &str, device: &str, code: &str, fix: &str) {
+    tracing::warn!(port, device, code, "a scan that looks like an SSCC label came without its AIM identifier: it is stored as plain text, so no parcel, milestone or merchant route sees it — {fix}");
 }
 
 /// A port thread's end: its path, and why it could not be opened (`None`: it had opened).

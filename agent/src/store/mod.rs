@@ -37,6 +37,9 @@ pub struct StoreError {
     pub message: String,
     /// SQLITE_FULL: the disk, or the page limit `max_db_mb` sets.
     pub full: bool,
+    /// The same op would be refused again (a name conflict; the writer gone): a source
+    /// holding the scan gives up rather than retry it.
+    pub permanent: bool,
 }
 
 impl StoreError {
@@ -45,6 +48,15 @@ impl StoreError {
             context: context.into(),
             message: e.to_string(),
             full: false,
+            permanent: false,
+        }
+    }
+
+    /// A refusal that retrying cannot change.
+    pub fn permanent(context: impl Into<String>, e: impl fmt::Display) -> Self {
+        StoreError {
+            permanent: true,
+            ..StoreError::new(context, e)
         }
     }
 
@@ -55,6 +67,31 @@ impl StoreError {
             full,
             ..StoreError::new(context, e)
         }
+    }
+}
+
+/// Test-only fault: the next `n` ascii scans of a device are refused as a full outbox
+/// refuses them (per device, so tests running beside each other are not touched).
+#[cfg(test)]
+pub mod refuse_ascii {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    static NEXT: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
+
+    pub fn next(device: &str, n: u32) {
+        let mut m = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+        m.get_or_insert_with(HashMap::new).insert(device.into(), n);
+    }
+
+    pub(crate) fn take(device: &str) -> Option<super::StoreError> {
+        let mut m = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+        let left = m.as_mut()?.get_mut(device).filter(|n| **n > 0)?;
+        *left -= 1;
+        Some(super::StoreError {
+            full: true,
+            ..super::StoreError::new("ascii scan", "database or disk is full (test fault)")
+        })
     }
 }
 
@@ -228,14 +265,14 @@ impl StoreHandle {
     pub fn send_blocking(&self, op: WriteOp) -> Result<(), StoreError> {
         self.tx
             .blocking_send(op)
-            .map_err(|_| StoreError::new("writer", "stopped"))
+            .map_err(|_| StoreError::permanent("writer", "stopped"))
     }
 
     pub async fn send(&self, op: WriteOp) -> Result<(), StoreError> {
         self.tx
             .send(op)
             .await
-            .map_err(|_| StoreError::new("writer", "stopped"))
+            .map_err(|_| StoreError::permanent("writer", "stopped"))
     }
 
     /// Sends an op that answers, from a blocking thread; the receiver yields the writer's

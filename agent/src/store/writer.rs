@@ -750,11 +750,15 @@ fn apply_savepointed(
             scan,
             reply,
         } => {
+            #[cfg(test)]
+            if let Some(e) = super::refuse_ascii::take(&device) {
+                return Some(Answer::U64(reply, Err(e)));
+            }
             // A name an app on the intake already uses: its seqs and ids are the app's.
             match ops::name_taken(&sp, devices, &device, false) {
                 Ok(None) => {}
                 Ok(Some(_)) => {
-                    let e = StoreError::new(
+                    let e = StoreError::permanent(
                         "scan",
                         format!("device name {device} is an app's on the HTTP intake: give the scanner (devices map) or the app another name"),
                     );

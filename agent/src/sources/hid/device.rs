@@ -25,9 +25,9 @@ const POLL_MS: i32 = 200;
 pub fn run(ctx: &DeviceContext) -> Result<(), String> {
     // Raw, not evdev's synced stream: that one hides the kernel's SYN_DROPPED (it resyncs
     // key state instead), and the characters before and after a drop would join into one
-    // plausible code. Raw, the decoder sees the drop and spoils that scan (counted).
+    // plausible code. Raw, the decoder sees the drop: counted, the cut scan discarded.
     let mut dev = evdev::raw_stream::RawDevice::open(&ctx.path).map_err(|e| {
-        format!("cannot open: {e} (hint: the agent's user needs read access to input devices, e.g. group input or a udev rule)")
+        format!("cannot open: {e} (hint: the agent's user needs read access to input devices, e.g. group input or a udev rule; under systemd the unit also needs DeviceAllow=char-input r, as configs/darkleg.service has)")
     })?;
     // Exclusive: the scan goes to darkleg only, not also typed into a focused window.
     dev.grab().map_err(|e| {
@@ -71,10 +71,13 @@ pub fn run(ctx: &DeviceContext) -> Result<(), String> {
         if let Err(e) = intake.reap() {
             break e;
         }
+        intake.offer_again();
         intake.flush(true, false);
     };
     intake.close();
-    let _ = intake.settle();
+    if intake.settle().is_ok() {
+        intake.drain(&ctx.stop);
+    }
     intake.flush(false, true);
     tracing::info!(device = %ctx.path, "keyboard-wedge scanner closed: {why}");
     Ok(())

@@ -6,6 +6,8 @@
 //! the scan. Modifiers are reset at every Enter, so a lost Shift key-up costs at most the
 //! scan it happened in; key repeats (a lost key-up of a character key) are ignored. GS (the
 //! GS1 separator) comes as Ctrl+] (the key right of P on a US board) or Alt + keypad 0029.
+//! Lost events (SYN_DROPPED) count as one garbled scan each, and the keys up to the next
+//! Enter are dropped with it: a cut scan's tail is no scan.
 
 use crate::config::Layout;
 use std::sync::OnceLock;
@@ -210,6 +212,9 @@ pub struct Decoder {
     line: String,
     /// Why the scan being typed is already garbage (the first reason).
     bad: Option<String>,
+    /// After lost events: the keys up to the next Enter are the cut scan's tail (its
+    /// start, or its Enter, may be among the lost), never a scan of their own.
+    discarding: bool,
 }
 
 impl Decoder {
@@ -226,6 +231,7 @@ impl Decoder {
             dead: None,
             line: String::new(),
             bad: None,
+            discarding: false,
         }
     }
 
@@ -257,17 +263,22 @@ impl Decoder {
     /// it, if anything, for the caller to count — it is not a scan, and never stored.
     pub fn abandon(&mut self) -> Option<String> {
         let (line, bad) = self.reset();
-        (!line.is_empty() || bad.is_some()).then_some(line)
+        // A cut scan's tail was counted at its drop.
+        let counted = std::mem::take(&mut self.discarding);
+        (!counted && (!line.is_empty() || bad.is_some())).then_some(line)
     }
 
     /// One input event (`type`, `code`, `value` as evdev gives them); a scan or garbage when
     /// one ends.
     pub fn push(&mut self, ty: u16, code: u16, value: i32) -> Option<Output> {
         if ty == EV_SYN && code == SYN_DROPPED {
-            let (line, bad) = self.reset();
-            return (!line.is_empty() || bad.is_some()).then(|| {
-                Output::Garbage("key events lost by the kernel in the middle of a scan".into())
-            });
+            // Always a garbled scan: even with nothing typed yet, the lost events may have
+            // held a scan's start, or a whole one.
+            self.reset();
+            self.discarding = true;
+            return Some(Output::Garbage(
+                "key events lost by the kernel (SYN_DROPPED): the scan they cut is discarded up to its Enter".into(),
+            ));
         }
         if ty != EV_KEY {
             return None;
@@ -299,6 +310,9 @@ impl Decoder {
             _ if !down => {}
             KEY_ENTER | KEY_KPENTER => {
                 let (line, bad) = self.reset();
+                if std::mem::take(&mut self.discarding) {
+                    return None;
+                }
                 return Some(match bad {
                     Some(why) => Output::Garbage(why),
                     None if line.is_empty() => Output::Garbage("Enter without a scan".into()),

@@ -193,16 +193,34 @@ fn garbage_keys_spoil_only_their_scan() {
 }
 
 #[test]
-fn events_lost_by_the_kernel_drop_the_scan_in_progress() {
+fn events_lost_by_the_kernel_discard_the_cut_scan_up_to_its_enter() {
+    // "12", a drop, then the tail "34" + Enter: one garbled scan, the tail not a scan.
     let mut ev = stream(&[P(2), P(3)]);
     ev.push((EV_SYN, SYN_DROPPED, 0));
-    ev.extend(stream(&[P(4), P(KEY_ENTER)]));
+    ev.extend(stream(&[P(4), P(5), P(KEY_ENTER)]));
+    ev.extend(stream(&[P(6), P(KEY_ENTER)]));
     let out = decode(Layout::Us, &ev);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(
+        matches!(&out[0], Output::Garbage(w) if w.contains("SYN_DROPPED")),
+        "{out:?}"
+    );
+    assert_eq!(out[1], scan("5"));
+    // A drop before anything was typed is counted too (the lost events may have been a
+    // scan's start), and what follows up to Enter is discarded.
+    let mut ev = vec![(EV_SYN, SYN_DROPPED, 0)];
+    ev.extend(stream(&[P(4), P(5), P(KEY_ENTER), P(6), P(KEY_ENTER)]));
+    let out = decode(Layout::Us, &ev);
+    assert_eq!(out.len(), 2, "{out:?}");
     assert!(matches!(out[0], Output::Garbage(_)), "{out:?}");
-    assert_eq!(out[1], scan("3"));
-    // Between scans, a drop loses nothing and reports nothing.
-    let out = decode(Layout::Us, &[(EV_SYN, SYN_DROPPED, 0)]);
-    assert!(out.is_empty());
+    assert_eq!(out[1], scan("5"));
+    // Each drop counts (it may have swallowed whole scans); an unplug during the discard
+    // adds nothing more.
+    let mut d = Decoder::new(Layout::Us, 64);
+    assert!(d.push(EV_SYN, SYN_DROPPED, 0).is_some());
+    assert!(d.push(EV_SYN, SYN_DROPPED, 0).is_some());
+    assert!(d.push(EV_KEY, 4, 1).is_none());
+    assert_eq!(d.abandon(), None);
 }
 
 #[test]

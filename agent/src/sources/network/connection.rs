@@ -2,8 +2,9 @@
 //! It ends when the handheld closes it, on silence (`idle_secs`), when the agent stops, or
 //! when the listener evicts it to make room for a handheld waiting for a slot.
 
-use super::{settle, Ctx, Pending, READ_BUF};
+use super::{give_up, retry_until_stored, settle, Ctx, Pending, READ_BUF};
 use crate::config::Suffix;
+use crate::sources::retry::RetryQueue;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -118,9 +119,14 @@ pub(super) async fn connection(
     let end = ctx.cfg.suffix.end_byte();
     let mut buf = vec![0u8; READ_BUF];
     let mut line: Vec<u8> = Vec::new();
-    // Past max_line: the rest of this line is dropped up to its suffix.
+    // Past max_line: the rest of this line is dropped up to its suffix; every further
+    // max_line bytes of it count as one more discarded line (no suffix: each was scans).
     let mut skipping = false;
+    let mut skipped = 0usize;
     let mut pending: Vec<Pending> = Vec::new();
+    // Scans the store refused for now: offered again before anything more is read, so TCP
+    // flow control holds the rest in the handheld (bounded by one read).
+    let mut retry = RetryQueue::new(&ctx.port);
     // Once closing: what already sits in the socket (or, after an eviction's FIN, arrives
     // within EVICT_LINGER) is read and committed before the close — the handheld counted
     // it sent.
@@ -180,19 +186,35 @@ pub(super) async fn connection(
                 line.push(b);
                 // +1: the CR of a CRLF is still in the line until the LF comes.
                 if line.len() > ctx.cfg.max_line + 1 {
-                    ctx.reject(format!(
-                        "line longer than max_line ({}) from {device}: skipped to its end",
-                        ctx.cfg.max_line
-                    ));
+                    ctx.overrun(&device);
                     line.clear();
                     skipping = true;
+                    skipped = 0;
+                }
+            } else {
+                skipped += 1;
+                if skipped > ctx.cfg.max_line {
+                    ctx.overrun(&device);
+                    skipped = 0;
                 }
             }
         }
-        if settle(ctx, &mut pending).await.is_err() {
+        if settle(ctx, &mut pending, &mut retry).await.is_err() {
             break "store writer stopped".to_string();
         }
+        if !matches!(closing, Some(Closing::Stopping)) {
+            match retry_until_stored(ctx, &mut retry, &mut stop).await {
+                Ok(true) => {}
+                Ok(false) => closing = Some(Closing::Stopping),
+                Err(()) => break "store writer stopped".to_string(),
+            }
+        }
     };
+    give_up(
+        ctx,
+        &mut retry,
+        &format!("connection from {device} closing ({why})"),
+    );
     // A `cr` listener fed CRLF holds the last line's LF: that is the end of a scan, not a
     // torn one.
     let lf_after_cr = ctx.cfg.suffix == Suffix::Cr && line == b"\n";

@@ -7,7 +7,9 @@
 //! one read (at most [`READ_BUF`] bytes) per connection; the rest waits in the kernel's
 //! receive buffer (fixed at [`RECV_BUF`] for TCP, so it does not grow by autotuning), where
 //! TCP flow control stops the handheld when it is full. A gateway that dies loses what was in
-//! those buffers and on the wire. Past `max_connections`, connections wait for a slot; an
+//! those buffers and on the wire. A scan the store refuses for now is held and offered again
+//! with backoff ([`super::retry`]): the connection is not read meanwhile; a UDP listener reads
+//! on and holds up to a bound. Past `max_connections`, connections wait for a slot; an
 //! open one silent for `evict_idle_secs` is evicted for a waiting one (see [`connection`]).
 //! Garbage (control bytes, invalid UTF-8, empty or over-long
 //! lines) is counted on the listener's row in the ports table and never stored.
@@ -16,6 +18,7 @@ mod connection;
 pub mod load;
 
 use super::ascii_device;
+use super::retry::RetryQueue;
 use crate::config::{NetworkScanner, Transport};
 use crate::store::{AsciiScan, PortReport, StoreError, StoreHandle, WriteOp};
 use connection::{connection, Seen};
@@ -77,6 +80,7 @@ struct Ctx {
     counters: Mutex<PortReport>,
     /// Warned once that its handhelds send GS1 labels without their AIM identifier.
     bare_gs1_warned: std::sync::atomic::AtomicBool,
+    overrun_warned: super::Throttle,
 }
 
 impl Ctx {
@@ -93,6 +97,19 @@ impl Ctx {
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         c.rejected += 1;
         c.last_reject = Some(why);
+    }
+
+    /// A line ran past `max_line` without its suffix: discarded and counted, and said at
+    /// WARN (once a minute) — a handheld sending no suffix makes every scan one.
+    fn overrun(&self, device: &str) {
+        let max_line = self.cfg.max_line;
+        self.reject(format!(
+            "line longer than max_line ({max_line}) from {device}: skipped to its end"
+        ));
+        if self.overrun_warned.due(Duration::from_secs(60)) {
+            tracing::warn!(port = %self.port, device, max_line, suffix = ?self.cfg.suffix,
+                "a line ran past max_line without its suffix: discarded and counted as rejected, and so is every further max_line bytes of it. Most likely the handheld sends no suffix (DataWedge: IP Output's Basic Data Formatting, \"Send ENTER key\" off) or another one than this listener's `suffix`; said at most once a minute");
+        }
     }
 
     /// Sends the counters accumulated since the last report (or only the connected state).
@@ -148,36 +165,55 @@ impl Ctx {
         if super::bare_sscc(&scan.code, scan.symbology.as_deref())
             && !self.bare_gs1_warned.swap(true, Relaxed)
         {
-            tracing::warn!(port = %self.port, device, code = %scan.code, "a scan that looks like an SSCC label came without its AIM identifier: it is stored as plain text, so no parcel, milestone or merchant route sees it — set the handhelds' Code ID Type to AIM (DataWedge: the barcode input); said once per listener");
+            super::warn_bare_sscc(&self.port, device, &scan.code, "set the handhelds' Code ID Type to AIM (DataWedge: the barcode input); said once per listener");
         }
-        let code = scan.code.clone();
         self.counters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .frames += 1;
+        Some(self.store_scan(device.to_string(), scan).await)
+    }
+
+    /// Hands a scan to the writer (again, for a retry: with its original received_at).
+    async fn store_scan(&self, device: String, scan: AsciiScan) -> Pending {
+        let kept = scan.clone();
         let rx = self
             .store
             .request(|reply| WriteOp::Ascii {
-                device: device.to_string(),
+                device: device.clone(),
                 port: self.port.clone(),
                 scan,
                 reply,
             })
             .await;
-        Some((device.to_string(), code, rx))
+        (device, kept, rx)
     }
 }
 
-/// A scan handed to the writer: its device, its code, the writer's answer.
-type Pending = (String, String, oneshot::Receiver<Result<u64, StoreError>>);
+/// A scan handed to the writer: its device, the scan (to offer again), the writer's answer.
+type Pending = (
+    String,
+    AsciiScan,
+    oneshot::Receiver<Result<u64, StoreError>>,
+);
 
-/// Waits until every submitted scan is durable. A handheld cannot be asked to resend, so a
-/// scan the store refused is logged loudly with its code, for someone to rescan.
-async fn settle(ctx: &Ctx, pending: &mut Vec<Pending>) -> Result<(), ()> {
-    for (device, code, rx) in pending.drain(..) {
+/// Waits until every submitted scan has its answer. A handheld cannot be asked to resend:
+/// a scan the store refused for now is held in `retry` to be offered again; only a
+/// permanent refusal, or one past the queue's bound, is logged loudly and counted.
+async fn settle(ctx: &Ctx, pending: &mut Vec<Pending>, retry: &mut RetryQueue) -> Result<(), ()> {
+    for (device, scan, rx) in pending.drain(..) {
         match rx.await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => retry.stored(),
+            Ok(Err(e)) if !e.permanent => {
+                if !retry.keep(device.clone(), scan.clone(), &e) {
+                    ctx.reject(format!(
+                        "scan {} from {device} NOT stored (retry queue full), rescan it: {e}",
+                        scan.code
+                    ));
+                }
+            }
             Ok(Err(e)) => {
+                let code = scan.code;
                 tracing::error!(port = %ctx.port, device = %device, code = %code, "scan NOT stored, rescan it: {e}");
                 ctx.reject(format!(
                     "scan {code} from {device} NOT stored, rescan it: {e}"
@@ -187,6 +223,45 @@ async fn settle(ctx: &Ctx, pending: &mut Vec<Pending>) -> Result<(), ()> {
         }
     }
     Ok(())
+}
+
+/// Offers the held scans again once due; their answers go through [`settle`].
+async fn offer_again(ctx: &Ctx, retry: &mut RetryQueue) -> Result<(), ()> {
+    let mut pending = Vec::new();
+    for (device, scan) in retry.take_due() {
+        pending.push(ctx.store_scan(device, scan).await);
+    }
+    settle(ctx, &mut pending, retry).await
+}
+
+/// Until every held scan is stored (`Ok(true)`) or the agent stops (`Ok(false)`).
+async fn retry_until_stored(
+    ctx: &Ctx,
+    retry: &mut RetryQueue,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<bool, ()> {
+    while let Some(due) = retry.due() {
+        if *stop.borrow() {
+            return Ok(false);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(due.into()) => offer_again(ctx, retry).await?,
+            r = stop.changed() => if r.is_err() { return Ok(false) },
+        }
+    }
+    Ok(true)
+}
+
+/// What is still held when a connection or listener ends is lost: logged, counted.
+fn give_up(ctx: &Ctx, retry: &mut RetryQueue, why: &str) {
+    let n = retry.give_up(why);
+    if n > 0 {
+        let mut c = ctx.counters.lock().unwrap_or_else(|e| e.into_inner());
+        c.rejected += n as u64;
+        c.last_reject = Some(format!(
+            "{n} scans the store refused were NOT stored by the stop"
+        ));
+    }
 }
 
 /// Serves one listener until `stop` turns true.
@@ -204,6 +279,7 @@ pub async fn run(
         store,
         counters: Mutex::new(PortReport::default()),
         bare_gs1_warned: Default::default(),
+        overrun_warned: Default::default(),
     });
     tracing::info!(port = %ctx.port, station = %ctx.cfg.station_name, "network scanner listening");
     ctx.flush(true, true).await;
@@ -394,10 +470,20 @@ async fn serve_udp(ctx: &Arc<Ctx>, sock: UdpSocket, mut stop: watch::Receiver<bo
     let mut buf = vec![0u8; ctx.cfg.max_line + 3];
     let mut tick = tokio::time::interval(REPORT_EVERY);
     let mut pending: Vec<Pending> = Vec::new();
+    // Datagrams are read on while refused scans wait here: holding the socket unread would
+    // have the kernel drop what arrives once its buffer is full.
+    let mut retry = RetryQueue::new(&ctx.port);
     while !*stop.borrow() {
+        let due = retry.due();
         let first = tokio::select! {
             r = sock.recv_from(&mut buf) => r,
             _ = tick.tick() => { ctx.flush(true, false).await; continue; }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => {
+                if offer_again(ctx, &mut retry).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             _ = stop.changed() => break,
         };
         let mut next = Some(first);
@@ -424,8 +510,9 @@ async fn serve_udp(ctx: &Arc<Ctx>, sock: UdpSocket, mut stop: watch::Receiver<bo
         }
         // One commit for the whole batch before more is read: datagrams that arrive meanwhile
         // wait in the socket buffer (the kernel drops them when it is full).
-        if settle(ctx, &mut pending).await.is_err() {
+        if settle(ctx, &mut pending, &mut retry).await.is_err() {
             break;
         }
     }
+    give_up(ctx, &mut retry, "listener stopping");
 }
