@@ -74,7 +74,7 @@ fn rate(r: Option<f64>) -> String {
 
 /// Renders the report as text, or as JSON rows.
 pub fn run(config: &Config, json_out: bool) -> Result<String, String> {
-    let reader = Reader::open(&config.db_path()).map_err(|e| e.to_string())?;
+    let reader = Reader::open_durable(&config.db_path()).map_err(|e| e.to_string())?;
     let parcels = reader.all_parcels().map_err(|e| e.to_string())?;
     let alerts_open = reader.all_open_alerts().map_err(|e| e.to_string())?.len();
     let mut rows = Vec::new();

@@ -146,7 +146,7 @@ fn pct(s: &str) -> String {
 
 /// Writes the document; returns how many events it holds.
 pub fn export(config: &Config, opts: &ExportOptions) -> Result<u64, String> {
-    let reader = Reader::open(&config.db_path()).map_err(|e| e.to_string())?;
+    let reader = Reader::open_durable(&config.db_path()).map_err(|e| e.to_string())?;
     let since = opts.since_ms.unwrap_or(0);
     let until = opts.until_ms.unwrap_or(u64::MAX / 2);
     let total = reader

@@ -210,10 +210,21 @@ impl StoreHandle {
         let checkpoint =
             checkpoint::start(&path, config.store.synchronous, hold_checkpoints.clone())
                 .map_err(|e| StoreError::new("starting the checkpointer", e))?;
+        let sync = pipelined_sync(&conn, config)?;
+        if sync.is_some() {
+            // A previous run killed between a commit and its sync: synced before any sink
+            // reads up to the head.
+            syncer::sync_leftover(&path)
+                .map_err(|e| StoreError::new("syncing the WAL left by the last run", e))?;
+        }
         let (committed_tx, committed) = watch::channel(max_row);
-        let syncer = syncer::Syncer::start(pipelined_sync(&conn, config)?, committed_tx)
-            .map_err(|e| StoreError::new("starting the sync thread", e))?;
         let (tx, rx) = mpsc::channel(16_384);
+        let failure = syncer::Failure {
+            hold_checkpoints: hold_checkpoints.clone(),
+            wake: tx.downgrade(),
+        };
+        let syncer = syncer::Syncer::start(sync, committed_tx, failure)
+            .map_err(|e| StoreError::new("starting the sync thread", e))?;
         let w = writer::Writer {
             conn,
             router,
@@ -566,6 +577,15 @@ impl Reader {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(|e| StoreError::new("busy_timeout", e))?;
         Ok(Reader { conn })
+    }
+
+    /// A reader on one snapshot that is all on disk, for what leaves the gateway outside the
+    /// sinks (an EPCIS export, a report): the running agent's commits are visible to readers
+    /// before their sync returns (see `syncer`). Holds its snapshot until dropped.
+    pub fn open_durable(path: &Path) -> Result<Reader, StoreError> {
+        let r = Reader::open(path)?;
+        syncer::pin_durable(&r.conn, path)?;
+        Ok(r)
     }
 
     /// Up to `limit` events owed to `upstream` after `after_row`, in outbox order.

@@ -23,7 +23,7 @@
 
 use super::writer::Answer;
 use super::StoreError;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use tokio::sync::watch;
@@ -76,7 +76,11 @@ impl Pending {
 impl Syncer {
     /// `sync` makes everything committed so far durable; `None` when SQLite's commit already
     /// did (`synchronous = "normal"`, or a journal that is not a WAL).
-    pub fn start(sync: Option<SyncFn>, committed: watch::Sender<i64>) -> std::io::Result<Syncer> {
+    pub fn start(
+        sync: Option<SyncFn>,
+        committed: watch::Sender<i64>,
+        on_failure: Failure,
+    ) -> std::io::Result<Syncer> {
         let (tx, rx) = mpsc::channel();
         let syncs = sync.is_some();
         let failed = Arc::new(AtomicBool::new(false));
@@ -92,7 +96,7 @@ impl Syncer {
         };
         let thread = std::thread::Builder::new()
             .name("store-sync".into())
-            .spawn(move || run(rx, sync, &committed, &flag, &count, &timing))?;
+            .spawn(move || run(rx, sync, &committed, &flag, &count, &timing, &on_failure))?;
         Ok(Syncer {
             tx: Some(tx),
             thread: Some(thread),
@@ -123,8 +127,13 @@ impl Syncer {
     }
 
     /// Whether every handed group has been answered, waiting up to `wait` for it: a sync is
-    /// running meanwhile, and a commit now would only queue behind it.
+    /// running meanwhile, and a commit now would only queue behind it. A thread that is gone
+    /// (it never panics on purpose) answers nothing more: that is a failure, not a wait.
     pub fn idle_within(&self, wait: std::time::Duration) -> bool {
+        if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+            self.failed.store(true, Relaxed);
+            return true;
+        }
         let n = self.pending.n.lock().unwrap_or_else(|e| e.into_inner());
         if *n == 0 {
             return true;
@@ -180,6 +189,7 @@ fn run(
     failed: &AtomicBool,
     pending: &Pending,
     timing: &Timing,
+    on_failure: &Failure,
 ) {
     let mut groups = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -196,12 +206,21 @@ fn run(
             match (&mut sync, wrote) {
                 (Some(sync), true) => timed(sync, timing).map_err(|e| {
                     failed.store(true, Relaxed);
+                    // Nothing more may be copied into the database from a WAL with a hole
+                    // the page cache hides; the writer must stop even if idle.
+                    on_failure.hold_checkpoints.store(true, Relaxed);
                     let err = StoreError::new("syncing the WAL to disk", e);
                     tracing::error!(
                         "{err}: what was committed since the last sync may not be on disk; \
                          its scans are refused and the agent stops so it restarts from what the \
                          disk holds (check the disk: dmesg, SMART, a worn SD card)"
                     );
+                    if let Some(tx) = on_failure.wake.upgrade() {
+                        let _ = tx.try_send(super::WriteOp::Incident {
+                            kind: "wal_sync_failed",
+                            detail: err.to_string(),
+                        });
+                    }
                     err
                 }),
                 _ => Ok(()),
@@ -226,6 +245,13 @@ fn run(
     }
 }
 
+/// What a failed sync sets off beyond refusing: checkpoints held (the store's flag) and the
+/// writer woken (a weak sender: the syncer must not keep the writer's queue open).
+pub(super) struct Failure {
+    pub hold_checkpoints: Arc<AtomicBool>,
+    pub wake: tokio::sync::mpsc::WeakSender<super::WriteOp>,
+}
+
 /// The last sync's duration and end, for the writer's gathering.
 struct Timing {
     took: Arc<AtomicU64>,
@@ -245,13 +271,21 @@ fn timed(sync: &mut SyncFn, timing: &Timing) -> std::io::Result<()> {
     r
 }
 
+/// The WAL file SQLite writes beside `db`: beside the file a symlink names, not the link.
+fn wal_path(db: &Path) -> PathBuf {
+    let db = std::fs::canonicalize(db).unwrap_or_else(|_| db.to_path_buf());
+    let mut path = db.into_os_string();
+    path.push("-wal");
+    PathBuf::from(path)
+}
+
 /// Syncs the WAL file beside `db` through a descriptor of its own, reopened whenever the
 /// path names a different file than the one open (SQLite deletes the WAL when its last
 /// connection closes). Linux flushes a file's dirty pages whichever descriptor wrote them.
-pub(super) fn wal_sync(db: &std::path::Path) -> SyncFn {
-    let mut path = db.as_os_str().to_owned();
-    path.push("-wal");
-    let path = PathBuf::from(path);
+/// After a failed sync the kernel may keep the unwritten pages as clean cache, which a
+/// restart would read as committed frames: they are dropped, so it reads the disk.
+pub(super) fn wal_sync(db: &Path) -> SyncFn {
+    let path = wal_path(db);
     let mut open: Option<std::fs::File> = None;
     Box::new(move || {
         use std::os::unix::fs::MetadataExt;
@@ -266,8 +300,41 @@ pub(super) fn wal_sync(db: &std::path::Path) -> SyncFn {
         if !same {
             open = Some(std::fs::File::open(&path)?);
         }
-        open.as_ref().expect("opened above").sync_data()
+        let file = open.as_ref().expect("opened above");
+        file.sync_data().inspect_err(|_| drop_cache(file))
     })
+}
+
+fn drop_cache(file: &std::fs::File) {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    use std::os::fd::AsRawFd;
+    if let Err(e) = posix_fadvise(
+        file.as_raw_fd(),
+        0,
+        0,
+        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    ) {
+        tracing::error!("store: could not drop the WAL's cached pages after a failed sync: {e}");
+    }
+}
+
+/// At start-up, under the syncer: what a previous run committed and never synced (it was
+/// killed between the two) is synced before any sink may read it. No WAL: nothing to sync.
+pub(super) fn sync_leftover(db: &Path) -> std::io::Result<()> {
+    if !wal_path(db).exists() {
+        return Ok(());
+    }
+    wal_sync(db)()
+}
+
+/// A durable read snapshot for a tool beside the running agent (an export, a report): the
+/// snapshot is pinned first, then the WAL synced, so everything the snapshot holds is on
+/// disk — under the syncer a reader can see commits whose sync is still running.
+pub(super) fn pin_durable(conn: &rusqlite::Connection, db: &Path) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN")
+        .and_then(|()| conn.query_row("SELECT count(*) FROM store_info", [], |_| Ok(())))
+        .map_err(|e| StoreError::new("pinning a read snapshot", e))?;
+    sync_leftover(db).map_err(|e| StoreError::new("syncing the WAL before reading", e))
 }
 
 #[cfg(test)]
@@ -294,6 +361,14 @@ mod tests {
                 Ok(())
             }
         })
+    }
+
+    fn failure() -> Failure {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        Failure {
+            hold_checkpoints: Arc::new(AtomicBool::new(false)),
+            wake: tx.downgrade(),
+        }
     }
 
     fn open(gate: &Gate) {
@@ -329,7 +404,7 @@ mod tests {
         let gate: Gate = Default::default();
         let calls = Arc::new(Mutex::new(0));
         let (wtx, wrx) = watch::channel(0);
-        let s = Syncer::start(Some(gated(&gate, &calls, false)), wtx).unwrap();
+        let s = Syncer::start(Some(gated(&gate, &calls, false)), wtx, failure()).unwrap();
         let (g1, mut r1) = group(5);
         let (g2, mut r2) = group(9);
         s.hand(g1);
@@ -364,7 +439,13 @@ mod tests {
         open(&gate);
         let calls = Arc::new(Mutex::new(0));
         let (wtx, wrx) = watch::channel(3);
-        let s = Syncer::start(Some(gated(&gate, &calls, true)), wtx).unwrap();
+        let hold = Arc::new(AtomicBool::new(false));
+        let (wake, mut woken) = tokio::sync::mpsc::channel(1);
+        let on_failure = Failure {
+            hold_checkpoints: hold.clone(),
+            wake: wake.downgrade(),
+        };
+        let s = Syncer::start(Some(gated(&gate, &calls, true)), wtx, on_failure).unwrap();
         let (g1, mut r1) = group(5);
         s.hand(g1);
         let e = wait_answer(&mut r1).unwrap_err();
@@ -379,12 +460,47 @@ mod tests {
             1,
             "no sync is trusted after a failed one"
         );
+        // The WAL's hole is never checkpointed, and an idle writer is woken to stop.
+        assert!(hold.load(Relaxed));
+        assert!(matches!(
+            woken.try_recv(),
+            Ok(super::super::WriteOp::Incident {
+                kind: "wal_sync_failed",
+                ..
+            })
+        ));
+        assert!(s.idle_within(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_gone_sync_thread_is_a_failure_not_a_wait() {
+        let (wtx, _wrx) = watch::channel(0);
+        let mut s = Syncer::start(None, wtx, failure()).unwrap();
+        s.stop();
+        assert!(s.idle_within(Duration::from_secs(5)));
+        assert!(s.failed(), "a writer waiting on it would spin forever");
+    }
+
+    #[test]
+    fn a_snapshot_for_tools_is_synced_and_a_missing_wal_is_nothing_to_sync() {
+        let dir = std::env::temp_dir().join(format!("darkleg-pin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("p.db");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE store_info(id INTEGER)")
+            .unwrap();
+        assert!(!wal_path(&db).exists());
+        sync_leftover(&db).unwrap();
+        let reader = rusqlite::Connection::open(&db).unwrap();
+        pin_durable(&reader, &db).unwrap();
+        assert!(!reader.is_autocommit(), "the snapshot stays pinned");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn without_a_sync_answers_go_in_order_at_once() {
         let (wtx, wrx) = watch::channel(0);
-        let mut s = Syncer::start(None, wtx).unwrap();
+        let mut s = Syncer::start(None, wtx, failure()).unwrap();
         let (g, mut r) = group(4);
         s.hand(g);
         assert_eq!(wait_answer(&mut r).unwrap(), 4);

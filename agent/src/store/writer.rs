@@ -223,7 +223,7 @@ const GATHER_GAP: std::time::Duration = std::time::Duration::from_micros(300);
 const GATHER_POLL: std::time::Duration = std::time::Duration::from_micros(50);
 const GATHER_MAX: std::time::Duration = std::time::Duration::from_millis(5);
 /// How often a batch waiting for the last commit's sync looks for new ops to join it.
-const JOIN_POLL: std::time::Duration = std::time::Duration::from_micros(100);
+const JOIN_POLL: std::time::Duration = std::time::Duration::from_micros(250);
 
 fn slow_disk(commit_took: std::time::Duration) -> bool {
     commit_took >= SLOW_COMMIT
@@ -251,6 +251,10 @@ impl Writer {
                     .block_on(async { tokio::time::timeout(RETRY_EVERY, rx.recv()).await })
                     .ok()
             };
+            // The ops taken are refused by their dropped replies.
+            if self.stopped_by_failed_sync() {
+                break;
+            }
             match next {
                 Some(Some(op)) => batch.push(op),
                 Some(None) => {
@@ -280,9 +284,7 @@ impl Writer {
             self.apply_batch(&mut batch, Some(&mut rx));
             faults::trouble::writer_idle();
             commit_took = started.elapsed();
-            if self.syncer.failed() {
-                // Logged by the syncer. Ending the thread ends the agent (exit 70).
-                tracing::error!("store writer: stopping after a failed sync of the WAL");
+            if self.stopped_by_failed_sync() {
                 break;
             }
         }
@@ -291,6 +293,16 @@ impl Writer {
         self.syncer.stop();
         self.checkpoint.stop();
         self.hold_if_damaged();
+    }
+
+    /// A sync of the WAL failed (the syncer logged it): the writer ends, which ends the
+    /// agent (exit 70), with checkpoints held so the WAL's hole is never copied in.
+    fn stopped_by_failed_sync(&self) -> bool {
+        let failed = self.syncer.failed();
+        if failed {
+            tracing::error!("store writer: stopping after a failed sync of the WAL");
+        }
+        failed
     }
 
     /// After the check's verdict of damage: no autocheckpoint, none on close; new commits
@@ -544,6 +556,15 @@ impl Writer {
         } else {
             Ok(())
         };
+        // A sync that failed meanwhile: this commit could only follow frames that may not be
+        // on disk; it is rolled back and refused.
+        let committed = committed.and_then(|()| match self.syncer.failed() {
+            false => Ok(()),
+            true => Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                Some("an earlier sync of the WAL failed".into()),
+            )),
+        });
         let committed = committed
             .and_then(|_| self.devices.flush(&tx))
             .and_then(|_| {
