@@ -545,3 +545,77 @@ fn a_bare_sscc_is_warned_about_once_per_device() {
         tail(&rig.log, 20)
     );
 }
+
+/// A handheld posting on one keep-alive connection never lets it idle into the head timeout:
+/// at SIGTERM the connection answers what it has in hand and closes, and the agent stops
+/// cleanly at once — it waited out the connection's whole 60 s lifetime before (systemd's
+/// 30 s stop timeout then killed it).
+#[test]
+fn a_stop_closes_busy_keep_alive_connections_and_exits_cleanly() {
+    let (rig, http) = rig("intake-stop", "");
+    let mut agent = rig.start_agent();
+    wait_serving(http);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (flag, count) = (stop.clone(), answered.clone());
+    let poster = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 4096];
+        for seq in 1u64.. {
+            if flag.load(Ordering::Relaxed) {
+                break;
+            }
+            let body =
+                json!({"device":"keepalive-1","seq":seq,"code":format!("KA{seq}"),"step":"pack"})
+                    .to_string();
+            let req = format!(
+                "POST /v1/scans HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(req.as_bytes()).is_err() {
+                break;
+            }
+            // The whole answer (head, then Content-Length bytes); end of stream is the
+            // gateway closing.
+            let mut got = Vec::new();
+            let complete = loop {
+                match s.read(&mut buf) {
+                    Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                    _ => break false,
+                }
+                let text = String::from_utf8_lossy(&got).to_string();
+                let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                    continue;
+                };
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+                    break true;
+                }
+            };
+            if !complete {
+                break;
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert!(wait_until(Duration::from_secs(10), || answered
+        .load(Ordering::Relaxed)
+        >= 5));
+    let t = std::time::Instant::now();
+    let status = agent.stop().expect("the agent was running");
+    let took = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    poster.join().unwrap();
+    assert!(status.success(), "a clean stop, not a kill: {status:?}");
+    assert!(took < Duration::from_secs(8), "stopped after {took:?}");
+}

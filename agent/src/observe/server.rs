@@ -62,20 +62,25 @@ pub async fn run(
             }
             continue;
         };
-        let (app, tls) = (app.clone(), tls.clone());
+        let (app, tls, stop) = (app.clone(), tls.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            connection(sock, app, tls).await;
+            connection(sock, app, tls, stop).await;
         });
     }
 }
 
-async fn connection(sock: TcpStream, app: Router, tls: Option<TlsAcceptor>) {
+async fn connection(
+    sock: TcpStream,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+) {
     let _ = sock.set_nodelay(true);
     match tls {
-        None => serve_io(TokioIo::new(sock), app).await,
+        None => serve_io(TokioIo::new(sock), app, stop).await,
         Some(acceptor) => match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(sock)).await {
-            Ok(Ok(s)) => serve_io(TokioIo::new(s), app).await,
+            Ok(Ok(s)) => serve_io(TokioIo::new(s), app, stop).await,
             Ok(Err(e)) => tls_failed(&format!("{e}")),
             Err(_) => tls_failed("timed out"),
         },
@@ -100,7 +105,10 @@ fn tls_failed(why: &str) {
     }
 }
 
-async fn serve_io<I>(io: I, app: Router)
+/// Serves one connection until it ends, its [`LIFETIME`] is up or the agent stops: then
+/// the request in hand is answered and the connection closed — a keep-alive handheld posting
+/// on must not hold the store (and the agent's stop) open.
+async fn serve_io<I>(io: I, app: Router, stop: watch::Receiver<bool>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -122,7 +130,16 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(DRAIN, conn).await;
         }
+        () = stopping(stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN, conn).await;
+        }
     }
+}
+
+/// Returns once the agent is stopping (at once if it already is).
+async fn stopping(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
 /// Binds `listen` now, so a taken port is a start-up error, not a silent missing page.
