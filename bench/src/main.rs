@@ -47,6 +47,7 @@ struct Args {
     thingsboard: Option<PathBuf>,
     /// Seconds of the steady 1,000 scans/s.
     steady_secs: u64,
+    windows: Vec<u8>,
 }
 
 impl Args {
@@ -74,6 +75,15 @@ impl Args {
             quick,
             thingsboard: value("--peer-thingsboard").map(PathBuf::from),
             steady_secs: if quick { 5 } else { 10 },
+            // `--only slowfsync --windows 64,128,255`: the scanners' windows to try.
+            windows: value("--windows").map_or(vec![64, 255], |v| {
+                v.split(',')
+                    .map(|w| {
+                        w.parse()
+                            .unwrap_or_else(|_| panic!("--windows {v}: 1..=255 each"))
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -88,10 +98,11 @@ fn only(args: &Args, phase: &str) -> bool {
             json!({"events_per_s": rate, "with_upstream_up_per_s": up, "ack_p50_ms": p50, "ack_p99_ms": p99})
         }
         "ascii" => ingest::ascii_ingest(per),
-        "slowfsync" => json!([
-            storage::slow_fsync_ingest(per, 10, 64),
-            storage::slow_fsync_ingest(per, 10, 255)
-        ]),
+        "slowfsync" => json!(args
+            .windows
+            .iter()
+            .map(|&w| storage::slow_fsync_ingest(per, 10, w))
+            .collect::<Vec<_>>()),
         "growth" => growth::growth(&growth::sizes(args.quick)),
         "intake" => json!([
             intake::intake_load(8, 100, 100, 1000, 1000, 10),
