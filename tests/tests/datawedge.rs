@@ -433,22 +433,29 @@ fn tcp_and_udp_scans_arrive_with_their_step_and_device_and_garbage_is_counted() 
     drop((open, queued, again, late, later, silent, busy, third));
 }
 
+/// A rig with one TCP listener at a pack station (`more` is added to its table), started
+/// and shown connected; with its port and its name on the status page.
+fn one_pack_listener(name: &str, more: &str) -> (Rig, Agent, u16, String) {
+    let (tcp, http) = (free_port().unwrap(), free_port().unwrap());
+    let extra = format!(
+        "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[network_scanner]]\nlisten = \"127.0.0.1:{tcp}\"\nstation = \"pack\"\n{more}"
+    );
+    let rig = Rig::with_store(name, &[], &extra);
+    let agent = rig.start_agent();
+    let row = format!("tcp://127.0.0.1:{tcp}");
+    assert!(wait_until(Duration::from_secs(20), || port_row(
+        &rig.config,
+        &row
+    )["connected"]
+        == true));
+    (rig, agent, tcp, row)
+}
+
 /// A `cr` listener fed CRLF (a handheld's suffix set one way, the gateway's the other): every
 /// scan is stored once, and the last line's LF is no torn line when the handheld hangs up.
 #[test]
 fn a_cr_listener_takes_crlf_lines_and_a_close_after_one_is_no_torn_line() {
-    let (tcp, http) = (free_port().unwrap(), free_port().unwrap());
-    let extra = format!(
-        "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[network_scanner]]\nlisten = \"127.0.0.1:{tcp}\"\nstation = \"pack\"\nsuffix = \"cr\"\n"
-    );
-    let rig = Rig::with_store("datawedge-cr", &[], &extra);
-    let _agent = rig.start_agent();
-    let name = format!("tcp://127.0.0.1:{tcp}");
-    assert!(wait_until(Duration::from_secs(20), || port_row(
-        &rig.config,
-        &name
-    )["connected"]
-        == true));
+    let (rig, _agent, tcp, name) = one_pack_listener("datawedge-cr", "suffix = \"cr\"\n");
     let codes = ["JJD0000000001", "JJD0000000002", "JJD0000000003"];
     {
         let mut s = connect(tcp);
@@ -483,18 +490,7 @@ fn a_cr_listener_takes_crlf_lines_and_a_close_after_one_is_no_torn_line() {
 /// rejected, the cause is said at WARN once, and the next properly ended line is stored.
 #[test]
 fn lines_without_the_suffix_are_each_counted_and_warned_about_once() {
-    let (tcp, http) = (free_port().unwrap(), free_port().unwrap());
-    let extra = format!(
-        "[http]\nlisten = \"127.0.0.1:{http}\"\n\n[[network_scanner]]\nlisten = \"127.0.0.1:{tcp}\"\nstation = \"pack\"\nmax_line = 64\n"
-    );
-    let rig = Rig::with_store("datawedge-nosuffix", &[], &extra);
-    let _agent = rig.start_agent();
-    let name = format!("tcp://127.0.0.1:{tcp}");
-    assert!(wait_until(Duration::from_secs(20), || port_row(
-        &rig.config,
-        &name
-    )["connected"]
-        == true));
+    let (rig, _agent, tcp, name) = one_pack_listener("datawedge-nosuffix", "max_line = 64\n");
     let mut s = connect(tcp);
     // 20 scans of 20 bytes ended by CR on an LF listener: 420 bytes without an LF. The
     // first overrun comes at byte 66 (the line may hold a CR more), then one per 65 bytes

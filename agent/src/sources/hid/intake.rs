@@ -376,19 +376,11 @@ mod tests {
         drop(intake);
         drop(store);
         writer.join().unwrap();
-        let reader = crate::store::Reader::open(&config.db_path()).unwrap();
-        let rows = reader.pending("a", 0, 100).unwrap();
-        let scans: Vec<_> = rows
-            .iter()
-            .filter_map(|p| match &p.item {
-                crate::store::Item::Event(e, _) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let scans = stored_scans(&config);
         let codes: Vec<&str> = scans.iter().map(|e| e.code.as_str()).collect();
         assert_eq!(codes, ["00340434161094042557", "00340434161094042564"]);
         // Their original receive time, not the time they were finally stored.
-        let received = |e: &&darkleg_protocol::ScanEvent| e.received_at_ms;
+        let received = |e: &darkleg_protocol::ScanEvent| e.received_at_ms;
         assert!(
             scans
                 .iter()
@@ -397,6 +389,18 @@ mod tests {
             "{scans:?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The scans the store holds for upstream `a`, in outbox order.
+    fn stored_scans(config: &Config) -> Vec<darkleg_protocol::ScanEvent> {
+        let reader = crate::store::Reader::open(&config.db_path()).unwrap();
+        let rows = reader.pending("a", 0, 100).unwrap();
+        rows.into_iter()
+            .filter_map(|p| match p.item {
+                crate::store::Item::Event(e, _) => Some(e),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
@@ -443,15 +447,7 @@ mod tests {
         drop(store);
         writer.join().unwrap();
 
-        let reader = crate::store::Reader::open(&config.db_path()).unwrap();
-        let rows = reader.pending("a", 0, 100).unwrap();
-        let scans: Vec<_> = rows
-            .iter()
-            .filter_map(|p| match &p.item {
-                crate::store::Item::Event(e, _) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let scans = stored_scans(&config);
         let codes: Vec<&str> = scans.iter().map(|e| e.code.as_str()).collect();
         assert_eq!(codes, ["00340434161094042557", "00340434161094042564"]);
         assert!(scans.iter().all(|e| e.device == "gw-01:hid-x"
@@ -462,7 +458,10 @@ mod tests {
             scans[0].seq + 1,
             "the gateway numbers them in turn"
         );
-        let status = reader.status().unwrap();
+        let status = crate::store::Reader::open(&config.db_path())
+            .unwrap()
+            .status()
+            .unwrap();
         let p = status.ports.iter().find(|p| p.port == port).unwrap();
         assert_eq!((p.frames, p.rejected, p.protocol.as_str()), (2, 3, "hid"));
         assert!(
