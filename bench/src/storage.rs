@@ -6,7 +6,6 @@
 use super::{durable_ingest_with, scratch};
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::Command;
 
 /// Where the agent's fsyncs went during a run, from the shim's log.
 #[derive(Default)]
@@ -42,26 +41,11 @@ fn read_log(log: &Path) -> Syncs {
     s
 }
 
-/// Builds the shim with the system's cc; `None` without one.
-fn build_shim(dir: &Path) -> Option<std::path::PathBuf> {
-    let so = dir.join("libslowfsync.so");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("shim/slowfsync.c");
-    let built = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&so)
-        .arg(&src)
-        .arg("-ldl")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    built.then_some(so)
-}
-
 /// The durable ingest again with every fsync taking `ms` longer, from scanners that keep up
 /// to `window` scans unacked. `None` without a cc.
 pub fn slow_fsync_ingest(per_scanner: usize, ms: u64, window: u8) -> Option<Value> {
     let dir = scratch("slowfsync");
-    let Some(so) = build_shim(&dir) else {
+    let Some(so) = darkleg_tests::fsync_shim(&dir) else {
         eprintln!("  slow storage: no C compiler to build the fsync shim; phase skipped");
         return None;
     };

@@ -917,3 +917,18 @@ pub fn not_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() != "0")
         .unwrap_or(true)
 }
+
+/// The bench's LD_PRELOAD fsync shim (`bench/shim/slowfsync.c`: every fsync made slower,
+/// counted and logged), built into `dir` with the system's cc; `None` without one.
+pub fn fsync_shim(dir: &Path) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/shim/slowfsync.c");
+    let so = dir.join("libslowfsync.so");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .is_ok_and(|s| s.success());
+    built.then_some(so)
+}

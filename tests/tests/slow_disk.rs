@@ -8,25 +8,9 @@
 use darkleg_agent::sim::broker::free_port;
 use darkleg_tests::*;
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const DELAY_MS: u64 = 400;
-
-/// Builds the bench's fsync shim into `dir`; `None` without a C compiler.
-fn shim(dir: &Path) -> Option<PathBuf> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/shim/slowfsync.c");
-    let so = dir.join("libslowfsync.so");
-    let ok = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&so)
-        .arg(&src)
-        .arg("-ldl")
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(so)
-}
 
 #[test]
 fn nothing_is_answered_or_published_before_its_wal_sync() {
@@ -37,7 +21,7 @@ fn nothing_is_answered_or_published_before_its_wal_sync() {
     );
     let rig = Rig::with_store("slow-disk", &[], &extra);
     let dir = Scratch::new("slow-disk-shim");
-    let so = shim(&dir.0).expect("a C compiler (cc) builds the fsync shim");
+    let so = fsync_shim(&dir.0).expect("a C compiler (cc) builds the fsync shim");
     let log = dir.0.join("fsync.log");
     let (so_s, log_s, delay) = (
         so.display().to_string(),
