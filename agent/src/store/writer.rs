@@ -477,15 +477,17 @@ impl Writer {
             router: &self.router,
             last_row: &self.last_row,
         };
-        let mut ops_ports = Vec::new();
+        // The ports this commit answers: the next batch waits for them on a slow disk.
+        let mut ports = Vec::new();
         for op in ops {
-            expect(&mut ops_ports, &op);
-            answers.extend(apply_one(&mut tx, &mut self.devices, &routes, op));
+            expect(&mut ports, &op);
+            answers.extend(apply_savepointed(&mut tx, &mut self.devices, &routes, op));
         }
         // While the last commit's sync runs, what arrives joins this transaction: it rides
         // the next sync instead of the one after, and the disk sees one commit per sync.
-        let mut ports = Vec::new();
         if let Some(rx) = rx.filter(|_| self.syncer.syncs()) {
+            // They have sent again already.
+            self.expected.retain(|p| !ports.contains(p));
             let mut join = |tx: &mut Transaction<'_>,
                             answers: &mut Vec<Answer>,
                             expected: &mut Vec<String>| {
@@ -505,13 +507,10 @@ impl Writer {
                         expected.retain(|p| p != port);
                     }
                     expect(&mut ports, &op);
-                    answers.extend(apply_one(tx, &mut self.devices, &routes, op));
+                    answers.extend(apply_savepointed(tx, &mut self.devices, &routes, op));
                 }
                 took
             };
-            for op in &ops_ports {
-                self.expected.retain(|p| p != op);
-            }
             let mut waited = false;
             while !self.syncer.idle_within(JOIN_POLL) {
                 waited = true;
@@ -540,7 +539,6 @@ impl Writer {
                 }
             }
         }
-        ports.extend(ops_ports);
         // SQLite rolls the whole transaction back on some errors (SQLITE_FULL among them):
         // then the ops that succeeded before the failing one are gone too, and must not be
         // answered as durable. Committing now would commit nothing (or a stray statement).
@@ -706,6 +704,14 @@ fn apply_savepointed(
     routes: &Routes<'_>,
     op: WriteOp,
 ) -> Option<Answer> {
+    // After a full disk SQLite may roll the whole transaction back; a savepoint then would
+    // start (and commit) a transaction of its own. Refuse the rest.
+    if tx.is_autocommit() {
+        return fail(
+            op,
+            StoreError::new("batch", "rolled back by an earlier failure in it"),
+        );
+    }
     let upstreams = routes.router.upstreams();
     let mut sp = match tx.savepoint() {
         Ok(sp) => sp,
@@ -857,24 +863,6 @@ fn log_failure<T>(r: Result<T, StoreError>) {
     if let Err(e) = r {
         tracing::error!("{e}");
     }
-}
-
-/// One op in its own savepoint of the batch's transaction.
-fn apply_one(
-    tx: &mut Transaction<'_>,
-    devices: &mut Devices,
-    routes: &Routes<'_>,
-    op: WriteOp,
-) -> Option<Answer> {
-    // After a full disk SQLite may roll the whole transaction back; a savepoint then would
-    // start (and commit) a transaction of its own. Refuse the rest.
-    if tx.is_autocommit() {
-        return fail(
-            op,
-            StoreError::new("batch", "rolled back by an earlier failure in it"),
-        );
-    }
-    apply_savepointed(tx, devices, routes, op)
 }
 
 /// The batch could not start: every op with a reply is refused (senders retry), in its

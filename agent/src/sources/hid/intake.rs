@@ -334,9 +334,7 @@ mod tests {
             "{log}"
         );
         assert_eq!(intake.counters.rejected, 2);
-        drop(intake);
-        drop(store);
-        writer.join().unwrap();
+        close(intake, store, writer);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -373,9 +371,7 @@ mod tests {
         assert_eq!(intake.held(), 0, "stored within 10 s");
         assert!(took >= Duration::from_millis(1400), "backoff: {took:?}");
         assert_eq!(intake.counters.rejected, 0, "nothing dropped");
-        drop(intake);
-        drop(store);
-        writer.join().unwrap();
+        close(intake, store, writer);
         let scans = stored_scans(&config);
         let codes: Vec<&str> = scans.iter().map(|e| e.code.as_str()).collect();
         assert_eq!(codes, ["00340434161094042557", "00340434161094042564"]);
@@ -389,6 +385,13 @@ mod tests {
             "{scans:?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Stops the intake and the store (the writer commits what it was given).
+    fn close(intake: Intake, store: StoreHandle, writer: std::thread::JoinHandle<()>) {
+        drop(intake);
+        drop(store);
+        writer.join().unwrap();
     }
 
     /// The scans the store holds for upstream `a`, in outbox order.
@@ -443,10 +446,7 @@ mod tests {
         intake.close();
         intake.settle().unwrap();
         intake.flush(true, true);
-        drop(intake);
-        drop(store);
-        writer.join().unwrap();
-
+        close(intake, store, writer);
         let scans = stored_scans(&config);
         let codes: Vec<&str> = scans.iter().map(|e| e.code.as_str()).collect();
         assert_eq!(codes, ["00340434161094042557", "00340434161094042564"]);
